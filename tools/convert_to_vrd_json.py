@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Convert a registered relationship dataset (vrd_train, vg150_test, shapes_val, ...) into the
+vrd json format of docs/DATASETS.md, e.g.::
+
+    python tools/convert_to_vrd_json.py --dataset vrd_test --output vrd_test.json
+
+File names are written relative to ``--image-root`` (default: the dataset's ``image_root``
+metadata), so the output can be registered with
+``register_vrd_json(name, "vrd_test.json", image_root)``.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
+
+
+def convert(dataset: str, output: str, image_root=None) -> int:
+    """Write ``dataset`` to ``output``; returns the number of images written."""
+    import vrd_d2.data  # noqa: F401  (registers the builtin datasets)
+    from vrd_d2.data.datasets.custom import dump_vrd_json
+
+    if dataset not in DatasetCatalog.list():
+        raise KeyError(
+            f"dataset {dataset!r} is not registered; known: "
+            f"{sorted(n for n in DatasetCatalog.list())}"
+        )
+    records = DatasetCatalog.get(dataset)
+    md = MetadataCatalog.get(dataset)
+    root = image_root or md.get("image_root", None)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    dump_vrd_json(
+        records,
+        md.thing_classes,
+        md.predicate_classes,
+        output,
+        flip_predicate_map=md.get("flip_predicate_map", None),
+        image_root=root,
+    )
+    logging.getLogger("vrd_d2").info(f"wrote {len(records)} images of {dataset} to {output}")
+    return len(records)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, help="registered dataset name")
+    parser.add_argument("--output", required=True, help="json file to write")
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="write file names relative to this folder (default: image_root "
+        "metadata of the dataset)",
+    )
+    args = parser.parse_args(argv)
+    setup_logger(name="vrd_d2")
+    convert(args.dataset, args.output, args.image_root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

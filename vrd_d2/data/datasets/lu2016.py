@@ -1,0 +1,101 @@
+"""Readers for Lu et al.'s (ECCV 2016) MATLAB release: ground truth and R-CNN detections.
+
+All files are MATLAB 5.0 ``.mat`` and hold 1x1000 cell arrays whose i-th cell belongs to the i-th
+image of ``data/imagePath.mat``.
+
+Box convention (established on the real files, tests/test_datasets.py): gt.mat's
+``gt_sub_bboxes`` / ``gt_obj_bboxes`` are ``[x1 y1 x2 y2]`` holding exactly the numbers of
+annotations_test.json's ``[ymin, ymax, xmin, xmax]`` reordered (no +1 / -1 shift), i.e. the same
+XYXY_ABS boxes as our records. Lu's evaluation computes IoU with the inclusive-pixel ``+1``
+convention; that is the evaluator's business, not the loader's.
+"""
+
+import os
+from typing import Dict, List
+
+import numpy as np
+
+__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections"]
+
+
+def _loadmat(path: str, keys):
+    import scipy.io
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Lu et al. mat file not found: {path}")
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a MATLAB file: {e}") from None
+    for k in keys:
+        if k not in mat:
+            raise ValueError(
+                f"{path}: variable {k!r} missing (found "
+                f"{sorted(x for x in mat if not x.startswith('__'))})"
+            )
+    return mat
+
+
+def _cells(mat, key: str, path: str, n: int):
+    cells = mat[key].reshape(-1)
+    if len(cells) != n:
+        raise ValueError(
+            f"{path}: {key} has {len(cells)} cells, expected {n} (one per image "
+            f"of imagePath.mat)"
+        )
+    return cells
+
+
+def load_image_paths(image_path_mat: str) -> List[str]:
+    """Image file names (e.g. ``3845770407_1a8cd41230_b.jpg``) in the order of every .mat file."""
+    mat = _loadmat(image_path_mat, ["imagePath"])
+    return [str(np.asarray(c).reshape(-1)[0]) for c in mat["imagePath"].reshape(-1)]
+
+
+def load_lu_gt_mat(gt_mat: str, image_path_mat: str) -> Dict[str, Dict[str, np.ndarray]]:
+    """Read gt.mat: per image name, ``labels`` int64 [n,3] 0-based (subject, predicate, object),
+    ``sub_boxes`` / ``obj_boxes`` float64 [n,4] XYXY_ABS. Duplicates are kept (gt.mat has 7638
+    rows, 7478 distinct), because Lu's recall counts them."""
+    names = load_image_paths(image_path_mat)
+    mat = _loadmat(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
+    labels = _cells(mat, "gt_tuple_label", gt_mat, len(names))
+    subs = _cells(mat, "gt_sub_bboxes", gt_mat, len(names))
+    objs = _cells(mat, "gt_obj_bboxes", gt_mat, len(names))
+    out = {}
+    for i, name in enumerate(names):
+        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1, 3) - 1
+        sb = np.asarray(subs[i], dtype=np.float64).reshape(-1, 4)
+        ob = np.asarray(objs[i], dtype=np.float64).reshape(-1, 4)
+        if not (len(lab) == len(sb) == len(ob)):
+            raise ValueError(
+                f"{gt_mat}: image {i} ({name}): {len(lab)} labels but "
+                f"{len(sb)} subject and {len(ob)} object boxes"
+            )
+        if len(lab) and lab.min() < 0:
+            raise ValueError(f"{gt_mat}: image {i} ({name}): label 0 found, labels are 1-based")
+        out[name] = {"labels": lab, "sub_boxes": sb, "obj_boxes": ob}
+    return out
+
+
+def load_lu_detections(det_mat: str, image_path_mat: str) -> Dict[str, Dict[str, np.ndarray]]:
+    """Read objectDetRCNN.mat: per image name, ``boxes`` float64 [n,4] XYXY_ABS (same convention
+    as gt.mat), ``labels`` int64 [n] 0-based, ``scores`` float64 [n]."""
+    names = load_image_paths(image_path_mat)
+    mat = _loadmat(det_mat, ["detection_bboxes", "detection_labels", "detection_confs"])
+    boxes = _cells(mat, "detection_bboxes", det_mat, len(names))
+    labels = _cells(mat, "detection_labels", det_mat, len(names))
+    confs = _cells(mat, "detection_confs", det_mat, len(names))
+    out = {}
+    for i, name in enumerate(names):
+        b = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
+        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1) - 1
+        sc = np.asarray(confs[i], dtype=np.float64).reshape(-1)
+        if not (len(b) == len(lab) == len(sc)):
+            raise ValueError(
+                f"{det_mat}: image {i} ({name}): {len(b)} boxes, {len(lab)} labels, "
+                f"{len(sc)} scores"
+            )
+        if len(lab) and lab.min() < 0:
+            raise ValueError(f"{det_mat}: image {i} ({name}): label 0 found, labels are 1-based")
+        out[name] = {"boxes": b, "labels": lab, "scores": sc}
+    return out

@@ -1,0 +1,230 @@
+"""VRD (Lu et al., ECCV 2016) from its json release.
+
+Expected layout under ``root`` (``$DETECTRON2_DATASETS/vrd``)::
+
+    annotations_train.json  annotations_test.json  objects.json  predicates.json
+    train_image_metadata.json  test_image_metadata.json      (optional: image sizes)
+    sg_train_images/  sg_test_images/                        (images; not needed to register)
+
+``annotations_<split>.json`` maps image file name to a list of
+``{"predicate": p, "subject": {"category": c, "bbox": [ymin, ymax, xmin, xmax]}, "object": {...}}``
+with 0-based ids into objects.json / predicates.json. Boxes are converted to XYXY_ABS
+``[xmin, ymin, xmax, ymax]`` with the same numbers: Lu et al.'s gt.mat stores exactly these
+values as ``[x1 y1 x2 y2]`` (checked on all 7638 test relations, see tests/test_datasets.py).
+
+Image sizes come from the image header when the image exists, otherwise from
+``<split>_image_metadata.json`` (disagreements are counted and logged). Images are not opened
+at registration; the mapper reports a missing image by name.
+"""
+
+import json
+import logging
+import os
+from typing import List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .common import LEFT_RIGHT_PAIRS, LoadStats, build_flip_map, build_record, check_id
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "load_vrd_json",
+    "register_vrd_split",
+    "register_all_vrd",
+    "read_image_size",
+    "VRD_IMAGE_ALIASES",
+]
+
+# Images whose name in annotations_*.json differs from the file in sg_dataset (a GIF named .jpg).
+VRD_IMAGE_ALIASES = {"4392556686_44d71ff5a0_o.jpg": "4392556686_44d71ff5a0_o.gif"}
+
+
+def _read_json(path: str, what: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"VRD: {what} file not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"VRD: {what} file {path} is not valid json: {e}") from None
+
+
+def read_image_size(path: str):
+    """(height, width) from the image header only (PIL reads it lazily)."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found (needed for its size): {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise OSError(f"cannot read the image header of {path}: {e}") from None
+    return int(h), int(w)
+
+
+def _load_class_list(path: str, what: str) -> List[str]:
+    names = _read_json(path, what)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"VRD: {path} must be a json list of {what} names")
+    return names
+
+
+def load_vrd_json(
+    json_file: str,
+    image_root: str,
+    objects_file: str,
+    predicates_file: str,
+    metadata_file: Optional[str] = None,
+    name: str = "vrd",
+    stats: Optional[LoadStats] = None,
+) -> List[dict]:
+    """Load one VRD split as relation records (see vrd_d2/data/datasets/common.py).
+
+    Args:
+        json_file: annotations_<split>.json.
+        image_root: folder of the split's images (sg_train_images / sg_test_images).
+        objects_file, predicates_file: the class-name lists.
+        metadata_file: optional ``{image: {"width", "height"}}``, used for images not on disk.
+        name: dataset name used in the logged summary.
+        stats: optional LoadStats to fill (the counts of every rule applied).
+
+    Returns:
+        records in json order with ``file_name, image_id (int, json order), image_name (json key),
+        height, width, annotations, relations``.
+    """
+    objects = _load_class_list(objects_file, "object")
+    predicates = _load_class_list(predicates_file, "predicate")
+    anns = _read_json(json_file, "annotation")
+    if not isinstance(anns, dict):
+        raise ValueError(
+            f"VRD: {json_file} must map image names to relation lists, "
+            f"found {type(anns).__name__}"
+        )
+    sizes = {}
+    if metadata_file is not None and os.path.isfile(metadata_file):
+        meta = _read_json(metadata_file, "image metadata")
+        for k, v in meta.items():
+            sizes[os.path.splitext(k)[0]] = (int(v["height"]), int(v["width"]))
+    stats = stats if stats is not None else LoadStats(name)
+    records = []
+    for image_id, (img_name, rels) in enumerate(anns.items()):
+        if not isinstance(rels, list):
+            raise ValueError(
+                f"VRD: {json_file}: image {img_name}: expected a list of "
+                f"relations, found {type(rels).__name__}"
+            )
+        file_name = os.path.join(image_root, img_name)
+        alias = VRD_IMAGE_ALIASES.get(img_name)
+        if alias is not None and not os.path.exists(file_name):
+            alt = os.path.join(image_root, alias)
+            if os.path.exists(alt) or not os.path.isdir(image_root):
+                file_name = alt
+        stem = os.path.splitext(img_name)[0]
+        # keyed by stem: the metadata lists the GIF as .gif. The image header, when the image is
+        # there, wins over the metadata (9210906893_4102aa74c8_b.jpg's metadata is wrong).
+        if os.path.isfile(file_name) or stem not in sizes:
+            height, width = read_image_size(file_name)
+            if stem in sizes and sizes[stem] != (height, width):
+                stats.add(
+                    "metadata_size_mismatch",
+                    example=f"{img_name}: metadata "
+                    f"{sizes[stem]}, image header {(height, width)}",
+                )
+        else:
+            height, width = sizes[stem]
+        obj_list, rel_list = [], []
+        obj_index = {}
+        for j, r in enumerate(rels):
+            try:
+                pred = check_id(
+                    r["predicate"], len(predicates), "predicate", json_file, img_name, j
+                )
+                ends = []
+                for role in ("subject", "object"):
+                    cat = check_id(
+                        r[role]["category"],
+                        len(objects),
+                        f"{role} category",
+                        json_file,
+                        img_name,
+                        j,
+                    )
+                    bbox = r[role]["bbox"]
+                    if len(bbox) != 4:
+                        raise ValueError(
+                            f"VRD: {json_file}: image {img_name}, entry {j}: "
+                            f"{role} bbox must have 4 numbers, found {bbox}"
+                        )
+                    ymin, ymax, xmin, xmax = (float(v) for v in bbox)
+                    key = (cat, xmin, ymin, xmax, ymax)
+                    if key not in obj_index:
+                        obj_index[key] = len(obj_list)
+                        obj_list.append((cat, [xmin, ymin, xmax, ymax]))
+                    ends.append(obj_index[key])
+            except (KeyError, TypeError) as e:
+                raise ValueError(
+                    f"VRD: {json_file}: image {img_name}, entry {j}: malformed "
+                    f"relation {r!r} ({type(e).__name__}: {e})"
+                ) from None
+            rel_list.append((ends[0], ends[1], pred))
+        rec = build_record(obj_list, rel_list, height, width, stats, f"{json_file}: {img_name}")
+        rec.update(
+            file_name=file_name, image_id=image_id, image_name=img_name, height=height, width=width
+        )
+        records.append(rec)
+    stats.log()
+    return records
+
+
+def register_vrd_split(name: str, root: str, split: str, train_split: Optional[str] = None):
+    """Register VRD ``split`` ("train" | "test") under ``name``; class lists are read lazily."""
+    json_file = os.path.join(root, f"annotations_{split}.json")
+    image_root = os.path.join(root, f"sg_{split}_images")
+
+    def load():
+        return load_vrd_json(
+            json_file,
+            image_root,
+            os.path.join(root, "objects.json"),
+            os.path.join(root, "predicates.json"),
+            os.path.join(root, f"{split}_image_metadata.json"),
+            name=name,
+        )
+
+    DatasetCatalog.register(name, load)
+    md = MetadataCatalog.get(name)
+    md.set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="vrd",
+        train_split=train_split or name,
+        split=split,
+        root=root,
+    )
+    if split == "test":
+        md.set(
+            gt_mat=os.path.join(root, "lu2016", "evaluation", "gt.mat"),
+            image_path_mat=os.path.join(root, "lu2016", "data", "imagePath.mat"),
+            det_mat=os.path.join(root, "lu2016", "data", "objectDetRCNN.mat"),
+        )
+    if os.path.isfile(os.path.join(root, "objects.json")) and os.path.isfile(
+        os.path.join(root, "predicates.json")
+    ):
+        objects = _load_class_list(os.path.join(root, "objects.json"), "object")
+        predicates = _load_class_list(os.path.join(root, "predicates.json"), "predicate")
+        md.set(
+            thing_classes=objects,
+            predicate_classes=predicates,
+            flip_predicate_map=build_flip_map(predicates, LEFT_RIGHT_PAIRS),
+        )
+    else:
+        # Data not installed: the class lists are unknown until it is. Loading raises then.
+        md.set(flip_predicate_map=None)
+
+
+def register_all_vrd(root: str, prefix: str = "vrd"):
+    """Register ``<prefix>_train`` and ``<prefix>_test`` from ``root`` (the json folder)."""
+    register_vrd_split(f"{prefix}_train", root, "train")
+    register_vrd_split(f"{prefix}_test", root, "test", train_split=f"{prefix}_train")

@@ -1,0 +1,63 @@
+"""Training triplet counts n(s, p, o): the data behind the prior psi_u and the zero-shot split."""
+
+import logging
+from typing import Iterable
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compute_triplet_counts", "get_triplet_counts"]
+
+
+def compute_triplet_counts(
+    dataset_dicts: Iterable[dict], num_objects: int, num_predicates: int
+) -> np.ndarray:
+    """Count annotated (subject class, predicate, object class) triplets.
+
+    Args:
+        dataset_dicts: relation records (``annotations`` and deduplicated ``relations`` [M,3]).
+    Returns:
+        int64 array [S, P, O] with S = O = num_objects, P = num_predicates.
+    """
+    counts = np.zeros((num_objects, num_predicates, num_objects), dtype=np.int64)
+    for d in dataset_dicts:
+        rel = np.asarray(d.get("relations", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+        if len(rel) == 0:
+            continue
+        cats = np.array([a["category_id"] for a in d["annotations"]], dtype=np.int64)
+        np.add.at(counts, (cats[rel[:, 0]], rel[:, 2], cats[rel[:, 1]]), 1)
+    return counts
+
+
+def get_triplet_counts(name: str) -> np.ndarray:
+    """Triplet counts [S,P,O] int64 of the training split behind dataset ``name``.
+
+    The training split is ``MetadataCatalog.get(name).train_split`` (itself for a training set).
+    Computed once, then cached as ``triplet_counts`` in the training split's metadata (and in
+    ``name``'s). Do not modify the returned array.
+    """
+    md = MetadataCatalog.get(name)
+    train = md.get("train_split", name)
+    tmd = MetadataCatalog.get(train)
+    counts = tmd.get("triplet_counts", None)
+    if counts is None:
+        for key in ("thing_classes", "predicate_classes"):
+            if tmd.get(key, None) is None:
+                raise KeyError(
+                    f"get_triplet_counts({name!r}): metadata of training split "
+                    f"{train!r} has no {key!r} (is the dataset installed?)"
+                )
+        counts = compute_triplet_counts(
+            DatasetCatalog.get(train), len(tmd.thing_classes), len(tmd.predicate_classes)
+        )
+        counts.setflags(write=False)
+        tmd.set(triplet_counts=counts)
+        logger.info(
+            f"Triplet counts of {train}: {int(counts.sum())} relations, "
+            f"{int((counts > 0).sum())} distinct triplets"
+        )
+    if name != train and md.get("triplet_counts", None) is None:
+        md.set(triplet_counts=counts)
+    return counts
