@@ -1,0 +1,36 @@
+"""Relation evaluation: Lu et al.'s recall protocol (docs/EVALUATION.md) as a DatasetEvaluator."""
+
+from .matching import (
+    CRITERIA,
+    box_iou_inclusive,
+    compute_pair_rank,
+    greedy_match,
+    match_relations,
+    pair_overlaps,
+    select_top_predictions,
+    union_boxes,
+)
+from .recall import (
+    RecallCounts,
+    best_k_from_results,
+    count_recall_hits,
+    k_label,
+    recall_metrics,
+    select_best_k,
+)
+from .results_io import (
+    dataset_ground_truth,
+    load_lu_ground_truth,
+    load_lu_results_mat,
+    load_results_json,
+    relations_to_json_images,
+    relations_to_record,
+    validate_prediction,
+    write_results_json,
+)
+from .vrd_evaluation import VRDEvaluator, evaluate_records, format_results_table, tasks_for_mode
+
+__all__ = [
+    k for k in globals().keys()
+    if not k.startswith("_") and k not in ("matching", "recall", "results_io", "vrd_evaluation")
+]
