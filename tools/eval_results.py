@@ -24,7 +24,8 @@ import sys
 from typing import List, Optional
 
 from vrd_d2.evaluation import VRDEvaluator, format_results_table, load_lu_results_mat, load_results_json
-from vrd_d2.evaluation.results_io import image_key, load_image_names, load_lu_ground_truth
+from vrd_d2.data.datasets.lu2016 import load_image_paths
+from vrd_d2.evaluation.results_io import image_key, load_lu_ground_truth
 from vrd_d2.evaluation.recall import k_label
 
 logger = logging.getLogger("vrd_d2.eval_results")
@@ -126,7 +127,7 @@ def main(argv=None):
         image_path_mat = args.image_path_mat or os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(args.gt_mat))), "data", "imagePath.mat"
         )
-        gt_names = load_image_names(image_path_mat)
+        gt_names = load_image_paths(image_path_mat)
         n_obj, n_pred = _lu_class_counts(args.gt_mat)
         evaluator = VRDEvaluator(
             "vrd_d2_eval_results_lu_gt", mode=args.mode, distributed=False, k_values=k_values,

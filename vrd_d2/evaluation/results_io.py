@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells
 from .matching import compute_pair_rank
 
 __all__ = [
@@ -225,40 +226,11 @@ def load_results_json(path: str) -> List[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Lu et al.'s MATLAB files
-def _loadmat(path: str, keys: Sequence[str]):
-    import scipy.io
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MATLAB file not found: {path}")
-    mat = scipy.io.loadmat(path)
-    missing = [k for k in keys if k not in mat]
-    if missing:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise ValueError(f"{path}: variable(s) {missing} missing (found {found})")
-    return mat
-
-
-def _cells(mat, key: str, path: str, n: Optional[int]):
-    cells = mat[key].reshape(-1)
-    if n is not None and len(cells) != n:
-        raise ValueError(
-            f"{path}: {key} has {len(cells)} cells, expected {n} (one per test image, "
-            f"in imagePath.mat order)"
-        )
-    return cells
-
-
 def _rows(cell, width: int, dtype) -> np.ndarray:
     a = np.asarray(cell)
     if a.size == 0:
         return np.zeros((0, width), dtype)
     return a.astype(dtype).reshape(-1, width)
-
-
-def load_image_names(image_path_mat: str) -> List[str]:
-    """Image names in the order of every Lu .mat file."""
-    mat = _loadmat(image_path_mat, ["imagePath"])
-    return [str(np.asarray(c).reshape(-1)[0]) for c in mat["imagePath"].reshape(-1)]
 
 
 def load_lu_ground_truth(
@@ -273,17 +245,17 @@ def load_lu_ground_truth(
     Returns:
         (image names from imagePath.mat, or ``"image_<i>"`` when not given; records in that order)
     """
-    mat = _loadmat(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
-    labels = _cells(mat, "gt_tuple_label", gt_mat, None)
+    mat = loadmat_checked(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
+    labels = mat_cells(mat, "gt_tuple_label", gt_mat, None)
     n = len(labels)
-    names = load_image_names(image_path_mat) if image_path_mat else [f"image_{i}" for i in range(n)]
+    names = load_image_paths(image_path_mat) if image_path_mat else [f"image_{i}" for i in range(n)]
     if len(names) != n:
         raise ValueError(f"{gt_mat}: {n} images but {image_path_mat} lists {len(names)}")
-    subs = _cells(mat, "gt_sub_bboxes", gt_mat, n)
-    objs = _cells(mat, "gt_obj_bboxes", gt_mat, n)
+    subs = mat_cells(mat, "gt_sub_bboxes", gt_mat, n)
+    objs = mat_cells(mat, "gt_obj_bboxes", gt_mat, n)
     zs_cells = None
     if zeroshot_mat:
-        zs_cells = _cells(_loadmat(zeroshot_mat, ["zeroShot"]), "zeroShot", zeroshot_mat, n)
+        zs_cells = mat_cells(loadmat_checked(zeroshot_mat, ["zeroShot"]), "zeroShot", zeroshot_mat, n)
     records = []
     for i in range(n):
         lab = _rows(labels[i], 3, np.int64) - 1
@@ -307,9 +279,9 @@ def load_lu_results_mat(path: str, num_images: Optional[int] = None) -> List[dic
     ``sub_bboxes_ours`` / ``obj_bboxes_ours`` [n,4] [x1 y1 x2 y2], one cell per test image in
     imagePath.mat order. Returns prediction records (0-based labels, pair_rank from the boxes)."""
     keys = ("rlp_labels_ours", "rlp_confs_ours", "sub_bboxes_ours", "obj_bboxes_ours")
-    mat = _loadmat(path, keys)
+    mat = loadmat_checked(path, keys)
     n = num_images if num_images is not None else len(mat[keys[0]].reshape(-1))
-    cells = {k: _cells(mat, k, path, n) for k in keys}
+    cells = {k: mat_cells(mat, k, path, n) for k in keys}
     out = []
     for i in range(n):
         rec = {

@@ -11,14 +11,15 @@ convention; that is the evaluator's business, not the loader's.
 """
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections"]
+__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "loadmat_checked", "mat_cells"]
 
 
-def _loadmat(path: str, keys):
+def loadmat_checked(path: str, keys):
+    """``scipy.io.loadmat(path)``, with a clear error when the file or one of ``keys`` is missing."""
     import scipy.io
 
     if not os.path.isfile(path):
@@ -36,9 +37,10 @@ def _loadmat(path: str, keys):
     return mat
 
 
-def _cells(mat, key: str, path: str, n: int):
+def mat_cells(mat, key: str, path: str, n: Optional[int]):
+    """The 1xN cell array ``mat[key]`` flattened; an error unless it has ``n`` cells (if given)."""
     cells = mat[key].reshape(-1)
-    if len(cells) != n:
+    if n is not None and len(cells) != n:
         raise ValueError(
             f"{path}: {key} has {len(cells)} cells, expected {n} (one per image "
             f"of imagePath.mat)"
@@ -48,7 +50,7 @@ def _cells(mat, key: str, path: str, n: int):
 
 def load_image_paths(image_path_mat: str) -> List[str]:
     """Image file names (e.g. ``3845770407_1a8cd41230_b.jpg``) in the order of every .mat file."""
-    mat = _loadmat(image_path_mat, ["imagePath"])
+    mat = loadmat_checked(image_path_mat, ["imagePath"])
     return [str(np.asarray(c).reshape(-1)[0]) for c in mat["imagePath"].reshape(-1)]
 
 
@@ -57,10 +59,10 @@ def load_lu_gt_mat(gt_mat: str, image_path_mat: str) -> Dict[str, Dict[str, np.n
     ``sub_boxes`` / ``obj_boxes`` float64 [n,4] XYXY_ABS. Duplicates are kept (gt.mat has 7638
     rows, 7478 distinct), because Lu's recall counts them."""
     names = load_image_paths(image_path_mat)
-    mat = _loadmat(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
-    labels = _cells(mat, "gt_tuple_label", gt_mat, len(names))
-    subs = _cells(mat, "gt_sub_bboxes", gt_mat, len(names))
-    objs = _cells(mat, "gt_obj_bboxes", gt_mat, len(names))
+    mat = loadmat_checked(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
+    labels = mat_cells(mat, "gt_tuple_label", gt_mat, len(names))
+    subs = mat_cells(mat, "gt_sub_bboxes", gt_mat, len(names))
+    objs = mat_cells(mat, "gt_obj_bboxes", gt_mat, len(names))
     out = {}
     for i, name in enumerate(names):
         lab = np.asarray(labels[i], dtype=np.int64).reshape(-1, 3) - 1
@@ -81,10 +83,10 @@ def load_lu_detections(det_mat: str, image_path_mat: str) -> Dict[str, Dict[str,
     """Read objectDetRCNN.mat: per image name, ``boxes`` float64 [n,4] XYXY_ABS (same convention
     as gt.mat), ``labels`` int64 [n] 0-based, ``scores`` float64 [n]."""
     names = load_image_paths(image_path_mat)
-    mat = _loadmat(det_mat, ["detection_bboxes", "detection_labels", "detection_confs"])
-    boxes = _cells(mat, "detection_bboxes", det_mat, len(names))
-    labels = _cells(mat, "detection_labels", det_mat, len(names))
-    confs = _cells(mat, "detection_confs", det_mat, len(names))
+    mat = loadmat_checked(det_mat, ["detection_bboxes", "detection_labels", "detection_confs"])
+    boxes = mat_cells(mat, "detection_bboxes", det_mat, len(names))
+    labels = mat_cells(mat, "detection_labels", det_mat, len(names))
+    confs = mat_cells(mat, "detection_confs", det_mat, len(names))
     out = {}
     for i, name in enumerate(names):
         b = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
