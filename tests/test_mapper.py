@@ -203,3 +203,37 @@ def test_real_vrd_sample_image(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="sg_test_images"):
         _mapper([], is_train=False)(rec2)
+
+
+def test_image_free_mapping_for_the_geometry_only_head(tmp_path):
+    """load_image=False: no pixels read (the file need not exist), no augmentation, boxes in
+    original coordinates, relations aligned, detector scores carried as gt_scores."""
+    boxes = [[2, 2, 10, 10], [20, 5, 30, 15], [50, 30, 60, 40]]
+    rec = _record(tmp_path, boxes, [[0, 1, 0], [2, 1, 1]])
+    os.remove(rec["file_name"])
+    for k, a in enumerate(rec["annotations"]):
+        a["score"] = 0.5 + 0.1 * k
+    m = VRDDatasetMapper(True, augmentations=[T.ResizeShortestEdge(96, 200)], image_format="BGR",
+                         load_image=False)
+    out = m(rec)
+    assert "image" not in out
+    assert out["instances"].image_size == (48, 64)
+    assert out["instances"].gt_boxes.tensor.tolist() == [[float(v) for v in b] for b in boxes]
+    assert out["relations"].tolist() == [[0, 1, 0], [2, 1, 1]]
+    assert torch.allclose(out["instances"].gt_scores, torch.tensor([0.5, 0.6, 0.7]))
+
+
+def test_needs_image_follows_stage_and_mode():
+    from vrd_d2 import add_vrd_config
+    from vrd_d2.data.mapper import needs_image
+
+    cfg = add_vrd_config(get_cfg())
+    assert needs_image(cfg, True) and needs_image(cfg, False)
+    cfg.MODEL.VRD.GEOMETRY_ONLY = True
+    cfg.MODEL.VRD.TRAIN_STAGE = "triplet"
+    cfg.MODEL.VRD.MODE = "predcls"
+    assert not needs_image(cfg, True) and not needs_image(cfg, False)
+    cfg.MODEL.VRD.MODE = "sgdet"  # boxes come from the detector: pixels needed
+    assert needs_image(cfg, False)
+    cfg.MODEL.VRD.TRAIN_STAGE = "detector"
+    assert needs_image(cfg, True)

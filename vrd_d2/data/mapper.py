@@ -23,7 +23,7 @@ from detectron2.utils.logger import log_every_n_seconds
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VRDDatasetMapper", "filter_images_without_relations", "remap_relations"]
+__all__ = ["VRDDatasetMapper", "filter_images_without_relations", "needs_image", "remap_relations"]
 
 
 def remap_relations(relations: np.ndarray, keep: np.ndarray):
@@ -79,6 +79,17 @@ def filter_images_without_relations(dataset_dicts: List[dict], min_boxes: int = 
     return kept
 
 
+def needs_image(cfg, is_train: bool) -> bool:
+    """Whether a run of ``cfg`` reads pixels: not the geometry-only relation head on given boxes
+    (relation stages in training; the gold-box modes at test)."""
+    vrd = cfg.MODEL.get("VRD", None)
+    if vrd is None or not vrd.GEOMETRY_ONLY or vrd.TRAIN_ON_PROPOSALS:
+        return True
+    if is_train:
+        return vrd.TRAIN_STAGE == "detector"
+    return vrd.MODE == "sgdet"
+
+
 class VRDDatasetMapper(DatasetMapper):
     """DatasetMapper that also maps ``relations`` (and ``relations_complete`` if present).
 
@@ -97,6 +108,7 @@ class VRDDatasetMapper(DatasetMapper):
         flip_predicate_map: Optional[Dict[int, int]] = None,
         dataset_names: Sequence[str] = (),
         keep_gt_at_inference: bool = True,
+        load_image: bool = True,
     ):
         """
         Args:
@@ -105,6 +117,9 @@ class VRDDatasetMapper(DatasetMapper):
                 flip-invariant predicates). Required if ``augmentations`` can flip horizontally.
             dataset_names: used in error messages only.
             keep_gt_at_inference: also output ``instances``/``relations`` when not training.
+            load_image: read the image. False for the geometry-only head on given boxes, which
+                needs no pixels: then no augmentation is applied, boxes stay in original image
+                coordinates and the output has no ``image``.
         """
         names = ", ".join(dataset_names) or "this dataset"
         for aug in augmentations:
@@ -128,6 +143,7 @@ class VRDDatasetMapper(DatasetMapper):
                 lut[int(a)] = int(b)
             self.flip_lut = lut
         self.keep_gt_at_inference = keep_gt_at_inference
+        self.load_image = load_image
         self.num_relations_dropped = 0
 
     @classmethod
@@ -151,6 +167,7 @@ class VRDDatasetMapper(DatasetMapper):
             "image_format": cfg.INPUT.FORMAT,
             "flip_predicate_map": flip_map,
             "dataset_names": names,
+            "load_image": needs_image(cfg, is_train),
         }
 
     def _map_relations(self, key, dataset_dict, keep, n_flips):
@@ -172,11 +189,21 @@ class VRDDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         """
         Returns:
-            dict with ``image`` (uint8 Tensor[3,H,W]), ``height``/``width`` (original size),
+            dict with ``image`` (uint8 Tensor[3,H,W]; absent when ``load_image`` is False),
+            ``height``/``width`` (original size),
             and, when ground truth is produced, ``instances`` (gt_boxes, gt_classes),
             ``relations`` LongTensor[M,3] into ``instances``, ``num_relations_dropped`` (int).
         """
         dataset_dict = copy.deepcopy(dataset_dict)
+        if self.load_image:
+            transforms, image_shape = self._read_and_augment(dataset_dict)
+        else:
+            transforms, image_shape = T.TransformList([]), (dataset_dict["height"], dataset_dict["width"])
+        with_gt = "annotations" in dataset_dict and (self.is_train or self.keep_gt_at_inference)
+        return self._gt_from_annotations(dataset_dict, with_gt, transforms, image_shape)
+
+    def _read_and_augment(self, dataset_dict):
+        """Read the image into ``dataset_dict["image"]``; returns (transforms, augmented (h, w))."""
         file_name = dataset_dict["file_name"]
         if not os.path.isfile(file_name):
             raise FileNotFoundError(
@@ -195,8 +222,10 @@ class VRDDatasetMapper(DatasetMapper):
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return transforms, image_shape
 
-        with_gt = "annotations" in dataset_dict and (self.is_train or self.keep_gt_at_inference)
+    def _gt_from_annotations(self, dataset_dict, with_gt, transforms, image_shape):
+        file_name = dataset_dict["file_name"]
         if not with_gt:
             for key in ("annotations", "relations", "relations_complete"):
                 dataset_dict.pop(key, None)
@@ -206,6 +235,8 @@ class VRDDatasetMapper(DatasetMapper):
             for obj in dataset_dict.pop("annotations")
         ]
         instances = utils.annotations_to_instances(annos, image_shape)
+        if annos and all("score" in a for a in annos):  # boxes from a detector: P(b) per box
+            instances.gt_scores = torch.tensor([float(a["score"]) for a in annos], dtype=torch.float32)
         # the same rule as detectron2's filter_empty_instances, but we need the mask
         keep = instances.gt_boxes.nonempty(threshold=1e-5).numpy()
         dataset_dict["instances"] = instances[torch.from_numpy(keep)]
