@@ -1,1 +1,11 @@
-"""vrd_d2: visual relationship detection with low-rank non-negative tensor decomposition."""
+"""vrd_d2: visual relationship detection with low-rank non-negative tensor decomposition
+(Dupty, Zhang & Lee, AAAI 2020) as a Detectron2 plugin.
+
+Importing the package registers its components: the VGG16 backbone and box head, the relation
+ROI heads and meta-architecture, the builtin datasets, and the evaluator.
+"""
+from . import data  # noqa: F401  (registers datasets)
+from . import modeling  # noqa: F401  (registers backbone, heads, meta-arch)
+from .config import add_vrd_config
+
+__all__ = ["add_vrd_config"]

@@ -1,0 +1,291 @@
+"""The relation ROI heads and VRDRCNN: pairs, spatial masks, the relation field, gold-box modes,
+empty images, checkpoints, geometry-only. Tiny random models on CPU."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, pairwise_iou
+
+import vrd_d2.modeling  # noqa: F401
+from vrd_d2.config import add_vrd_config
+from vrd_d2.modeling.cp_triplet import TripletPrior
+from vrd_d2.modeling.pairs import all_ordered_pairs, cap_pairs, match_proposals_to_gt, pair_triplets
+from vrd_d2.modeling.roi_heads import RELATION_FIELDS
+from vrd_d2.modeling.spatial import spatial_masks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S, P = 4, 3
+
+
+def tiny_cfg(**vrd):
+    cfg = get_cfg()
+    add_vrd_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-VRD-CP.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.VGG.WIDTH_DIVISOR = 16
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16, 32]]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 30
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = S
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
+    cfg.MODEL.VRD.NUM_PREDICATES = P
+    cfg.MODEL.VRD.RANK = 2
+    cfg.MODEL.VRD.FC_DIMS = [16]
+    cfg.MODEL.VRD.SELECTION_FC_DIM = 8
+    cfg.MODEL.VRD.SPATIAL_DIM = 8
+    cfg.MODEL.VRD.SPATIAL_MASK_SIZE = 16
+    cfg.MODEL.VRD.SPATIAL_CONV_DIMS = [2, 4]
+    cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 20
+    for k, v in vrd.items():
+        setattr(cfg.MODEL.VRD, k, v)
+    return cfg
+
+
+def make_inputs(n_boxes=(3, 4), size=64, orig=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in n_boxes:
+        xy = torch.rand(n, 2, generator=g) * (size - 20)
+        wh = 6 + torch.rand(n, 2, generator=g) * 12
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.cat((xy, xy + wh), 1))
+        inst.gt_classes = torch.randint(0, S, (n,), generator=g)
+        rel = [(i, (i + 1) % n, i % P) for i in range(n)] if n >= 2 else []
+        out.append({"image": torch.randint(0, 255, (3, size, size), generator=g).float(), "height": orig,
+                    "width": orig, "instances": inst,
+                    "relations": torch.tensor(rel, dtype=torch.long).reshape(-1, 3)})
+    return out
+
+
+def build(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg).eval()
+
+
+# ------------------------------------------------------------------------------------ pairs
+def test_all_ordered_pairs_brute_force():
+    for n in range(5):
+        got = [tuple(r) for r in all_ordered_pairs(n).tolist()]
+        assert got == [(i, j) for i in range(n) for j in range(n) if i != j]
+
+
+def test_pair_triplets_hand_count():
+    pairs = all_ordered_pairs(3)  # (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    gt_index = torch.tensor([0, 1, 2])
+    classes = torch.tensor([5, 6, 7])
+    relations = torch.tensor([[0, 1, 0], [0, 1, 2], [2, 0, 1]])
+    trip, pidx = pair_triplets(pairs, gt_index, classes, relations)
+    got = sorted(zip(pidx.tolist(), map(tuple, trip.tolist())))
+    assert got == [(0, (5, 0, 6)), (0, (5, 2, 6)), (4, (7, 1, 5))]
+
+
+def test_match_proposals_to_gt_brute_force():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.tensor([[0., 0, 10, 10], [20, 20, 40, 40]])
+    jitter = torch.rand(12, 4, generator=g) * 6 - 3
+    props = torch.cat((gt[0] + jitter[:6], gt[1] + jitter[6:]))
+    p_idx, g_idx = match_proposals_to_gt(Boxes(props), Boxes(gt), per_gt=4, iou_thresh=0.5)
+    iou = pairwise_iou(Boxes(gt), Boxes(props))
+    for gi in range(2):
+        ok = [(float(iou[gi, j]), j) for j in range(12) if iou[gi, j] >= 0.5]
+        want = sorted([j for _, j in sorted(ok, reverse=True)[:4]])
+        assert sorted(p_idx[g_idx == gi].tolist()) == want
+
+
+def test_cap_pairs_keeps_highest_priority_and_logs(caplog):
+    pairs = all_ordered_pairs(4)
+    prio = torch.arange(12).float().flip(0)
+    with caplog.at_level(logging.WARNING):
+        kept = cap_pairs(pairs, 5, prio)
+    assert kept.tolist() == pairs[:5].tolist()
+    assert "MAX_PAIRS_PER_IMAGE" in caplog.text
+    assert cap_pairs(pairs, 100, prio) is pairs
+
+
+def test_spatial_masks_hand_example():
+    sub = torch.tensor([[0., 0, 4, 4]])
+    obj = torch.tensor([[4., 4, 8, 8]])
+    m = spatial_masks(sub, obj, 8)
+    want = torch.zeros(2, 8, 8)
+    want[0, :4, :4] = 1
+    want[1, 4:, 4:] = 1
+    assert torch.equal(m[0], want)
+
+
+# ------------------------------------------------------------------------------------ outputs
+def _check_relation_field(rel, inst, n_boxes, orig):
+    assert set(RELATION_FIELDS) <= set(rel.get_fields())
+    t = len(rel)
+    for f in RELATION_FIELDS:
+        assert len(rel.get(f)) == t, f
+    assert rel.image_size == (orig, orig)
+    assert rel.pair_indices.shape == (t, 2)
+    if t == 0:
+        return
+    assert (rel.pair_indices[:, 0] != rel.pair_indices[:, 1]).all()
+    assert int(rel.pair_indices.max()) < n_boxes
+    assert torch.equal(rel.subject_boxes.tensor, inst.pred_boxes.tensor[rel.pair_indices[:, 0]])
+    assert torch.equal(rel.object_boxes.tensor, inst.pred_boxes.tensor[rel.pair_indices[:, 1]])
+    assert (rel.scores[:-1] >= rel.scores[1:]).all()
+    assert ((rel.scores >= 0) & (rel.scores <= 1)).all()
+    # pair_rank: within a pair, ranks 0.. in score order (the union keeps each pair's prefix)
+    for pair in {tuple(p) for p in rel.pair_indices.tolist()}:
+        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if tuple(p) == pair]
+        ranks = rel.pair_rank[rows].tolist()
+        assert ranks == list(range(len(rows))), (pair, ranks)
+
+
+@pytest.mark.parametrize("mode", ["phrase_cls", "predcls"])
+def test_gold_box_modes_use_the_given_boxes(mode):
+    cfg = tiny_cfg(MODE=mode)
+    model = build(cfg)
+    inputs = make_inputs((3, 4))
+    with torch.no_grad():
+        outs = model(inputs)
+    for x, out in zip(inputs, outs):
+        inst, rel = out["instances"], out["relations"]
+        n = len(x["instances"])
+        # given boxes, scaled from the 64 px input to the 128 px original
+        torch.testing.assert_close(inst.pred_boxes.tensor, x["instances"].gt_boxes.tensor * 2)
+        _check_relation_field(rel, inst, n, 128)
+        pairs = {tuple(p) for p in rel.pair_indices.tolist()}
+        assert pairs == {(i, j) for i in range(n) for j in range(n) if i != j}
+        assert len(rel) <= len(cfg.MODEL.VRD.TEST.K_PER_PAIR) * cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE
+        if mode == "predcls":
+            cls = x["instances"].gt_classes
+            assert torch.equal(rel.subject_classes, cls[rel.pair_indices[:, 0]])
+            assert torch.equal(rel.object_classes, cls[rel.pair_indices[:, 1]])
+            # every pair's P predicates fit in top-20: rows = all (pair, predicate)
+            assert len(rel) == min(n * (n - 1) * P, 20) or len(rel) >= 20
+
+
+def test_union_over_k_matches_each_k_selection():
+    """For each k in K_PER_PAIR, the top-K rows with pair_rank < k must be the model's own top-K
+    under "at most k per pair": check against brute force over dense scores of the same logits."""
+    cfg = tiny_cfg(MODE="phrase_cls", USE_PRIOR=False)
+    cfg.MODEL.VRD.TEST.K_PER_PAIR = [1, 2, 0]
+    cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 10
+    model = build(cfg)
+    inputs = make_inputs((4,))
+    with torch.no_grad():
+        rel = model(inputs)[0]["relations"]
+        heads = model.roi_heads
+        boxes = inputs[0]["instances"].gt_boxes.tensor
+        feats = model.backbone(model.preprocess_image(inputs).tensor)
+        pairs = all_ordered_pairs(4)
+        out = heads._pair_logits(feats, [boxes], [pairs], [(64, 64)])
+        from vrd_d2.modeling.cp_triplet import dense_log_prob
+        dense = dense_log_prob(out["s_s"], out["s_p"], out["s_o"]).flatten(1)
+        dense = dense + torch.nn.functional.logsigmoid(out["sel"])[:, None]
+    for k in (1, 2, 0):
+        sel = rel[rel.pair_rank < k] if k else rel
+        got = sel.scores[:10]
+        per_pair = dense.sort(1, descending=True).values[:, : (k or dense.shape[1])]
+        want = per_pair.flatten().sort(descending=True).values[:10].exp()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_boxes", [0, 1])
+def test_zero_or_one_box_gives_empty_relations(n_boxes):
+    model = build(tiny_cfg(MODE="phrase_cls"))
+    with torch.no_grad():
+        out = model(make_inputs((n_boxes, 3)))
+    assert len(out[0]["relations"]) == 0
+    _check_relation_field(out[0]["relations"], out[0]["instances"], n_boxes, 128)
+    assert len(out[1]["relations"]) > 0
+
+
+def test_sgdet_detected_boxes():
+    model = build(tiny_cfg(MODE="sgdet"))
+    with torch.no_grad():
+        outs = model(make_inputs((3, 2)))
+    for out in outs:
+        inst = out["instances"]
+        assert inst.has("pred_boxes") and inst.has("scores") and inst.has("pred_classes")
+        _check_relation_field(out["relations"], inst, len(inst), 128)
+        # class-agnostic NMS 0.7 before pairing
+        iou = pairwise_iou(inst.pred_boxes, inst.pred_boxes)
+        assert (iou.triu(1) <= 0.7 + 1e-6).all()
+
+
+def test_switches_change_the_scores():
+    inputs = make_inputs((3,))
+    model = build(tiny_cfg(MODE="phrase_cls"))
+    model.roi_heads.set_triplet_counts(np.random.RandomState(0).randint(0, 3, (S, P, S)))
+    with torch.no_grad():
+        base = model(inputs)[0]["relations"].scores
+        model.roi_heads.use_selection = False
+        no_sel = model(inputs)[0]["relations"].scores
+        model.roi_heads.use_prior = False
+        no_prior = model(inputs)[0]["relations"].scores
+    assert not torch.allclose(base, no_sel) and not torch.allclose(no_sel, no_prior)
+
+
+def test_checkpoint_roundtrip_identical_outputs(tmp_path):
+    cfg = tiny_cfg(MODE="phrase_cls")
+    a = build(cfg, seed=0)
+    a.roi_heads.set_triplet_counts(np.random.RandomState(0).randint(0, 3, (S, P, S)))
+    inputs = make_inputs((4,))
+    DetectionCheckpointer(a, save_dir=str(tmp_path)).save("m")
+    b = build(cfg, seed=1)
+    assert b.roi_heads.prior.num_support == 0
+    DetectionCheckpointer(b).load(str(tmp_path / "m.pth"))
+    assert b.roi_heads.prior.num_support == a.roi_heads.prior.num_support > 0
+    assert torch.equal(b.roi_heads.prior.to_dense(), a.roi_heads.prior.to_dense())
+    with torch.no_grad():
+        ra, rb = a(inputs)[0]["relations"], b(inputs)[0]["relations"]
+    for f in RELATION_FIELDS:
+        va, vb = ra.get(f), rb.get(f)
+        va, vb = (va.tensor, vb.tensor) if isinstance(va, Boxes) else (va, vb)
+        assert torch.equal(va, vb), f
+
+
+def test_empty_checkpoint_prior_keeps_the_training_prior(tmp_path):
+    cfg = tiny_cfg(MODE="phrase_cls")
+    a = build(cfg)  # no counts
+    DetectionCheckpointer(a, save_dir=str(tmp_path)).save("m")
+    b = build(cfg)
+    counts = np.random.RandomState(0).randint(0, 3, (S, P, S))
+    b.roi_heads.set_triplet_counts(counts)
+    DetectionCheckpointer(b).load(str(tmp_path / "m.pth"))
+    assert torch.equal(b.roi_heads.triplet_counts, torch.as_tensor(counts, dtype=torch.float32))
+    assert torch.equal(b.roi_heads.prior.to_dense(), TripletPrior.from_counts(counts).to_dense())
+
+
+def test_geometry_only_needs_no_image_and_no_backbone():
+    model = build(tiny_cfg(MODE="phrase_cls", GEOMETRY_ONLY=True))
+    inputs = make_inputs((3,))
+    for x in inputs:
+        del x["image"]
+
+    def boom(*a, **k):
+        raise AssertionError("backbone called")
+
+    model.backbone.forward = boom
+    with torch.no_grad():
+        out = model(inputs)[0]
+    _check_relation_field(out["relations"], out["instances"], 3, 128)
+    assert len(out["relations"]) > 0
+
+
+def test_gold_box_mode_without_instances_names_the_problem():
+    model = build(tiny_cfg(MODE="phrase_cls"))
+    inputs = make_inputs((3,))
+    del inputs[0]["instances"]
+    with pytest.raises(ValueError, match="instances"):
+        model(inputs)
+
+
+def test_box_head_feature_mode_runs_in_gold_box_mode():
+    model = build(tiny_cfg(MODE="predcls", USE_BOX_HEAD_FEATURES=True))
+    with torch.no_grad():
+        out = model(make_inputs((3,)))[0]
+    _check_relation_field(out["relations"], out["instances"], 3, 128)
+    assert len(out["relations"]) == 3 * 2 * P

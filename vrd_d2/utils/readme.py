@@ -1,0 +1,18 @@
+"""Keep the README's results tables equal to what the commands that produce them print."""
+import re
+
+__all__ = ["replace_readme_section"]
+
+
+def replace_readme_section(path: str, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->`` in
+    ``path`` by ``text``; a ValueError naming the file if the markers are missing."""
+    with open(path) as f:
+        readme = f.read()
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"{path}: markers {begin} ... {end} not found")
+    readme = pattern.sub(lambda _: f"{begin}\n{text.strip()}\n{end}", readme, count=1)
+    with open(path, "w") as f:
+        f.write(readme)
