@@ -1,8 +1,6 @@
 """MODEL.VRD.TRAIN_STAGE: one SGD step changes exactly the parameters the stage trains, the
 losses each stage returns, total-norm clipping, training on proposals."""
 import copy
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -10,19 +8,12 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from vrd_d2.engine import SGDWithTotalNormClip, build_vrd_optimizer
+
 from test_roi_heads import make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train_net():
-    spec = importlib.util.spec_from_file_location("vrd_train_net", os.path.join(REPO, "tools", "train_net.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TRAIN_NET = _train_net()
 
 # parameter-name prefixes each stage trains (everything else must stay bit-identical)
 TRAINED = {
@@ -40,7 +31,7 @@ def _one_step(cfg):
     model = build_model(cfg)
     model.train()
     before = copy.deepcopy(model.state_dict())
-    opt = TRAIN_NET.build_vrd_optimizer(cfg, model)
+    opt = build_vrd_optimizer(cfg, model)
     with EventStorage():
         losses = model(make_inputs((3, 4)))
     total = sum(losses.values())
@@ -94,7 +85,7 @@ def test_total_norm_clipping_matches_manual():
     for p, g in zip(a, grads):
         p.grad = g.clone()
     w0 = [p.detach().clone() for p in a]
-    opt = TRAIN_NET.SGDWithTotalNormClip(a, clip_norm=20.0, lr=1.0, momentum=0.0)
+    opt = SGDWithTotalNormClip(a, clip_norm=20.0, lr=1.0, momentum=0.0)
     opt.step()
     total = torch.sqrt(sum((g ** 2).sum() for g in grads))
     assert total > 20
