@@ -289,3 +289,24 @@ def test_box_head_feature_mode_runs_in_gold_box_mode():
         out = model(make_inputs((3,)))[0]
     _check_relation_field(out["relations"], out["instances"], 3, 128)
     assert len(out["relations"]) == 3 * 2 * P
+
+
+def test_prior_alone_scores_are_the_add1_frequencies():
+    """USE_CP False, no selection, predcls: each pair's predicate scores are the add-1 smoothed
+    training frequencies P(p | s, o) ∝ count(s, p, o) + 1 (up to the pair's constant), computed
+    here by hand from the counts."""
+    inputs = make_inputs((4,))
+    model = build(tiny_cfg(MODE="predcls", USE_CP=False, USE_SELECTION=False))
+    counts = np.random.RandomState(1).randint(0, 5, (S, P, S))
+    model.roi_heads.set_triplet_counts(counts)
+    with torch.no_grad():
+        rel = model(inputs)[0]["relations"]
+    assert len(rel) > 0
+    for (s, p, o), score, (i, j) in zip(
+        zip(rel.subject_classes.tolist(), rel.predicate_classes.tolist(), rel.object_classes.tolist()),
+        rel.scores.tolist(), rel.pair_indices.tolist(),
+    ):
+        same_pair = [(pp, sc) for pp, sc, pr in zip(rel.predicate_classes.tolist(), rel.scores.tolist(),
+                                                    rel.pair_indices.tolist()) if pr == [i, j]]
+        for pp, sc in same_pair:  # ratios within a pair follow (count + 1)
+            assert sc / score == pytest.approx((counts[s, pp, o] + 1) / (counts[s, p, o] + 1), rel=1e-4)

@@ -56,6 +56,8 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.POOLER_RESOLUTION = 7
     # test-time score terms (ablations): psi_u prior, P(X_sel | b), P(b_s) P(b_o)
     _C.MODEL.VRD.USE_PRIOR = True
+    # False: psi_c uniform at test time, i.e. the frequency prior alone (ablation baseline)
+    _C.MODEL.VRD.USE_CP = True
     _C.MODEL.VRD.USE_SELECTION = True
     _C.MODEL.VRD.USE_BOX_SCORE = True
     # feed the CP branches and the selection head only box geometry + spatial masks (no image

@@ -113,6 +113,7 @@ class VRDROIHeads(StandardROIHeads):
         spatial_conv_dims: Sequence[int],
         triplet_counts: Optional[Tensor] = None,
         use_prior: bool = True,
+        use_cp: bool = True,
         use_selection: bool = True,
         use_box_score: bool = True,
         geometry_only: bool = False,
@@ -145,6 +146,8 @@ class VRDROIHeads(StandardROIHeads):
                 (buffer ``triplet_counts``); a checkpoint with all-zero counts does not replace
                 non-zero counts built from the training set.
             use_prior, use_selection, use_box_score: test-time score terms (ablations).
+            use_cp: False replaces psi_c by the uniform distribution at test time, so the
+                triplet score is the frequency prior alone (the baseline of the ablations).
             geometry_only: branches read pair geometry + masks only (no image features).
             use_box_head_features: branches read box_head(box_pooler(box)) (the detector's fc7)
                 of subject, object and union boxes instead of relation_pooler features.
@@ -195,6 +198,7 @@ class VRDROIHeads(StandardROIHeads):
         self.register_buffer("triplet_counts", triplet_counts)
         self.prior = _CountsPrior.from_counts(triplet_counts)
         self.use_prior, self.use_selection, self.use_box_score = use_prior, use_selection, use_box_score
+        self.use_cp = use_cp
         self.mode, self.train_stage = mode, train_stage
         self.train_on_proposals = train_on_proposals
         self.proposals_per_gt, self.proposal_iou = proposals_per_gt, proposal_iou
@@ -250,6 +254,7 @@ class VRDROIHeads(StandardROIHeads):
             "spatial_conv_dims": list(v.SPATIAL_CONV_DIMS),
             "triplet_counts": counts,
             "use_prior": v.USE_PRIOR,
+            "use_cp": v.USE_CP,
             "use_selection": v.USE_SELECTION,
             "use_box_score": v.USE_BOX_SCORE,
             "geometry_only": v.GEOMETRY_ONLY,
@@ -466,6 +471,8 @@ class VRDROIHeads(StandardROIHeads):
         for a in range(0, pairs.shape[0], self.test_pair_batch):
             chunk = pairs[a : a + self.test_pair_batch]
             out = self._pair_logits(features, [boxes], [chunk], [inst.image_size], want_cp=True, want_sel=self.use_selection)
+            if not self.use_cp:  # all log-factors equal: psi_c is uniform
+                out.update({k: torch.zeros_like(out[k]) for k in ("s_s", "s_p", "s_o")})
             weight = log_box[chunk[:, 0]] + log_box[chunk[:, 1]]
             if self.use_selection:
                 weight = weight + F.logsigmoid(out["sel"])
