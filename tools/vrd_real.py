@@ -119,13 +119,14 @@ def build_cfg(args, variant, stage, weights=""):
     cfg = add_vrd_config(get_cfg())
     cfg.merge_from_file(args.config_file)
     cfg.DATASETS.TRAIN = (f"{args.prefix}_train",)
-    cfg.DATASETS.TEST = (f"{args.prefix}_test",)
+    cfg.DATASETS.TEST = ()  # evaluated below against gt.mat, not at the end of training
     cfg.MODEL.VRD.RANK = rank
     cfg.MODEL.VRD.USE_SELECTION = use_sel
     cfg.MODEL.VRD.USE_PRIOR = use_prior
     cfg.MODEL.VRD.USE_CP = use_cp
     cfg.MODEL.VRD.TRAIN_STAGE = stage
     cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.OUTPUT_DIR = os.path.join(args.output, f"rank{rank}", stage)
     if stage == "selection":
         cfg.SOLVER.MAX_ITER = cfg.SOLVER.MAX_ITER // 2
