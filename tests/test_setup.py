@@ -3,7 +3,6 @@ its components, and a stock Faster R-CNN runs on CPU."""
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ from typing import List, Optional
 
 from vrd_d2.evaluation import VRDEvaluator, format_results_table, load_lu_results_mat, load_results_json
 from vrd_d2.data.datasets.lu2016 import load_image_paths
-from vrd_d2.evaluation.results_io import image_key, load_lu_ground_truth
+from vrd_d2.evaluation.results_io import image_key
 from vrd_d2.evaluation.recall import k_label
 
 logger = logging.getLogger("vrd_d2.eval_results")

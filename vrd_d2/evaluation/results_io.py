@@ -13,7 +13,7 @@ Record layout: see :mod:`vrd_d2.evaluation.recall`.
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 

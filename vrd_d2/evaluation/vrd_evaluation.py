@@ -10,7 +10,6 @@ import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator

@@ -18,7 +18,9 @@ Nothing is dropped silently: the counts are accumulated in a :class:`LoadStats` 
 summary line per dataset by :meth:`LoadStats.log`.
 """
 
+import json
 import logging
+import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,9 +29,21 @@ from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadStats", "build_record", "check_id", "RELATIONS_DTYPE"]
+__all__ = ["LoadStats", "build_record", "check_id", "read_json", "RELATIONS_DTYPE"]
 
 RELATIONS_DTYPE = np.int64
+
+
+def read_json(path: str, what: str, source: str):
+    """``json.load`` of ``path``; FileNotFoundError / ValueError naming ``source`` (e.g. "VRD"),
+    ``what`` the file is and the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{source}: {what} file not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: {what} file {path} is not valid json: {e}") from None
 
 
 class LoadStats:

@@ -30,20 +30,14 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LoadStats, build_flip_map, build_record, check_id
+from .common import LoadStats, build_flip_map, build_record, check_id, read_json
 from .vrd import read_image_size
 
 __all__ = ["load_vrd_json_file", "register_vrd_json", "read_vrd_json_header", "dump_vrd_json"]
 
 
 def _read(json_file: str):
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"vrd json file not found: {json_file}")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file} is not valid json: {e}") from None
+    data = read_json(json_file, "relationship json", "vrd json")
     for key in ("thing_classes", "predicate_classes", "images"):
         if key not in data:
             raise ValueError(f"{json_file}: top-level key {key!r} missing (found {sorted(data)})")

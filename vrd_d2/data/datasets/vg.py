@@ -35,7 +35,6 @@ vrd json format (docs/DATASETS.md): one image entry per image, objects = the dis
 (class, box) of subjects and objects, relations = (subject index, object index, predicate).
 """
 
-import json
 import logging
 import os
 from typing import List, Optional
@@ -43,7 +42,7 @@ from typing import List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LoadStats, build_flip_map, build_record, check_id
+from .common import LoadStats, build_flip_map, build_record, check_id, read_json
 from .vrd import read_image_size
 
 logger = logging.getLogger(__name__)
@@ -66,16 +65,6 @@ H5_KEYS = (
 )
 
 
-def _read_json(path, what):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VG: {what} file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"VG: {what} file {path} is not valid json: {e}") from None
-
-
 def _names_from_1based(mapping: dict, path: str, key: str) -> List[str]:
     """``{"1": name1, ...}`` -> [name1, ...] (0-based list)."""
     try:
@@ -88,7 +77,7 @@ def _names_from_1based(mapping: dict, path: str, key: str) -> List[str]:
 
 
 def vg150_classes(dicts_file: str):
-    d = _read_json(dicts_file, "dicts")
+    d = read_json(dicts_file, "dicts", "VG")
     for k in ("idx_to_label", "idx_to_predicate"):
         if k not in d:
             raise ValueError(f"{dicts_file}: key {k!r} missing")
@@ -133,7 +122,7 @@ def load_vg150(
     if split not in ("train", "val", "test"):
         raise ValueError(f"VG150 split must be train, val or test, found {split!r}")
     objects, predicates = vg150_classes(dicts_file)
-    image_data = _read_json(image_data_file, "image_data")
+    image_data = read_json(image_data_file, "image_data", "VG")
     with _open_h5(h5_file) as h5:
         missing = [k for k in H5_KEYS if k not in h5]
         if missing:
@@ -300,7 +289,7 @@ def load_vg200_h5(
         predicates, pred_off = _vg200_names(h5["meta/pre/idx2name"], h5_file, "meta/pre/idx2name")
         sizes = {}
         if image_data_file and os.path.isfile(image_data_file):
-            for d in _read_json(image_data_file, "image_data"):
+            for d in read_json(image_data_file, "image_data", "VG"):
                 sizes[str(d["image_id"])] = (int(d["height"]), int(d["width"]))
         stats = stats if stats is not None else LoadStats(name)
         records = []

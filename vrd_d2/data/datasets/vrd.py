@@ -17,14 +17,13 @@ Image sizes come from the image header when the image exists, otherwise from
 at registration; the mapper reports a missing image by name.
 """
 
-import json
 import logging
 import os
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LEFT_RIGHT_PAIRS, LoadStats, build_flip_map, build_record, check_id
+from .common import LEFT_RIGHT_PAIRS, LoadStats, build_flip_map, build_record, check_id, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +37,6 @@ __all__ = [
 
 # Images whose name in annotations_*.json differs from the file in sg_dataset (a GIF named .jpg).
 VRD_IMAGE_ALIASES = {"4392556686_44d71ff5a0_o.jpg": "4392556686_44d71ff5a0_o.gif"}
-
-
-def _read_json(path: str, what: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VRD: {what} file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"VRD: {what} file {path} is not valid json: {e}") from None
 
 
 def read_image_size(path: str):
@@ -65,7 +54,7 @@ def read_image_size(path: str):
 
 
 def _load_class_list(path: str, what: str) -> List[str]:
-    names = _read_json(path, what)
+    names = read_json(path, what, "VRD")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"VRD: {path} must be a json list of {what} names")
     return names
@@ -96,7 +85,7 @@ def load_vrd_json(
     """
     objects = _load_class_list(objects_file, "object")
     predicates = _load_class_list(predicates_file, "predicate")
-    anns = _read_json(json_file, "annotation")
+    anns = read_json(json_file, "annotation", "VRD")
     if not isinstance(anns, dict):
         raise ValueError(
             f"VRD: {json_file} must map image names to relation lists, "
@@ -104,7 +93,7 @@ def load_vrd_json(
         )
     sizes = {}
     if metadata_file is not None and os.path.isfile(metadata_file):
-        meta = _read_json(metadata_file, "image metadata")
+        meta = read_json(metadata_file, "image metadata", "VRD")
         for k, v in meta.items():
             sizes[os.path.splitext(k)[0]] = (int(v["height"]), int(v["width"]))
     stats = stats if stats is not None else LoadStats(name)
