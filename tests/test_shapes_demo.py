@@ -1,0 +1,80 @@
+"""tools/shapes_demo.py (make demo): the whole pipeline with --quick (2 iterations a stage, a few
+images), checking the structure of what it prints and writes, not the numbers; --reuse skips the
+trained stages; the README section is replaced between its markers only."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("vrd_shapes_demo", os.path.join(REPO, "tools", "shapes_demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tool = _load_tool()
+    out = tmp_path_factory.mktemp("shapes_demo")
+    readme = out / "README.md"
+    readme.write_text("# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n")
+    rc = tool.main(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
+    return tool, out, readme, rc
+
+
+def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys):
+    tool, out, _, rc = quick_run
+    assert rc == 0
+    stages = ["stage1_detector"] + [f"rank{r}_{s}" for r in (5, 1) for s in ("stage2_triplet", "stage3_selection")]
+    for stage in stages:
+        assert os.path.isfile(out / stage / "model_final.pth"), stage
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["test"]) == list(tool.VARIANTS)
+    assert data["quick"] is True
+    for variant, res in data["test"].items():
+        for _, task, metric in tool.COLUMNS:
+            assert 0.0 <= res[task][metric] <= 100.0, (variant, task, metric)
+    assert "relationship" in data["test"][tool.FULL] and "phrase" in data["test"][tool.FULL]
+    assert data["seconds"]["total"] > 0
+    # the markdown table: header, separator, one row per variant, each with every column
+    lines = (out / "results.md").read_text().splitlines()
+    assert lines[0].count("|") == len(tool.COLUMNS) + 2
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == list(tool.VARIANTS)
+    assert all(r.count("|") == len(tool.COLUMNS) + 2 for r in rows)
+    assert any(line.startswith("Wall time:") for line in lines)
+
+
+def test_readme_section_is_replaced_between_markers_only(quick_run):
+    _, out, readme, _ = quick_run
+    text = readme.read_text()
+    table = (out / "results.md").read_text().strip()
+    assert "old table" not in text
+    assert f"<!-- shapes-demo:begin -->\n{table}\n<!-- shapes-demo:end -->" in text
+    assert text.startswith("# x\n\n## Results\n") and text.endswith("\n## After\n")
+
+
+def test_reuse_skips_trained_stages(quick_run):
+    tool, out, _, _ = quick_run
+    mtimes = {p: os.path.getmtime(p) for p in out.rglob("model_final.pth")}
+    args = tool.get_parser().parse_args(["--quick", "--reuse", "--output", str(out)])
+    args.prefix = tool.register_quick_subsets()
+    cfg = tool.build_cfg(args, "triplet", 5, str(out / "stage1_detector" / "model_final.pth"))
+    path, seconds = tool.train_stage(cfg, reuse=True)
+    assert path == str(out / "rank5_stage2_triplet" / "model_final.pth") and seconds == 0.0
+    assert {p: os.path.getmtime(p) for p in out.rglob("model_final.pth")} == mtimes
+
+
+def test_failure_exits_nonzero(tmp_path, monkeypatch):
+    tool = _load_tool()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("no data")
+
+    monkeypatch.setattr(tool, "train_stage", boom)
+    assert tool.main(["--quick", "--output", str(tmp_path)]) == 1
