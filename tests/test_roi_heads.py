@@ -310,3 +310,19 @@ def test_prior_alone_scores_are_the_add1_frequencies():
                                                     rel.pair_indices.tolist()) if pr == [i, j]]
         for pp, sc in same_pair:  # ratios within a pair follow (count + 1)
             assert sc / score == pytest.approx((counts[s, pp, o] + 1) / (counts[s, p, o] + 1), rel=1e-4)
+
+
+def test_predcls_scores_are_conditional_predicate_probabilities():
+    """Labels given, no selection, box scores 1: a pair's scores over all predicates are
+    P(p | s, o, b) and sum to 1 (the score of the issue: conf_s conf_o P(p | s, o, b) P(X_sel))."""
+    inputs = make_inputs((2,))
+    cfg = tiny_cfg(MODE="predcls", USE_SELECTION=False)
+    cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * P
+    model = build(cfg)
+    model.roi_heads.set_triplet_counts(np.random.RandomState(2).randint(0, 4, (S, P, S)))
+    with torch.no_grad():
+        rel = model(inputs)[0]["relations"]
+    for pair in ([0, 1], [1, 0]):
+        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
+        assert len(rows) == P
+        assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)

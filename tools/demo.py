@@ -21,6 +21,7 @@ import os
 import sys
 
 import numpy as np
+import torch
 import tqdm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -126,6 +127,9 @@ def setup_cfg(args):
     cfg.merge_from_list(args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("demo: CUDA is not available, running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -478,8 +478,10 @@ class VRDROIHeads(StandardROIHeads):
                 weight = weight + F.logsigmoid(out["sel"])
             if self.mode == "predcls":
                 cls = inst.pred_classes
+                # labels are given (gold or a detector's): score = P(b_s) P(b_o) P(p | s, o, b) P(X_sel)
                 v, t = topk_predicates_given_labels(out["s_s"], out["s_p"], out["s_o"], cls[chunk[:, 0]],
-                                                    cls[chunk[:, 1]], topk, prior=prior, pair_log_weight=weight)
+                                                    cls[chunk[:, 1]], topk, prior=prior, pair_log_weight=weight,
+                                                    normalize=True)
             else:
                 v, t = topk_triplets_per_pair(out["s_s"], out["s_p"], out["s_o"], topk, prior=prior, pair_log_weight=weight)
             scores.append(v)

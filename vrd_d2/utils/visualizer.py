@@ -75,7 +75,8 @@ class RelationVisualizer:
         lines = ["{}. {}({}) {} {}({})  {:.3g}".format(
             i + 1, r["subject_label"], r["subject"], r["predicate"], r["object_label"],
             r["object"], r["score"]) for i, r in enumerate(rels)]
-        longest = max([len(t) for t in lines] + [24])
+        title = "relations (subject predicate object, score)"
+        longest = max([len(t) for t in lines] + [len(title)])
         panel_w = int(longest * font * 0.62) + 20
         needed_h = int((len(lines) + 2) * font * 1.5)
         canvas_h = max(h, needed_h)
@@ -91,7 +92,7 @@ class RelationVisualizer:
             vis.draw_text("{}:{}".format(obj["id"], obj["label"]), (x0 + 2, y0 + 2),
                           font_size=font * 0.8, color=colour, horizontal_alignment="left")
         ax = vis.output.ax
-        vis.draw_text("relations (subject predicate object, score)", (w + 10, font),
+        vis.draw_text(title, (w + 10, font),
                       font_size=font * 0.9, color="black", horizontal_alignment="left")
         for i, (rel, text) in enumerate(zip(rels, lines)):
             colour = tuple(palette[i % len(palette)])
