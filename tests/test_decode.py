@@ -268,3 +268,96 @@ def test_cuda_matches_cpu():
     scores, trip = topk_triplets_per_pair(*[x.cuda() for x in f], 50, prior=prior)
     assert scores.is_cuda and trip.is_cuda
     assert_exact(scores.cpu(), trip.cpu(), brute_scores(*f, counts), 50, TOL[torch.float32])
+
+
+def _prior_holding(f, k, sizes, gen, extra_density=0.02):
+    """A prior whose support holds the true top-k triplets of every pair (plus random entries),
+    with large counts on some of them: the support list of the bound path must find them."""
+    S, P, O = sizes
+    dense = brute_scores(*f)
+    counts = rand_counts(sizes, extra_density, gen)
+    win = dense.flatten(1).topk(min(k, S * P * O), dim=1).indices.reshape(-1)
+    flat = counts.reshape(-1)
+    flat[win] = torch.randint(1, 2000, (win.numel(),), generator=gen)
+    return counts
+
+
+@FAST
+@given(
+    n=st.integers(1, 5),
+    r=st.integers(1, 4),
+    k=st.integers(1, 120),
+    kind=st.sampled_from(["peaked", "random"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    dense_tables=st.booleans(),
+    seed=st.integers(0, 10**6),
+)
+def test_prior_pruning_never_drops_a_true_winner(n, r, k, kind, dtype, dense_tables, seed):
+    """The bound path prunes support entries cell by cell (max psi_u of each (subject, object)
+    cell) and off-support triplets by the pairwise bounds; with the true winners (and more) in
+    the support, it must still return exactly the dense top-k, with the dense psi_u tables or
+    with the binary-search fallback for large priors."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = (9, 6, 8)
+    if kind == "peaked":
+        f = peaked(n, r, sizes, gen=g, dtype=torch.float64)
+    else:
+        f = [torch.randn(n, r, c, generator=g, dtype=torch.float64) * 2 for c in sizes]
+    counts = _prior_holding(f, k, sizes, g)
+    f = [x.to(dtype) for x in f]
+    prior = TripletPrior.from_counts(counts)
+    old = decode._DENSE_PRIOR_MAX
+    decode._DENSE_PRIOR_MAX = old if dense_tables else 0
+    try:
+        scores, trip = topk_triplets_per_pair(
+            *f, k, prior=prior, method="bound", max_enumerate_fraction=2.0
+        )
+    finally:
+        decode._DENSE_PRIOR_MAX = old
+    assert decode.last_decode_stats["bound"] == n
+    assert_exact(scores, trip, brute_scores(*f, counts), k, TOL[dtype])
+
+
+def test_prior_tables_follow_count_changes_and_small_chunks(monkeypatch):
+    """The prior's decoding tables are cached per prior; set_counts must invalidate them. Tiny
+    chunks split the candidate scoring into several groups of pairs."""
+    g = torch.Generator().manual_seed(7)
+    sizes = (40, 12, 40)
+    f = peaked(6, 2, sizes, gen=g, dtype=torch.float32)
+    counts = rand_counts(sizes, 0.02, g)
+    prior = TripletPrior.from_counts(counts)
+    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior)
+    assert decode.last_decode_stats["bound"] == 6
+    assert_exact(scores, trip, brute_scores(*f, counts), 50, TOL[torch.float32])
+    counts2 = _prior_holding([x.double() for x in f], 50, sizes, g)
+    prior.set_counts(counts2)
+    monkeypatch.setattr(decode, "_CHUNK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(decode, "_GROUP_ELEMENTS", 1 << 10)
+    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior)
+    assert decode.last_decode_stats["bound"] == 6
+    assert_exact(scores, trip, brute_scores(*f, counts2), 50, TOL[torch.float32])
+    # flat logits, every pair certified: many candidates, scored in several groups per chunk
+    flat = [torch.randn(6, 2, c, generator=g) * 0.1 for c in sizes]
+    for pr, cnt in ((None, None), (prior, counts2)):
+        scores, trip = topk_triplets_per_pair(
+            *flat, 50, prior=pr, method="bound", max_enumerate_fraction=2.0
+        )
+        assert decode.last_decode_stats["bound"] == 6
+        assert_exact(scores, trip, brute_scores(*flat, cnt), 50, TOL[torch.float32])
+    prior.support_log_prob.add_(0.0)  # an in-place edit also invalidates (version counter)
+    assert decode._prior_tables(prior, torch.device("cpu"), torch.float32) is not None
+
+
+def test_prior_tables_cache_does_not_keep_the_prior_alive():
+    import gc
+    import weakref
+
+    g = torch.Generator().manual_seed(8)
+    sizes = (6, 4, 6)
+    f = peaked(2, 2, sizes, gen=g)
+    prior = TripletPrior.from_counts(rand_counts(sizes, 0.2, g))
+    topk_triplets_per_pair(*f, 5, prior=prior)
+    ref = weakref.ref(prior)
+    del prior
+    gc.collect()
+    assert ref() is None

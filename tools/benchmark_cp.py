@@ -230,6 +230,14 @@ def main():
     )
     ap.add_argument("--loss-sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--loss-ranks", nargs="+", type=int, default=[1, 5, 10])
+    ap.add_argument(
+        "--decode-ranks",
+        dest="decode_ranks_override",
+        nargs="+",
+        type=int,
+        default=None,
+        help="ranks of the decode rows (default: 5 with --quick, else 1 5 10)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.quick:
@@ -238,6 +246,8 @@ def main():
     else:
         args.loss_pairs, args.dense_pairs, args.chunk = [256, 1024, 4096], 32, 4
         args.decode_pairs, args.dense_pairs_decode, args.decode_ranks = 256, 32, [1, 5, 10]
+    if args.decode_ranks_override is not None:
+        args.decode_ranks = args.decode_ranks_override
     if args.full:
         args.dense_pairs, args.dense_pairs_decode = 1 << 30, 1 << 30
     if args.dense_pairs_override is not None:

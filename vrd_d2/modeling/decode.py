@@ -11,14 +11,18 @@ it in the common case:
 
 1. *Bound path* (no dense tensor; :func:`_bound_path`). Let u(i, j, k) = sum_r phi_s,r(i)
    phi_p,r(j) phi_o,r(k) (numerator of eq. 5).
-   a. tau, a lower bound on the true K-th best score: the K-th best exact score among K distinct
-      triplets (for each rank, the K best of its own term in the block of its top-m classes,
-      duplicates removed; with a prior also the K support triplets of largest bound).
+   a. tau, a lower bound on the true K-th best score: the K-th largest lower estimate of the
+      scores of K distinct triplets (:func:`_seed_tau`: each rank's block of its top-m classes,
+      with a prior also the support predicates of each rank's top (subject, object) cells and
+      the support triplets of largest psi_u; for R > 1 also an exact merge across ranks).
    b. Pairwise bounds by three small matmuls: u(i, j, k) <= h_ik(i, k) = sum_r phi_s,r(i)
       max(phi_p,r) phi_o,r(k), and likewise h_ij, h_kj. The prior psi_u equals
       floor = 1/(total + S P O) off its support, so an off-support triplet can reach tau only if
-      all three bounds reach tau - log floor; a support triplet t only if log h_ik + log psi_u(t)
-      >= tau.
+      all three bounds reach tau - log floor (list A); a support triplet t only if
+      log min(h_ik, h_ij, h_kj) + log psi_u(t) >= tau (list B). List B is opened cell by cell:
+      the support is indexed by (subject, object) cell once per prior (:class:`_PriorTables`,
+      cached), and only cells with h_ik + the cell's largest log psi_u >= tau are expanded, so
+      the cost does not grow with the support size.
    c. Those candidates are scored exactly (log space); they contain every triplet scoring >= tau,
       so their top-K is the exact top-K. Pairs with more than ``max_enumerate_fraction`` S P O
       candidates (flat logits) are detected by the mask counts, cheaply and before any scoring,
@@ -30,7 +34,8 @@ it in the common case:
 3. *Dense log-space fallback* (:func:`~vrd_d2.modeling.cp_triplet.dense_log_prob` style).
 
 All paths are batched over pairs in chunks of a fixed element budget (``_CHUNK_ELEMENTS``), so
-memory is linear in N R (S + P + O) plus the prior's support, plus one bounded chunk of working
+memory is linear in N R (S + P + O) plus the prior's tables (its support indexed by cell and, up
+to ``_DENSE_PRIOR_MAX`` triplets, a dense log psi_u lookup), plus one bounded chunk of working
 tensors (pairwise bound tables, candidates, or the dense tensor of pairs that fall back).
 Device-agnostic (CPU / CUDA); gradients are not tracked (decoding is inference only).
 """
@@ -38,6 +43,7 @@ Device-agnostic (CPU / CUDA); gradients are not tracked (decoding is inference o
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -62,6 +68,8 @@ __all__ = [
 _FILE = "vrd_d2/modeling/decode.py"
 # elements per chunk of intermediate tensors (~64 MB of float64): bounds peak memory
 _CHUNK_ELEMENTS = 1 << 23
+# candidate elements scored at once by the bound path (a chunk's pairs are split into groups)
+_GROUP_ELEMENTS = 4 * _CHUNK_ELEMENTS
 # underflow guard of the linear-space fallback: float64 underflows near e^-708
 _LINEAR_MIN_LOG = -600.0
 # pairs decoded by each path in the last call of topk_triplets_per_pair (benchmarks, tests)
@@ -124,13 +132,140 @@ def _exact_log_u(s_s: Tensor, s_p: Tensor, s_o: Tensor, i: Tensor, j: Tensor, k:
 
 
 # --------------------------------------------------------------------------------------------
+# the prior's lookup tables: built once per (prior state, device, dtype) and cached
+# --------------------------------------------------------------------------------------------
+# dense log psi_u lookup table up to this many triplets (VG150: 1.2M, 4.6 MB in float32); larger
+# priors fall back to a binary search in the sorted support
+_DENSE_PRIOR_MAX = 1 << 24
+# support predicates kept per (subject, object) cell for the seed (largest psi_u first)
+_SEED_CELL_WIDTH = 4
+# the seed also scores the _SEED_TOP_PRIOR * k support triplets of largest psi_u
+_SEED_TOP_PRIOR = 8
+_TABLE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class _PriorTables:
+    """What the bound path needs of a prior, on one device, for logits of one dtype.
+
+    * The support sorted by (subject, object) cell (then psi_u descending), with a CSR pointer
+      ``cell_ptr [S O + 1]``: predicate ``j``, ratio ``w = psi_u / floor`` (= count + 1 for
+      :meth:`TripletPrior.from_counts`; raised to >= 1, a larger ratio still bounds) in the
+      bound's dtype, ``log_psi`` in the logits' dtype and the flat id ``flat``.
+    * ``wsup_ik [S O]``: the largest w of each cell (0 where the cell has no support entry), so
+      the support entries of a pair are pruned cell by cell, never one by one.
+    * ``lookup(flat)`` / ``is_support(flat)``: log psi_u in the logits' dtype (bit-identical to
+      the dense fallbacks) and support membership, by dense tables gathers (binary search in the
+      support when S P O > ``_DENSE_PRIOR_MAX``).
+    * ``cell_j``, ``cell_lp [S O, W]``: the (up to) W support predicates of largest psi_u of
+      each cell and their log psi_u (-inf padded), and ``seed_flat``: the support triplets of
+      largest psi_u first (:func:`_seed_tau`).
+    """
+
+    def __init__(self, prior: TripletPrior, bound_dtype: torch.dtype, dt: torch.dtype):
+        S, P, O = prior.shape
+        dev = prior.support_index.device
+        idx = prior.support_index
+        # tensors only, never the prior: the cache's values must not keep its weak keys alive
+        self.dt = dt
+        self.support_index = idx
+        self.support_log_prob = prior.support_log_prob.to(dt)
+        self.log_floor = float(prior.log_floor)
+        lp = prior.support_log_prob.to(torch.float64)
+        self.min_log = min([self.log_floor] + ([float(lp.min())] if lp.numel() else []))
+        w = (lp - self.log_floor).exp().clamp_(min=1.0)
+        ik = idx // (P * O) * O + idx % O
+        order = w.argsort(descending=True, stable=True)
+        self.seed_flat = idx[order]  # psi_u descending
+        self.seed_ijk = torch.stack((idx // (P * O), (idx // O) % P, idx % O))[:, order]
+        self.seed_lp = prior.support_log_prob[order].to(dt)
+        order = order[ik[order].argsort(stable=True)]  # by cell, then psi_u descending
+        cell = ik[order]
+        self.flat = idx[order]
+        self.j = (self.flat // O) % P
+        self.w = w[order].to(bound_dtype)
+        self.log_psi = prior.support_log_prob[order].to(dt)
+        counts = torch.bincount(cell, minlength=S * O)
+        self.cell_ptr = torch.zeros(S * O + 1, dtype=torch.long, device=dev)
+        self.cell_ptr[1:] = counts.cumsum(0)
+        self.wsup_ik = (
+            torch.zeros(S * O, dtype=torch.float64, device=dev)
+            .scatter_reduce_(0, ik, w, "amax")
+            .to(bound_dtype)
+        )
+        self.wmax_ik = self.wsup_ik.clamp(min=1.0)  # off-support entries have w = 1
+        width = _SEED_CELL_WIDTH
+        self.cell_j = torch.zeros((S * O, width), dtype=torch.long, device=dev)
+        self.cell_lp = torch.full((S * O, width), -math.inf, dtype=dt, device=dev)
+        if idx.numel():
+            pos, _ = _row_positions(cell, S * O)
+            sel = pos < width
+            self.cell_j[cell[sel], pos[sel]] = self.j[sel]
+            self.cell_lp[cell[sel], pos[sel]] = self.log_psi[sel]
+        self.dense_log = self.dense_flag = None
+        if S * P * O <= _DENSE_PRIOR_MAX:
+            self.dense_log = prior.to_dense(log=True).reshape(-1).to(dt)
+            self.dense_flag = torch.zeros(S * P * O, dtype=torch.bool, device=dev)
+            self.dense_flag[idx] = True
+
+    def is_support(self, flat: Tensor) -> Tensor:
+        """Whether flat ids (any shape) are in the support."""
+        if self.dense_flag is not None:
+            return self.dense_flag.take(flat)
+        sup = self.support_index
+        if sup.numel() == 0:
+            return torch.zeros_like(flat, dtype=torch.bool)
+        pos = torch.searchsorted(sup, flat).clamp_(max=sup.numel() - 1)
+        return sup[pos] == flat
+
+    def lookup(self, flat: Tensor) -> Tensor:
+        """log psi_u of flat ids (any shape), in the logits' dtype."""
+        if self.dense_log is not None:
+            return self.dense_log.take(flat)
+        out = torch.full(flat.shape, self.log_floor, dtype=self.dt, device=flat.device)
+        sup = self.support_index
+        if sup.numel():
+            pos = torch.searchsorted(sup, flat).clamp_(max=sup.numel() - 1)
+            hit = sup.take(pos) == flat
+            out = torch.where(hit, self.support_log_prob.take(pos), out)
+        return out
+
+
+def _prior_tables(prior: TripletPrior, device: torch.device, dt: torch.dtype) -> _PriorTables:
+    """Cached :class:`_PriorTables` of ``prior`` (keyed by the identity and version counters of its
+    buffers, so :meth:`TripletPrior.set_counts`, ``load_state_dict`` or in-place edits rebuild)."""
+    bound_dtype = torch.float32 if dt == torch.float32 else torch.float64
+    bufs = (prior.support_index, prior.support_log_prob, prior.log_floor)
+    state = tuple((id(b), b._version) for b in bufs)
+    per_prior = _TABLE_CACHE.setdefault(prior, {})
+    key = (str(device), dt)
+    hit = per_prior.get(key)
+    if hit is not None and hit[0] == state and all(x is y for x, y in zip(hit[1], bufs)):
+        return hit[2]
+    tables = _PriorTables(_prior_on(prior, device), bound_dtype, dt)
+    per_prior[key] = (state, bufs, tables)
+    return tables
+
+
+# --------------------------------------------------------------------------------------------
 # path 1: certified bound
 # --------------------------------------------------------------------------------------------
-def _seed_tau(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior]):
-    """A lower bound tau [c] on the true kk-th best score: the kk-th best exact score (log u +
-    log psi_u) of kk distinct triplets. Candidates: for each rank r, the kk best triplets of the
-    r-th term alone within the block of the top-m classes of each factor (m^3 >= kk, m ~ 2 kk^1/3),
-    so the seed follows every rank's peaks; duplicates across ranks are removed."""
+def _seed_tau(s_s, s_p, s_o, kk: int, tables: Optional[_PriorTables]):
+    """A lower bound tau [c] on the true kk-th best score (log u + log psi_u): the kk-th largest
+    of lower estimates of the scores of kk distinct triplets. Each source below lists distinct
+    triplets with lower estimates of their scores; tau is the largest of their kk-th values.
+    term_r(t) = s_s,r(i) + s_p,r(j) + s_o,r(k) <= log u(t), so term_r + log psi_u <= score.
+
+    * block: for each rank r, the block of its top-m classes of each factor (m^3 >= kk,
+      m ~ 2 kk^1/3), estimated by term_r + the smallest log psi_u;
+    * cells (with a prior): for each rank, its top-m subjects x top-m objects with the support
+      predicates of largest psi_u of each cell (``_PriorTables.cell_j``), estimated by
+      term_r + log psi_u: strong prior entries whose predicate is not among the rank's top ones;
+    * top prior (with a prior): the ``_SEED_TOP_PRIOR * kk`` support triplets of largest psi_u,
+      scored exactly (flat factors: the prior decides the winners);
+    * R > 1: the kk triplets of largest term_r of every rank's block, merged, deduplicated and
+      scored exactly (+ log psi_u), so the seed follows every rank's peaks together.
+    Rounding of the estimates is covered by the margin the caller subtracts from tau.
+    """
     c, r, S = s_s.shape
     P, O = s_p.shape[2], s_o.shape[2]
     m = max(1, 2 * math.ceil(kk ** (1.0 / 3.0)))
@@ -140,23 +275,51 @@ def _seed_tau(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior]):
     v_p, i_p = s_p.topk(min(m, P), dim=2)
     v_o, i_o = s_o.topk(min(m, O), dim=2)
     ms, mp, mo = i_s.shape[2], i_p.shape[2], i_o.shape[2]
-    term = v_s[..., :, None, None] + v_p[..., None, :, None] + v_o[..., None, None, :]
-    best = term.reshape(c, r, -1).topk(kk, dim=2).indices  # [c, R, kk] in the m^3 block
-    ci = i_s.gather(2, best // (mp * mo)).reshape(c, -1)
-    cj = i_p.gather(2, (best // mo) % mp).reshape(c, -1)
-    ck = i_o.gather(2, best % mo).reshape(c, -1)
-    fid = (ci * P + cj) * O + ck
-    if r > 1:  # blocks of different ranks overlap: a duplicate would overstate tau
+    term = (v_s[..., :, None, None] + v_p[..., None, :, None] + v_o[..., None, None, :]).reshape(
+        c, r, -1
+    )
+    # the smallest psi_u stands in for each triplet's own (the exact merge below adds it; a
+    # per-triplet lookup costs more than it gains: the cells below hold the prior's peaks)
+    low_est = term + tables.min_log if tables is not None else term
+    top_v, best = low_est.topk(kk, dim=2)  # [c, R, kk] in each rank's block
+    tau = top_v[..., -1].amax(1)
+    if tables is not None and ms * mo * tables.cell_j.shape[1] >= kk:
+        cells = (i_s * O)[..., :, None] + i_o[..., None, :]  # [c, R, ms, mo]
+        flat_cells = cells.reshape(-1)
+        cj = tables.cell_j.index_select(0, flat_cells).view(cells.shape + (-1,))
+        lp = tables.cell_lp.index_select(0, flat_cells).view(cj.shape)  # -inf: padding
+        vp = s_p.gather(2, cj.reshape(c, r, -1)).reshape(cj.shape)
+        est = ((v_s[..., :, None, None] + v_o[..., None, :, None]) + vp + lp).reshape(c, r, -1)
+        tau = torch.maximum(tau, est.topk(kk, dim=2).values[..., -1].amax(1))
+    if tables is not None and tables.seed_flat.numel() >= kk:
+        # the support triplets of largest psi_u: when the CP factors are flat, the prior decides
+        # the winners and neither block above holds them
+        t = _SEED_TOP_PRIOR * kk
+        i, j, k = tables.seed_ijk[:, :t]
+
+        def rows(x, idx):  # class-major rows: fast gathers [T, c, R]
+            return x.permute(2, 0, 1).reshape(x.shape[2], c * r).index_select(0, idx)
+
+        lu = (rows(s_s, i) + rows(s_p, j) + rows(s_o, k)).view(-1, c, r)
+        lu = lu.logsumexp(2) if r > 1 else lu[..., 0]
+        score = (lu + tables.seed_lp[:t, None]).t()
+        tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
+    if r > 1:
+        ci = i_s.gather(2, best // (mp * mo)).reshape(c, -1)
+        cj = i_p.gather(2, (best // mo) % mp).reshape(c, -1)
+        ck = i_o.gather(2, best % mo).reshape(c, -1)
+        fid = (ci * P + cj) * O + ck
+        # blocks of different ranks overlap: a duplicate would overstate tau
         fid, perm = fid.sort(dim=1)
         ci, cj, ck = ci.gather(1, perm), cj.gather(1, perm), ck.gather(1, perm)
-    score = _exact_log_u(s_s, s_p, s_o, ci, cj, ck)
-    if prior is not None:
-        score = score + prior.log_prob_flat(fid).to(score)
-    if r > 1:
+        score = _exact_log_u(s_s, s_p, s_o, ci, cj, ck)
+        if tables is not None:
+            score = score + tables.lookup(fid)
         dup = torch.zeros_like(fid, dtype=torch.bool)
         dup[:, 1:] = fid[:, 1:] == fid[:, :-1]
         score = score.masked_fill(dup, -math.inf)
-    return score.topk(kk, dim=1).values[:, -1]
+        tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
+    return tau
 
 
 def _pair_bound(s_s, s_p, s_o) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -169,7 +332,8 @@ def _pair_bound(s_s, s_p, s_o) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     the maximum may underflow; adding R e^-700 (more than float64 can lose) keeps them upper
     bounds, and the factor 1 + 1e-9 covers the matmul's rounding (~1e-15 relative).
     float32 logits use float32 here (twice as fast; underflow below e^-80 relative, covered by a
-    larger slack: thresholds that deep let every candidate pass, sending the pair to dense).
+    larger slack: thresholds that deep let every candidate pass, sending the pair to dense; the
+    factor 1 + 1e-4 also covers the rounding of the prior's ratio tables multiplied in later).
     """
     wide = s_s.dtype != torch.float32
     ft = torch.float64 if wide else torch.float32
@@ -185,9 +349,14 @@ def _pair_bound(s_s, s_p, s_o) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     e_s = (x_s - mx_s).exp_().mul_(coef)  # the rank weight rides on the subject factor
     e_p, e_o = (x_p - mx_p).exp_(), (x_o - mx_o).exp_()
     e_s_t = e_s.transpose(1, 2)
-    h_ik = torch.bmm(e_s_t, e_o).flatten(1)
-    h_ij = torch.bmm(e_s_t, e_p)
-    h_kj = torch.bmm(e_o.transpose(1, 2), e_p * coef)
+    if s_s.shape[1] == 1:  # outer products: cheaper than a matmul with inner size 1
+        h_ik = (e_s_t * e_o).flatten(1)
+        h_ij = e_s_t * e_p
+        h_kj = e_o.transpose(1, 2) * (e_p * coef)
+    else:
+        h_ik = torch.bmm(e_s_t, e_o).flatten(1)
+        h_ij = torch.bmm(e_s_t, e_p)
+        h_kj = torch.bmm(e_o.transpose(1, 2), e_p * coef)
     slack = s_s.shape[1] * math.exp(-700.0 if wide else -80.0)
     grow = 1 + (1e-9 if wide else 1e-4)
     return tuple(h.mul_(grow).add_(slack) for h in (h_ik, h_ij, h_kj)) + (top.to(torch.float64),)
@@ -198,164 +367,170 @@ def _row_positions(rows: Tensor, n_rows: int, width: int = 1) -> Tuple[Tensor, T
     the per-row counts (times ``width``)."""
     counts = torch.bincount(rows, minlength=n_rows)
     starts = counts.cumsum(0) - counts
-    return (torch.arange(rows.numel(), device=rows.device) - starts[rows]) * width, counts * width
+    return (
+        torch.arange(rows.numel(), device=rows.device) - starts.index_select(0, rows)
+    ) * width, counts * width
 
 
-class _Support:
-    """The prior's support decoded once per call: flat ids, class ids, psi_u, log psi_u."""
-
-    def __init__(self, prior: TripletPrior, P: int, O: int):
-        self.flat = prior.support_index
-        self.i, self.j, self.k = self.flat // (P * O), (self.flat // O) % P, self.flat % O
-        self.ik = self.i * O + self.k
-        self.ij = self.i * P + self.j
-        self.kj = self.k * P + self.j
-        self.log_psi = prior.support_log_prob.to(torch.float64)
-        self.psi = self.log_psi.exp()
-        self.psi32 = self.psi.float()
-        self.u = self.flat.numel()
-
-    def exact(self, xs, xp, xo, rows: Tensor, t: Tensor) -> Tensor:
-        """Exact log u + log psi_u of support entries t for pairs rows (broadcastable index)."""
-        lu = (xs[rows, :, self.i[t]] + xp[rows, :, self.j[t]] + xo[rows, :, self.k[t]]).logsumexp(
-            -1
-        )
-        return lu + self.log_psi[t].to(lu)
-
-
-def _bound_path(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior], max_fraction: float):
+def _bound_path(s_s, s_p, s_o, kk: int, tables: Optional[_PriorTables], max_fraction: float):
     """Certified top-kk for all pairs. Returns (scores [N,kk] (unnormalized: log u + log psi_u),
     flat ids [N,kk], certified [N]).
 
-    1. tau: a lower bound on the kk-th best score: the kk-th best exact score of kk distinct
-       triplets (:func:`_seed_tau`; with a prior also the kk support triplets of largest bound).
+    1. tau: a lower bound on the kk-th best score (:func:`_seed_tau`).
     2. u(i, j, k) <= exp(top) min(h_ik(i, k), h_ij(i, j), h_kj(k, j)) (:func:`_pair_bound`). A
        triplet off the prior's support scores log floor + log u, so it can reach tau only if all
-       three bounds reach tau - log floor; a support triplet t only if log psi_u(t) + the bound
-       reaches tau. Those candidates are scored exactly; they hold every triplet scoring >= tau,
-       so their top-kk is the exact top-kk.
+       three bounds reach need = exp(tau - top) / floor (list A: the passing (subject, object)
+       cells crossed with the predicates passing the two other bounds); a support triplet t
+       only if w(t) min(h_ik, h_ij, h_kj) >= need, w = psi_u / floor (list B). List B is built
+       cell by cell: only cells with h_ik(i, k) max_t w(t) >= need are opened (one test per
+       cell, both lists share it through max(1, max_t w)), then their support entries are tested
+       one by one. Both lists are scored exactly; they hold every triplet scoring >= tau, so
+       their top-kk is the exact top-kk.
     Pairs needing more than max_fraction * S P O candidates (flat logits) are left uncertified
     for the dense fallback; finding that costs one small matmul per pair.
     """
     n, r, S = s_s.shape
     P, O = s_p.shape[2], s_o.shape[2]
     dev, dt = s_s.device, s_s.dtype
-    sup = _Support(prior, P, O) if prior is not None and prior.num_support > 0 else None
-    u = sup.u if sup is not None else 0
-    log_floor = float(prior.log_floor) if prior is not None else 0.0
+    log_floor = tables.log_floor if tables is not None else 0.0
+    tables_min_log = min(0.0, tables.min_log) if tables is not None else 0.0  # for the margin
     eps = torch.finfo(dt).eps * 64
     scores = torch.full((n, kk), -math.inf, dtype=dt, device=dev)
     fids = torch.zeros((n, kk), dtype=torch.long, device=dev)
     certified = torch.zeros(n, dtype=torch.bool, device=dev)
     max_cand = max_fraction * S * P * O
     m = 2 * math.ceil(kk ** (1.0 / 3.0)) + 1  # the seed's block side (see _seed_tau)
-    seed_cost = r * min(m**3, S * P * O) + 3 * r * r * kk
-    for a, b in _chunks(n, 4 * S * O + 2 * P * (S + O) + r * (S + P + O) + seed_cost + 4 * u):
+    seed_cost = 2 * r * min(m**3, S * P * O) + 3 * r * r * kk
+    if tables is not None:
+        seed_cost += r * (m * m * _SEED_CELL_WIDTH + _SEED_TOP_PRIOR * kk)
+    per_pair = 4 * S * O + 3 * P * (S + O) + 3 * r * (S + P + O) + seed_cost
+    for a, b in _chunks(n, per_pair):
         xs, xp, xo = s_s[a:b], s_p[a:b], s_o[a:b]
-        tau = _seed_tau(xs, xp, xo, kk, prior)
-        h, h_ij, h_kj, top = _pair_bound(xs, xp, xo)
-        if sup is not None:
-            # psi_u(t) u(t) <= psi_u(t) exp(top) min(h_ik, h_ij, h_kj) at t's classes: [c, U]
-            sup_bound = torch.minimum(
-                torch.minimum(h.index_select(1, sup.ik), h_ij.flatten(1).index_select(1, sup.ij)),
-                h_kj.flatten(1).index_select(1, sup.kj),
-            ).mul_(sup.psi if h.dtype == torch.float64 else sup.psi32)
-            if u >= kk:
-                # with a strong prior the best triplets are support ones: score exactly the kk
-                # support triplets of largest bound; their kk-th score is another lower bound
-                t = sup_bound.topk(kk, dim=1).indices
-                rows = torch.arange(t.shape[0], device=dev)[:, None]
-                tau = torch.maximum(tau, sup.exact(xs, xp, xo, rows, t).amin(1))
-        scale = (xs.amax(2) + xp.amax(2) + xo.amax(2)).abs().amax(1) + 1.0
+        c = b - a
+        tau = _seed_tau(xs, xp, xo, kk, tables)
+        h_ik, h_ij, h_kj, top = _pair_bound(xs, xp, xo)
+        scale = (xs.amax(2) + xp.amax(2) + xo.amax(2)).abs().amax(1) + 1.0 - tables_min_log
         low = (tau - eps * scale).to(torch.float64)  # margin: rounding must not drop a tie with tau
-        need = (low - top).clamp(max=700.0).exp()  # relative to exp(top); 0 if tau = -inf
-        need_off = (need * math.exp(-log_floor)).to(h.dtype)[:, None]
-        need = need.to(h.dtype)
-        mask_ik = h >= need_off
-        mask_ij = h_ij >= need_off[..., None]  # [c, S, P]
-        mask_kj = h_kj >= need_off[..., None]  # [c, O, P]
-        n_ik = mask_ik.sum(1)
-        n_cand = n_ik * P  # quick upper bound on the off-support candidates
+        # relative to exp(top) and to the floor; 0 if tau = -inf
+        need = (low - top - log_floor).clamp(max=700.0).exp().to(h_ik.dtype)
+        h_cell = h_ik * tables.wmax_ik if tables is not None else h_ik
+        pq, ikq = (h_cell >= need[:, None]).nonzero().unbind(1)  # cells open for A or B
+        mask_ij = h_ij >= need[:, None, None]  # [c, S, P]
+        mask_kj = h_kj >= need[:, None, None]  # [c, O, P]
+        h_q = h_ik.view(-1).index_select(0, pq * (S * O) + ikq)
+        need_q = need.index_select(0, pq)
+        in_a = h_q >= need_q  # cells of list A
+        if tables is not None:
+            in_b = h_q * tables.wsup_ik.index_select(0, ikq) >= need_q
+            lo_b, hi_b = tables.cell_ptr.index_select(0, ikq), tables.cell_ptr.index_select(
+                0, ikq + 1
+            )
+            n_b = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
+                0, pq, (hi_b - lo_b) * in_b
+            )
+        else:
+            n_b = torch.zeros(c, dtype=torch.long, device=dev)
+        n_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(0, pq, in_a.long())
+        n_cand = n_a * P + n_b  # quick upper bound on the candidates
         big = (n_cand > max_cand).nonzero().squeeze(1)
         if big.numel():
             # exact count of (i, j, k) passing all three bounds, a boolean "triangle count":
             # sum_ik mask_ik(i, k) (mask_ij @ mask_kj^T)(i, k); one float32 matmul per pair,
             # far cheaper than the dense fallback it may avoid (exact below 2^24 per entry)
+            mask_ik = h_ik[big] >= need[big, None]
             tri = torch.bmm(mask_ij[big].float(), mask_kj[big].float().transpose(1, 2))
-            n_cand[big] = (tri.flatten(1) * mask_ik[big]).sum(1).long()
-        if sup is not None:
-            mask_sup = sup_bound >= need[:, None]
-            n_cand = n_cand + mask_sup.sum(1)
+            n_cand[big] = (tri.flatten(1) * mask_ik).sum(1).long() + n_b[big]
         ok = (n_cand <= max_cand) & torch.isfinite(tau)
-        ok_idx = ok.nonzero().squeeze(1)
-        # score the candidates of a few pairs at a time: memory ~ candidates x R (plus the
-        # boolean [Q, P] filter of the passing (subject, object) classes)
-        group_cost = (n_cand[ok_idx] * (r + 2) + n_ik[ok_idx] * P // 4).cumsum(0)
-        group = torch.div(group_cost - 1, 4 * _CHUNK_ELEMENTS, rounding_mode="floor").tolist()
-        start = 0
-        while start < len(group):
-            end = start
-            while end < len(group) and group[end] == group[start]:
-                end += 1
-            gi = ok_idx[start:end]
-            v, f, good = _score_group(
-                xs,
-                xp,
-                xo,
-                gi,
-                (mask_ik, mask_ij, mask_kj),
-                mask_sup if sup is not None else None,
-                sup,
-                kk,
-                log_floor,
-                low,
+        if not bool(ok.any()):
+            continue
+        low_dt = low.to(dt)
+        xs_t = xs.transpose(1, 2).reshape(c * S, r)  # rows (pair, class): contiguous gathers
+        xp_t = xp.transpose(1, 2).reshape(c * P, r)
+        xo_t = xo.transpose(1, 2).reshape(c * O, r)
+
+        def exact(p, ci, cj, ck):
+            lu = (
+                xs_t.index_select(0, p * S + ci)
+                + xp_t.index_select(0, p * P + cj)
+                + xo_t.index_select(0, p * O + ck)
             )
-            dst = a + gi[good]
-            scores[dst], fids[dst], certified[dst] = v[good], f[good], True
-            start = end
+            return lu.logsumexp(1) if r > 1 else lu[:, 0]
+
+        # score a few pairs at a time: memory ~ their candidates x R, plus the boolean
+        # [open cells, P] filter of list A
+        cost = ((n_cand * (r + 4) + n_a * P) * ok).cumsum(0)
+        grp = torch.div(cost - 1, _GROUP_ELEMENTS, rounding_mode="floor").clamp_(min=0)
+        cuts = [0] + (torch.nonzero(grp[1:] != grp[:-1]).squeeze(1) + 1).tolist() + [c]
+        for g0, g1 in zip(cuts[:-1], cuts[1:]):
+            ng = g1 - g0
+            keep_q = ok.index_select(0, pq)
+            if len(cuts) > 2:
+                keep_q &= (pq >= g0) & (pq < g1)
+            # list A: off-support triplets of the open cells passing the two other bounds. Memory
+            # ~ cells x P booleans, bounded by max_fraction S P O per pair (or the triangle count)
+            sel = (in_a & keep_q).nonzero().squeeze(1)
+            p_a, ik_a = pq.index_select(0, sel), ikq.index_select(0, sel)
+            ci, ck = ik_a // O, ik_a % O
+            keep = mask_ij.view(c * S, P).index_select(0, p_a * S + ci) & mask_kj.view(
+                c * O, P
+            ).index_select(0, p_a * O + ck)
+            q, cj = keep.nonzero().unbind(1)  # still sorted by pair
+            p_a, ci, ck = p_a.index_select(0, q), ci.index_select(0, q), ck.index_select(0, q)
+            fid_a = (ci * P + cj) * O + ck
+            score_a = exact(p_a, ci, cj, ck)
+            if tables is not None:
+                score_a = (score_a + log_floor).masked_fill_(tables.is_support(fid_a), -math.inf)
+            pos_a, cnt = _row_positions(p_a - g0, ng)
+            if tables is not None:
+                # list B: the support entries of the open cells, tested one by one
+                sel = (in_b & keep_q).nonzero().squeeze(1)
+                p_b, ik_b, lo = (
+                    pq.index_select(0, sel),
+                    ikq.index_select(0, sel),
+                    lo_b.index_select(0, sel),
+                )
+                per = hi_b.index_select(0, sel) - lo
+                rep = torch.repeat_interleave(per)  # open cell of each support entry
+                e = torch.arange(rep.numel(), device=dev) + (
+                    lo - (per.cumsum(0) - per)
+                ).index_select(0, rep)
+                p_b, ik_b = p_b.index_select(0, rep), ik_b.index_select(0, rep)
+                ci, ck, cj = ik_b // O, ik_b % O, tables.j.index_select(0, e)
+                if r == 1:
+                    # the exact score costs no more than the bound: filter on it directly
+                    score_b = exact(p_b, ci, cj, ck) + tables.log_psi.index_select(0, e)
+                    sel = (score_b >= low_dt.index_select(0, p_b)).nonzero().squeeze(1)
+                    p_b, e, score_b = (x.index_select(0, sel) for x in (p_b, e, score_b))
+                else:
+                    bound = torch.minimum(
+                        torch.minimum(
+                            h_ik.view(-1).index_select(0, p_b * (S * O) + ik_b),
+                            h_ij.view(-1).index_select(0, (p_b * S + ci) * P + cj),
+                        ),
+                        h_kj.view(-1).index_select(0, (p_b * O + ck) * P + cj),
+                    ) * tables.w.index_select(0, e)
+                    sel = (bound >= need.index_select(0, p_b)).nonzero().squeeze(1)
+                    p_b, ci, cj, ck, e = (x.index_select(0, sel) for x in (p_b, ci, cj, ck, e))
+                    score_b = exact(p_b, ci, cj, ck) + tables.log_psi.index_select(0, e)
+                pos_b, cnt_b = _row_positions(p_b - g0, ng)
+                pos_b = pos_b + cnt.index_select(0, p_b - g0)
+                cnt = cnt + cnt_b
+            # per-pair top-kk: scatter into a [pairs, width] table padded with -inf
+            w = max(kk, int(cnt.max()))
+            pad_v = torch.full((ng * w,), -math.inf, dtype=dt, device=dev)
+            pad_f = torch.zeros(ng * w, dtype=torch.long, device=dev)
+            pad_v.scatter_(0, (p_a - g0) * w + pos_a, score_a)
+            pad_f.scatter_(0, (p_a - g0) * w + pos_a, fid_a)
+            if tables is not None:
+                pad_v.scatter_(0, (p_b - g0) * w + pos_b, score_b)
+                pad_f.scatter_(0, (p_b - g0) * w + pos_b, tables.flat.index_select(0, e))
+            top_v, top_i = pad_v.view(ng, w).topk(kk, dim=1)
+            good = ok[g0:g1] & torch.isfinite(top_v[:, -1]) & (top_v[:, -1] >= low_dt[g0:g1])
+            dst = good.nonzero().squeeze(1)
+            scores[a + g0 + dst] = top_v[dst]
+            fids[a + g0 + dst] = pad_f.view(ng, w).gather(1, top_i)[dst]
+            certified[a + g0 + dst] = True
     return scores, fids, certified
-
-
-def _score_group(xs, xp, xo, gi, masks, mask_sup, sup: Optional[_Support], kk, log_floor, low):
-    """Exact scores of the candidates of pairs gi (rows of the chunk); their top-kk."""
-    dev, dt = xs.device, xs.dtype
-    O = xo.shape[2]
-    P = xp.shape[2]
-    mask_ik, mask_ij, mask_kj = masks
-    n_ok = gi.numel()
-    # list A: off-support triplets passing all three pairwise bounds
-    row_a, ik = mask_ik[gi].nonzero().unbind(1)
-    ci, ck = ik // O, ik % O
-    pair = gi[row_a]
-    keep = mask_ij[pair, ci] & mask_kj[pair, ck]  # [Q, P]
-    q, cj = keep.nonzero().unbind(1)
-    row_a, pair, ci, ck = row_a[q], pair[q], ci[q], ck[q]
-    score_a = (xs[pair, :, ci] + xp[pair, :, cj] + xo[pair, :, ck]).logsumexp(1)
-    fid_a = (ci * P + cj) * O + ck
-    if sup is not None:
-        pos = torch.searchsorted(sup.flat, fid_a).clamp_(max=sup.u - 1)
-        score_a = score_a.masked_fill(sup.flat[pos] == fid_a, -math.inf)  # scored in list B
-    score_a = score_a + log_floor
-    pos_a, width = _row_positions(row_a, n_ok)
-    cnt_a = width
-    if sup is not None:
-        # list B: support triplets that can still reach tau
-        row_b, t = mask_sup[gi].nonzero().unbind(1)
-        score_b = sup.exact(xs, xp, xo, gi[row_b], t)
-        pos_b, cnt_b = _row_positions(row_b, n_ok)
-        width = cnt_a + cnt_b
-    w = max(kk, int(width.max()) if n_ok else 0)
-    pad_v = torch.full((n_ok, w), -math.inf, dtype=dt, device=dev)
-    pad_f = torch.zeros((n_ok, w), dtype=torch.long, device=dev)
-    pad_v[row_a, pos_a] = score_a
-    pad_f[row_a, pos_a] = fid_a
-    if sup is not None:
-        cols_b = cnt_a[row_b] + pos_b
-        pad_v[row_b, cols_b] = score_b
-        pad_f[row_b, cols_b] = sup.flat[t]
-    top_v, top_i = pad_v.topk(kk, dim=1)
-    good = torch.isfinite(top_v[:, -1]) & (top_v[:, -1] >= low[gi].to(dt))
-    return top_v, pad_f.gather(1, top_i), good
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,8 +613,11 @@ def topk_triplets_per_pair(
     ctx = f"{_FILE}:topk_triplets_per_pair"
     n, r, S, P, O = check_factors(s_s, s_p, s_o, where="topk_triplets_per_pair")
     k = _check_k(k, "k", ctx)
+    tables = None
     if prior is not None:
         _check_prior(prior, (S, P, O), ctx)
+        if method in ("auto", "bound"):
+            tables = _prior_tables(prior, s_s.device, s_s.dtype)
         prior = _prior_on(prior, s_s.device)
     w = _check_weight(pair_log_weight, n, s_s, ctx)
     if method not in ("auto", "bound", "linear", "log"):
@@ -458,7 +636,7 @@ def topk_triplets_per_pair(
 
     use_bound = method == "bound" or (method == "auto" and total > dense_threshold)
     if use_bound:
-        v, f, ok = _bound_path(s_s, s_p, s_o, kk, prior, max_enumerate_fraction)
+        v, f, ok = _bound_path(s_s, s_p, s_o, kk, tables, max_enumerate_fraction)
         scores[ok], fids[ok], done = v[ok], f[ok], ok
     last_decode_stats["bound"] = int(done.sum())
     last_decode_stats["linear"] = last_decode_stats["log"] = 0
