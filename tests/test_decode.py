@@ -361,3 +361,28 @@ def test_prior_tables_cache_does_not_keep_the_prior_alive():
     del prior
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 20 * 15 * 20])
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_rank1_dominance_path_matches_dense(k, kind):
+    """R = 1 without a prior uses the dominance candidates (no bounds): the same scores as
+    dense, and each returned triplet carries its own dense score (ties may swap triplets)."""
+    from vrd_d2.modeling.decode import dense_topk_triplets, last_decode_stats, topk_triplets_per_pair
+
+    g = torch.Generator().manual_seed(k)
+    shape = [(5, 1, 20), (5, 1, 15), (5, 1, 20)]
+    if kind == "ties":  # few distinct values: many exact ties
+        s = [torch.randint(0, 3, sh, generator=g).double() for sh in shape]
+    else:
+        s = [torch.randn(sh, generator=g, dtype=torch.float64) * 3 for sh in shape]
+    weight = torch.randn(5, generator=g, dtype=torch.float64)
+    v, t = topk_triplets_per_pair(*s, k, pair_log_weight=weight)
+    assert last_decode_stats["bound"] == 5 and last_decode_stats["log"] == 0
+    dv, _ = dense_topk_triplets(*s, k, pair_log_weight=weight)
+    torch.testing.assert_close(v, dv, rtol=0, atol=1e-10)
+    ls = [x[:, 0].log_softmax(-1) for x in s]
+    n = torch.arange(5)[:, None]
+    own = ls[0][n, t[..., 0]] + ls[1][n, t[..., 1]] + ls[2][n, t[..., 2]] + weight[:, None]
+    torch.testing.assert_close(v, own, rtol=0, atol=1e-10)
+    assert len({tuple(x) for x in t[0].tolist()}) == t.shape[1]  # no triplet twice

@@ -42,6 +42,7 @@ Device-agnostic (CPU / CUDA); gradients are not tracked (decoding is inference o
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from typing import Optional, Tuple
@@ -566,6 +567,38 @@ def _log_dense_topk(s_s, s_p, s_o, kk: int, prior_log_dense: Optional[Tensor]):
     return lu.topk(kk, dim=1)
 
 
+@functools.lru_cache(maxsize=32)
+def _dominance_positions(kk: int, ms: int, mp: int, mo: int) -> Tensor:
+    """Positions (i, j, k) in per-factor descending order with (i+1)(j+1)(k+1) <= kk: LongTensor[C, 3].
+
+    At rank 1 the score is a sum of one term per factor, so the triplet at sorted positions
+    (i, j, k) is beaten or tied by the (i+1)(j+1)(k+1) - 1 triplets at smaller-or-equal positions;
+    with a larger product it cannot be needed in a top kk. C is about kk (ln kk)^2 / 2 (1.1K for
+    kk = 100), and at least kk whenever kk <= ms mp mo."""
+    rows = []
+    for i in range(min(ms, kk)):
+        for j in range(min(mp, kk // (i + 1))):
+            for k in range(min(mo, kk // ((i + 1) * (j + 1)))):
+                rows.append((i, j, k))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _rank1_topk(s_s, s_p, s_o, kk: int) -> Tensor:
+    """Flat ids [n, kk] of the exact top kk of a rank-1 psi_c (no prior): the top kk of the
+    dominance candidates (see _dominance_positions)."""
+    S, P, O = s_s.shape[2], s_p.shape[2], s_o.shape[2]
+    a, b, c = s_s[:, 0], s_p[:, 0], s_o[:, 0]
+    ms, mp, mo = min(kk, S), min(kk, P), min(kk, O)
+    pos = _dominance_positions(kk, ms, mp, mo).to(a.device)
+    ti, tj, tk = a.topk(ms, dim=1).indices, b.topk(mp, dim=1).indices, c.topk(mo, dim=1).indices
+    i = ti.index_select(1, pos[:, 0])
+    j = tj.index_select(1, pos[:, 1])
+    k = tk.index_select(1, pos[:, 2])
+    value = a.gather(1, i) + b.gather(1, j) + c.gather(1, k)
+    top = value.topk(kk, dim=1).indices
+    return ((i * P + j) * O + k).gather(1, top)
+
+
 def _rescore(s_s, s_p, s_o, fid: Tensor, prior: Optional[TripletPrior]):
     """Exact log u (+ log psi_u) of flat ids [c, kk]; re-sorted descending."""
     P, O = s_p.shape[2], s_o.shape[2]
@@ -634,11 +667,16 @@ def topk_triplets_per_pair(
     s_s, s_p, s_o = s_s.detach(), s_p.detach(), s_o.detach()
     done = torch.zeros(n, dtype=torch.bool, device=dev)
 
-    use_bound = method == "bound" or (method == "auto" and total > dense_threshold)
+    if r == 1 and prior is None and method == "auto" and total > dense_threshold:
+        for a, b in _chunks(n, 8 * len(_dominance_positions(kk, min(kk, S), min(kk, P), min(kk, O)))):
+            f = _rank1_topk(s_s[a:b], s_p[a:b], s_o[a:b], kk)
+            scores[a:b], fids[a:b] = _rescore(s_s[a:b], s_p[a:b], s_o[a:b], f, None)
+        done[:] = True
+    use_bound = not bool(done.all()) and (method == "bound" or (method == "auto" and total > dense_threshold))
     if use_bound:
         v, f, ok = _bound_path(s_s, s_p, s_o, kk, tables, max_enumerate_fraction)
         scores[ok], fids[ok], done = v[ok], f[ok], ok
-    last_decode_stats["bound"] = int(done.sum())
+    last_decode_stats["bound"] = int(done.sum())  # rank-1 dominance path counted here too
     last_decode_stats["linear"] = last_decode_stats["log"] = 0
     todo = (~done).nonzero().squeeze(1)
     if todo.numel() and method in ("auto", "bound", "linear"):
