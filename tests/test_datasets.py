@@ -2,7 +2,6 @@
 VG200 h5 and vrd json files covering every conversion rule."""
 
 import collections
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -520,11 +519,9 @@ def test_convert_tool_shapes_subset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 4, "val": 2, "test": 2})
     shapes.register_shapes(root=str(tmp_path / "shp"), seed=3, prefix="convert_shapes")
-    spec = importlib.util.spec_from_file_location(
-        "convert_to_vrd_json", REPO / "tools" / "convert_to_vrd_json.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tools_loader import load_tool
+
+    tool = load_tool("convert_to_vrd_json")
     out = tmp_path / "out" / "val.json"
     assert tool.main(["--dataset", "convert_shapes_val", "--output", str(out)]) == 0
     back = load_vrd_json_file(str(out), str(tmp_path / "shp"))

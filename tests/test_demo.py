@@ -1,6 +1,5 @@
 """tools/demo.py: JSON scene graphs and PNG drawings for images with 0, 1 and many boxes; a
 corrupt image or boxes that do not fit the image are reported while the others are written."""
-import importlib.util
 import json
 import os
 
@@ -15,15 +14,10 @@ from detectron2.modeling import build_model
 import vrd_d2  # noqa: F401
 from vrd_d2 import add_vrd_config
 
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml")
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("vrd_demo", os.path.join(REPO, "tools", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def weights(tmp_path_factory):
 
 
 def test_demo_writes_json_and_png_and_reports_bad_images(tmp_path, weights):
-    demo = _load_demo()
+    demo = load_tool("demo")
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.RandomState(0)
@@ -77,7 +71,7 @@ def test_demo_writes_json_and_png_and_reports_bad_images(tmp_path, weights):
 
 
 def test_demo_refuses_boxes_file_errors(tmp_path):
-    demo = _load_demo()
+    demo = load_tool("demo")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):

@@ -1,25 +1,19 @@
 """tools/shapes_demo.py (make demo): the whole pipeline with --quick (2 iterations a stage, a few
 images), checking the structure of what it prints and writes, not the numbers; --reuse skips the
 trained stages; the README section is replaced between its markers only."""
-import importlib.util
 import json
 import os
 
 import pytest
 
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("vrd_shapes_demo", os.path.join(REPO, "tools", "shapes_demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    tool = _load_tool()
+    tool = load_tool("shapes_demo")
     out = tmp_path_factory.mktemp("shapes_demo")
     readme = out / "README.md"
     readme.write_text("# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n")
@@ -71,7 +65,7 @@ def test_reuse_skips_trained_stages(quick_run):
 
 
 def test_failure_exits_nonzero(tmp_path, monkeypatch):
-    tool = _load_tool()
+    tool = load_tool("shapes_demo")
 
     def boom(*args, **kwargs):
         raise RuntimeError("no data")

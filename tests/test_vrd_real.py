@@ -1,6 +1,5 @@
 """The geometry-only head on the real VRD annotations (skipped without ../shared/data/vrd), and
 tools/vrd_real.py's input checks."""
-import importlib.util
 import os
 
 import pytest
@@ -15,21 +14,16 @@ from vrd_d2 import add_vrd_config
 from vrd_d2.data import VRDDatasetMapper, register_all_vrd
 from vrd_d2.engine import build_vrd_optimizer
 
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_VRD = os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
 needs_vrd = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_VRD, "annotations_train.json")),
                                reason="real VRD annotations not present")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("vrd_real", os.path.join(REPO, "tools", "vrd_real.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_missing_vrd_files_are_named(tmp_path):
-    tool = _load_tool()
+    tool = load_tool("vrd_real")
     (tmp_path / "annotations_train.json").write_text("{}")
     with pytest.raises(SystemExit) as e:
         tool.check_vrd_root(str(tmp_path))
