@@ -365,8 +365,9 @@ def test_prior_tables_cache_does_not_keep_the_prior_alive():
 
 @pytest.mark.parametrize("k", [1, 7, 100, 20 * 15 * 20])
 @pytest.mark.parametrize("kind", ["random", "ties"])
-def test_rank1_dominance_path_matches_dense(k, kind):
-    """R = 1 without a prior uses the dominance candidates (no bounds): the same scores as
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
+    """R = 1 uses the dominance candidates (plus the prior's support): the same scores as
     dense, and each returned triplet carries its own dense score (ties may swap triplets)."""
     from vrd_d2.modeling.decode import dense_topk_triplets, last_decode_stats, topk_triplets_per_pair
 
@@ -377,12 +378,18 @@ def test_rank1_dominance_path_matches_dense(k, kind):
     else:
         s = [torch.randn(sh, generator=g, dtype=torch.float64) * 3 for sh in shape]
     weight = torch.randn(5, generator=g, dtype=torch.float64)
-    v, t = topk_triplets_per_pair(*s, k, pair_log_weight=weight)
+    prior = None
+    if with_prior:  # ~3% support, counts skewed
+        counts = (torch.rand(20, 15, 20, generator=g) < 0.03).long() * torch.randint(1, 50, (20, 15, 20), generator=g)
+        prior = TripletPrior.from_counts(counts)
+    v, t = topk_triplets_per_pair(*s, k, prior=prior, pair_log_weight=weight)
     assert last_decode_stats["bound"] == 5 and last_decode_stats["log"] == 0
-    dv, _ = dense_topk_triplets(*s, k, pair_log_weight=weight)
+    dv, _ = dense_topk_triplets(*s, k, prior=prior, pair_log_weight=weight)
     torch.testing.assert_close(v, dv, rtol=0, atol=1e-10)
     ls = [x[:, 0].log_softmax(-1) for x in s]
     n = torch.arange(5)[:, None]
     own = ls[0][n, t[..., 0]] + ls[1][n, t[..., 1]] + ls[2][n, t[..., 2]] + weight[:, None]
+    if prior is not None:
+        own = own + prior.log_prob(t.reshape(-1, 3)).reshape(own.shape).to(own)
     torch.testing.assert_close(v, own, rtol=0, atol=1e-10)
     assert len({tuple(x) for x in t[0].tolist()}) == t.shape[1]  # no triplet twice

@@ -583,9 +583,11 @@ def _dominance_positions(kk: int, ms: int, mp: int, mo: int) -> Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _rank1_topk(s_s, s_p, s_o, kk: int) -> Tensor:
-    """Flat ids [n, kk] of the exact top kk of a rank-1 psi_c (no prior): the top kk of the
-    dominance candidates (see _dominance_positions)."""
+def _rank1_topk(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior] = None) -> Tensor:
+    """Flat ids [n, kk] of the exact top kk at rank 1: among the dominance candidates (see
+    _dominance_positions) and, with a prior, every triplet of its support. Off the support psi_u is
+    one constant, so an off-support triplet is beaten or tied by every triplet dominating it, and
+    the dominance argument still holds; support triplets are all scored."""
     S, P, O = s_s.shape[2], s_p.shape[2], s_o.shape[2]
     a, b, c = s_s[:, 0], s_p[:, 0], s_o[:, 0]
     ms, mp, mo = min(kk, S), min(kk, P), min(kk, O)
@@ -594,10 +596,19 @@ def _rank1_topk(s_s, s_p, s_o, kk: int) -> Tensor:
     i = ti.index_select(1, pos[:, 0])
     j = tj.index_select(1, pos[:, 1])
     k = tk.index_select(1, pos[:, 2])
+    ids = (i * P + j) * O + k
     value = a.gather(1, i) + b.gather(1, j) + c.gather(1, k)
+    if prior is not None and prior.num_support:
+        sup = prior.support_index
+        at = torch.searchsorted(sup, ids).clamp_(max=sup.numel() - 1)
+        value = value.masked_fill(sup[at] == ids, -math.inf)  # scored below, with the support
+        si, sj, sk = sup // (P * O), (sup // O) % P, sup % O
+        sup_value = a.index_select(1, si) + b.index_select(1, sj) + c.index_select(1, sk)
+        sup_value = sup_value + (prior.support_log_prob - prior.log_floor).to(a.dtype)
+        value = torch.cat((value, sup_value), 1)
+        ids = torch.cat((ids, sup.expand(ids.shape[0], -1)), 1)
     top = value.topk(kk, dim=1).indices
-    return ((i * P + j) * O + k).gather(1, top)
-
+    return ids.gather(1, top)
 
 def _rescore(s_s, s_p, s_o, fid: Tensor, prior: Optional[TripletPrior]):
     """Exact log u (+ log psi_u) of flat ids [c, kk]; re-sorted descending."""
@@ -667,10 +678,12 @@ def topk_triplets_per_pair(
     s_s, s_p, s_o = s_s.detach(), s_p.detach(), s_o.detach()
     done = torch.zeros(n, dtype=torch.bool, device=dev)
 
-    if r == 1 and prior is None and method == "auto" and total > dense_threshold:
-        for a, b in _chunks(n, 8 * len(_dominance_positions(kk, min(kk, S), min(kk, P), min(kk, O)))):
-            f = _rank1_topk(s_s[a:b], s_p[a:b], s_o[a:b], kk)
-            scores[a:b], fids[a:b] = _rescore(s_s[a:b], s_p[a:b], s_o[a:b], f, None)
+    if r == 1 and method == "auto" and total > dense_threshold:
+        width = len(_dominance_positions(kk, min(kk, S), min(kk, P), min(kk, O)))
+        width += prior.num_support if prior is not None else 0
+        for a, b in _chunks(n, 8 * width):
+            f = _rank1_topk(s_s[a:b], s_p[a:b], s_o[a:b], kk, prior)
+            scores[a:b], fids[a:b] = _rescore(s_s[a:b], s_p[a:b], s_o[a:b], f, prior)
         done[:] = True
     use_bound = not bool(done.all()) and (method == "bound" or (method == "auto" and total > dense_threshold))
     if use_bound:
