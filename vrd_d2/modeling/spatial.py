@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.layers import Conv2d
-from detectron2.structures import pairwise_iou, Boxes
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 
 __all__ = ["union_boxes", "spatial_masks", "SpatialMaskBranch", "box_geometry", "pair_geometry",
            "BOX_GEOMETRY_DIM", "PAIR_GEOMETRY_DIM"]
@@ -91,7 +92,7 @@ def pair_geometry(subject: Tensor, object_: Tensor, image_size) -> Tensor:
 
     cs, ws = cwh(subject)
     co, wo = cwh(object_)
-    iou = pairwise_iou(Boxes(subject), Boxes(object_)).diagonal() if len(subject) else subject.new_zeros(0)
+    iou = matched_pairwise_iou(Boxes(subject), Boxes(object_))  # row-wise: memory linear in pairs
     u = union_boxes(subject, object_)
     _, wu = cwh(u)
     h, w = float(image_size[0]), float(image_size[1])
