@@ -240,7 +240,7 @@ class VRDROIHeads(StandardROIHeads):
                 raise ValueError(f"{_FILE}: get_triplet_counts({name!r}) has shape {tuple(counts.shape)}, the "
                                  f"config expects (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.VRD.NUM_PREDICATES, "
                                  f"NUM_CLASSES) = {(s, p, s)}")
-            counts = torch.as_tensor(counts, dtype=torch.float32)
+            counts = torch.tensor(counts, dtype=torch.float32)  # a copy: the cached counts stay read-only
         return {
             "relation_in_features": list(in_features),
             "relation_pooler": pooler,
