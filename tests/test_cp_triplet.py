@@ -277,3 +277,19 @@ def test_bad_factor_inputs_raise_value_error_naming_argument():
         TripletPrior.from_counts(-np.ones((2, 2, 2)))
     with pytest.raises(ValueError, match="counts"):
         TripletPrior.from_counts(np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_crf_log_normalizer_matches_dense_sum(r):
+    """log sum_t psi_c psi_u, from the support only, equals the dense sum over all triplets."""
+    from vrd_d2.modeling.cp_triplet import crf_log_normalizer, dense_log_prob
+
+    g = torch.Generator().manual_seed(r)
+    s = [torch.randn(6, r, d, generator=g, dtype=torch.float64) * 4 for d in (5, 4, 6)]
+    counts = (torch.rand(5, 4, 6, generator=g) < 0.2).long() * torch.randint(1, 30, (5, 4, 6), generator=g)
+    prior = TripletPrior.from_counts(counts)
+    dense = (dense_log_prob(*s) + prior.to_dense(log=True)[None]).flatten(1).logsumexp(1)
+    torch.testing.assert_close(crf_log_normalizer(*s, prior, pairs_per_chunk=4), dense, rtol=0, atol=1e-10)
+    empty = TripletPrior.from_counts(torch.zeros(5, 4, 6))
+    uniform = torch.full((6,), -torch.log(torch.tensor(120.0, dtype=torch.float64)).item(), dtype=torch.float64)
+    torch.testing.assert_close(crf_log_normalizer(*s, empty), uniform)

@@ -326,3 +326,20 @@ def test_predcls_scores_are_conditional_predicate_probabilities():
         rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
         assert len(rows) == P
         assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
+    """With the prior, P(t | b) = psi_c psi_u / sum_t psi_c psi_u: with no selection and box scores
+    1, one pair's scores over all S*P*S triplets sum to 1 (checked on a tiny tensor, all rows)."""
+    inputs = make_inputs((2,))
+    cfg = tiny_cfg(MODE="phrase_cls", USE_SELECTION=False)
+    cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * S * P * S
+    cfg.MODEL.VRD.TEST.K_PER_PAIR = [0]
+    model = build(cfg)
+    model.roi_heads.set_triplet_counts(np.random.RandomState(3).randint(0, 4, (S, P, S)))
+    with torch.no_grad():
+        rel = model(inputs)[0]["relations"]
+    for pair in ([0, 1], [1, 0]):
+        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
+        assert len(rows) == S * P * S
+        assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)

@@ -36,6 +36,7 @@ __all__ = [
     "predicate_log_conditional",
     "dense_log_prob",
     "TripletPrior",
+    "crf_log_normalizer",
 ]
 
 _FILE = "vrd_d2/modeling/cp_triplet.py"
@@ -507,3 +508,43 @@ class TripletPrior(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self._sizes}, support={self.num_support}, log_floor={float(self.log_floor):.4f}"
+
+
+def crf_log_normalizer(
+    s_s: Tensor, s_p: Tensor, s_o: Tensor, prior: TripletPrior, pairs_per_chunk: int = 64
+) -> Tensor:
+    """log sum_t psi_c(t | pair) psi_u(t) per pair: the normalizer of the piecewise CRF
+    P(t | b) = psi_c psi_u / sum (the paper's product of the CP factor and the prior).
+
+    psi_u equals its floor off the support and psi_c sums to 1, so the sum is
+    floor + sum over the support of (psi_u(t) - floor) psi_c(t): exact, linear in
+    pairs x R x (support size), no dense tensor.
+
+    Args:
+        s_s, s_p, s_o: Tensor[N, R, S], [N, R, P], [N, R, O] log-factors.
+        prior: a TripletPrior of shape (S, P, O).
+    Returns:
+        Tensor[N] in the dtype of the factors.
+    """
+    n, _, S, P, O = check_factors(s_s, s_p, s_o, where="crf_log_normalizer")
+    if tuple(prior.shape) != (S, P, O):
+        raise ValueError(f"{_FILE}:crf_log_normalizer: prior has shape {tuple(prior.shape)}, the factors "
+                         f"give {(S, P, O)}")
+    dt = s_s.dtype
+    log_floor = prior.log_floor.to(s_s.device, dt)
+    sup = prior.support_index.to(s_s.device)
+    if n == 0 or sup.numel() == 0:
+        return log_floor.expand(n).clone()
+    lpu = prior.support_log_prob.to(s_s.device, torch.float64)
+    # log(psi_u - floor) on the support (psi_u > floor there: counts >= 1)
+    log_excess = (lpu + torch.log1p(-torch.exp(prior.log_floor.to(lpu) - lpu))).to(dt)
+    si, sj, sk = sup // (P * O), (sup // O) % P, sup % O
+    log_z = log_partition(s_s, s_p, s_o)
+    out = []
+    for a in range(0, n, pairs_per_chunk):
+        b = min(n, a + pairs_per_chunk)
+        terms = (s_s[a:b].index_select(2, si) + s_p[a:b].index_select(2, sj)
+                 + s_o[a:b].index_select(2, sk)).logsumexp(1)  # [c, U]: log of y's numerator
+        on_support = (terms - log_z[a:b, None] + log_excess).logsumexp(1)
+        out.append(torch.logaddexp(on_support, log_floor))
+    return torch.cat(out)

@@ -33,7 +33,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
 from ..config import MODES, TRAIN_STAGES
-from .cp_triplet import TripletPrior, cp_nll_loss
+from .cp_triplet import TripletPrior, cp_nll_loss, crf_log_normalizer
 from .decode import topk_per_image, topk_predicates_given_labels, topk_triplets_per_pair
 from .pairs import all_ordered_pairs, cap_pairs, match_proposals_to_gt, pair_triplets
 from .spatial import PAIR_GEOMETRY_DIM, SpatialMaskBranch, pair_geometry, spatial_masks, union_boxes
@@ -483,6 +483,8 @@ class VRDROIHeads(StandardROIHeads):
                                                     cls[chunk[:, 1]], topk, prior=prior, pair_log_weight=weight,
                                                     normalize=True)
             else:
+                if prior is not None:  # P(t | b) = psi_c psi_u / sum_t psi_c psi_u, a distribution per pair
+                    weight = weight - crf_log_normalizer(out["s_s"], out["s_p"], out["s_o"], prior).to(weight)
                 v, t = topk_triplets_per_pair(out["s_s"], out["s_p"], out["s_o"], topk, prior=prior, pair_log_weight=weight)
             scores.append(v)
             triplets.append(t)
