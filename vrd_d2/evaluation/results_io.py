@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells
+from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells, read_lu_gt_cells
 from .matching import compute_pair_rank
 
 __all__ = [
@@ -245,32 +245,19 @@ def load_lu_ground_truth(
     Returns:
         (image names from imagePath.mat, or ``"image_<i>"`` when not given; records in that order)
     """
-    mat = loadmat_checked(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
-    labels = mat_cells(mat, "gt_tuple_label", gt_mat, None)
-    n = len(labels)
-    names = load_image_paths(image_path_mat) if image_path_mat else [f"image_{i}" for i in range(n)]
-    if len(names) != n:
-        raise ValueError(f"{gt_mat}: {n} images but {image_path_mat} lists {len(names)}")
-    subs = mat_cells(mat, "gt_sub_bboxes", gt_mat, n)
-    objs = mat_cells(mat, "gt_obj_bboxes", gt_mat, n)
-    zs_cells = None
+    names = load_image_paths(image_path_mat) if image_path_mat else None
+    records = read_lu_gt_cells(gt_mat, names)  # checks one cell per name
+    n = len(records)
+    names = names if names is not None else [f"image_{i}" for i in range(n)]
     if zeroshot_mat:
         zs_cells = mat_cells(loadmat_checked(zeroshot_mat, ["zeroShot"]), "zeroShot", zeroshot_mat, n)
-    records = []
-    for i in range(n):
-        lab = _rows(labels[i], 3, np.int64) - 1
-        rec = {"labels": lab, "sub_boxes": _rows(subs[i], 4, np.float64),
-               "obj_boxes": _rows(objs[i], 4, np.float64)}
-        if not (len(lab) == len(rec["sub_boxes"]) == len(rec["obj_boxes"])):
-            raise ValueError(f"{gt_mat}: image {i} ({names[i]}): rows of labels/boxes differ")
-        if zs_cells is not None:
+        for i, rec in enumerate(records):
             zs = np.asarray(zs_cells[i]).reshape(-1).astype(bool)
-            if len(zs) != len(lab):
+            if len(zs) != len(rec["labels"]):
                 raise ValueError(
-                    f"{zeroshot_mat}: image {i} ({names[i]}): {len(zs)} flags for {len(lab)} relations"
+                    f"{zeroshot_mat}: image {i} ({names[i]}): {len(zs)} flags for {len(rec['labels'])} relations"
                 )
             rec["zeroshot"] = zs
-        records.append(rec)
     return names, records
 
 

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "loadmat_checked", "mat_cells"]
+__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "read_lu_gt_cells", "loadmat_checked",
+           "mat_cells"]
 
 
 def loadmat_checked(path: str, keys):
@@ -54,29 +55,36 @@ def load_image_paths(image_path_mat: str) -> List[str]:
     return [str(np.asarray(c).reshape(-1)[0]) for c in mat["imagePath"].reshape(-1)]
 
 
+def read_lu_gt_cells(gt_mat: str, names: Optional[List[str]] = None) -> List[Dict[str, np.ndarray]]:
+    """The cells of gt.mat in file order: per image ``labels`` int64 [n,3] 0-based (subject,
+    predicate, object), ``sub_boxes`` / ``obj_boxes`` float64 [n,4] XYXY_ABS, duplicates kept.
+    ``names`` (imagePath.mat order), when given, must have one entry per cell and name the
+    images in errors."""
+    mat = loadmat_checked(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
+    labels = mat_cells(mat, "gt_tuple_label", gt_mat, None if names is None else len(names))
+    n = len(labels)
+    subs = mat_cells(mat, "gt_sub_bboxes", gt_mat, n)
+    objs = mat_cells(mat, "gt_obj_bboxes", gt_mat, n)
+    out = []
+    for i in range(n):
+        where = f"{gt_mat}: image {i}" + (f" ({names[i]})" if names is not None else "")
+        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1, 3) - 1
+        sb = np.asarray(subs[i], dtype=np.float64).reshape(-1, 4)
+        ob = np.asarray(objs[i], dtype=np.float64).reshape(-1, 4)
+        if not (len(lab) == len(sb) == len(ob)):
+            raise ValueError(f"{where}: {len(lab)} labels but {len(sb)} subject and {len(ob)} object boxes")
+        if len(lab) and lab.min() < 0:
+            raise ValueError(f"{where}: label 0 found, labels are 1-based")
+        out.append({"labels": lab, "sub_boxes": sb, "obj_boxes": ob})
+    return out
+
+
 def load_lu_gt_mat(gt_mat: str, image_path_mat: str) -> Dict[str, Dict[str, np.ndarray]]:
     """Read gt.mat: per image name, ``labels`` int64 [n,3] 0-based (subject, predicate, object),
     ``sub_boxes`` / ``obj_boxes`` float64 [n,4] XYXY_ABS. Duplicates are kept (gt.mat has 7638
     rows, 7478 distinct), because Lu's recall counts them."""
     names = load_image_paths(image_path_mat)
-    mat = loadmat_checked(gt_mat, ["gt_tuple_label", "gt_sub_bboxes", "gt_obj_bboxes"])
-    labels = mat_cells(mat, "gt_tuple_label", gt_mat, len(names))
-    subs = mat_cells(mat, "gt_sub_bboxes", gt_mat, len(names))
-    objs = mat_cells(mat, "gt_obj_bboxes", gt_mat, len(names))
-    out = {}
-    for i, name in enumerate(names):
-        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1, 3) - 1
-        sb = np.asarray(subs[i], dtype=np.float64).reshape(-1, 4)
-        ob = np.asarray(objs[i], dtype=np.float64).reshape(-1, 4)
-        if not (len(lab) == len(sb) == len(ob)):
-            raise ValueError(
-                f"{gt_mat}: image {i} ({name}): {len(lab)} labels but "
-                f"{len(sb)} subject and {len(ob)} object boxes"
-            )
-        if len(lab) and lab.min() < 0:
-            raise ValueError(f"{gt_mat}: image {i} ({name}): label 0 found, labels are 1-based")
-        out[name] = {"labels": lab, "sub_boxes": sb, "obj_boxes": ob}
-    return out
+    return dict(zip(names, read_lu_gt_cells(gt_mat, names)))
 
 
 def load_lu_detections(det_mat: str, image_path_mat: str) -> Dict[str, Dict[str, np.ndarray]]:
