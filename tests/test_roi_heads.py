@@ -343,3 +343,27 @@ def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
         rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
         assert len(rows) == S * P * S
         assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cp_init_bias_std_makes_components_differ_and_selection_starts_at_one_half():
+    """MODEL.VRD.CP_INIT_BIAS_STD: the factor branches' output biases ~ N(0, std^2), so the R
+    components differ by O(std) logits from the start (0: zero biases, the components differ only
+    by the small random weights); the selection head always starts at P(X_sel) ~ 1/2."""
+    g = torch.Generator().manual_seed(0)
+    gaps = {}
+    for std in (0.0, 0.5):
+        heads = build(tiny_cfg(RANK=3, CP_INIT_BIAS_STD=std)).roi_heads
+        for name, n in (("subject_branch", S), ("object_branch", S), ("predicate_branch", P)):
+            branch = getattr(heads, name)
+            if std == 0:
+                assert torch.equal(branch[-1].bias, torch.zeros_like(branch[-1].bias))
+            else:
+                assert float(branch[-1].bias.std()) == pytest.approx(std, rel=0.6)
+            x = torch.randn(6, branch[0].in_features, generator=g)
+            out = branch(x).view(6, 3, n)
+            gap = (out[:, None] - out[:, :, None]).abs().amax(dim=(0, 3))  # [R, R] largest logit gap
+            gaps[std, name] = float(gap[~torch.eye(3, dtype=torch.bool)].min())
+        x = torch.randn(6, heads.selection_head[0].in_features, generator=g)
+        assert float(torch.sigmoid(heads.selection_head(x)).sub(0.5).abs().max()) < 0.05
+    for name in ("subject_branch", "object_branch", "predicate_branch"):
+        assert gaps[0.5, name] > 0.1 and gaps[0.5, name] > 3 * gaps[0.0, name], gaps

@@ -174,3 +174,60 @@ def test_triplet_frequencies_are_skewed(shapes_train):
     assert (nz <= 2).sum() >= 10  # a long tail of rare triplets
     per_pred = counts.sum(axis=(0, 2))
     assert per_pred.max() >= 5 * per_pred.min()
+
+
+@pytest.fixture(scope="module")
+def shapes_train_json(shapes_train):
+    import json
+
+    with open(MetadataCatalog.get("shapes_train").json_file) as f:
+        return json.load(f)["images"]
+
+
+def test_shadowed_objects_hide_their_colour(shapes_train_json):
+    """~SHADOW_PROB of the objects are drawn dark grey; the others in their class colour."""
+    import cv2
+
+    objs = [o for d in shapes_train_json for o in d["objects"]]
+    frac = sum(o["shadowed"] for o in objs) / len(objs)
+    assert abs(frac - shapes.SHADOW_PROB) < 0.03, frac
+    checked = collections.Counter()
+    for d in shapes_train_json[:100]:
+        img = cv2.imread(os.path.join(os.path.dirname(MetadataCatalog.get("shapes_train").json_file),
+                                      d["file_name"])).astype(int)
+        boxes = [o["bbox"] for o in d["objects"]]
+        for k, o in enumerate(d["objects"]):
+            x1, y1, x2, y2 = o["bbox"]
+            cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+            # objects drawn later (inside a square) may cover this one's centre
+            if any(b[0] <= cx < b[2] and b[1] <= cy < b[3] for b in boxes[k + 1:]):
+                continue
+            b, g, r = img[cy, cx]
+            if o["shadowed"]:
+                # dark grey with a small random tint (jitter // 3 per channel), whatever the colour
+                assert all(abs(v - shapes.SHADOW_BGR) <= 9 for v in (b, g, r)), (d["file_name"], k)
+                checked["shadowed"] += 1
+            elif o["category_id"] // 3 == 0:  # red
+                assert r > 150 and r > b + 80, (d["file_name"], k)
+                checked["red"] += 1
+            else:
+                assert b > 150 and b > r + 80, (d["file_name"], k)
+                checked["blue"] += 1
+    assert min(checked.values()) >= 20, checked
+
+
+def test_colour_predicate_goes_with_the_hidden_colour(shapes_train_json):
+    """For a shadowed subject, "same colour as" is labelled only when the hidden colour matches:
+    the (subject class, predicate) table is not a product of marginals (needs CP rank > 1)."""
+    same = shapes.SHAPE_PREDICATES.index("same colour as")
+    table = np.zeros((2, 2))  # [hidden colour matches the object's, "same colour as" labelled]
+    for d in shapes_train_json:
+        labelled = {(s, o) for s, o, p in d["relations"] if p == same}
+        pairs = {(s, o) for s, o, _ in d["relations"]}
+        for s, o in pairs:
+            if d["objects"][s]["shadowed"]:
+                match = d["objects"][s]["category_id"] // 3 == d["objects"][o]["category_id"] // 3
+                table[int(match), int((s, o) in labelled)] += 1
+    assert table[0, 1] == 0 and table[1, 1] >= 30, table
+    # independence would put table.sum(1)[0] * table.sum(0)[1] / table.sum() in cell [0, 1]
+    assert table.sum(1)[0] * table.sum(0)[1] / table.sum() >= 10, table

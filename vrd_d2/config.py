@@ -41,6 +41,10 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.RANK = 5
     # hidden FC sizes of each of the three factor branches (subject, predicate, object)
     _C.MODEL.VRD.FC_DIMS = [4096, 4096]
+    # std of the initial output biases of the three factor branches (0: zeros). The R components
+    # start equal with zero biases and then get equal gradients, so rank R trains like rank 1
+    # until that symmetry breaks; random biases break it from the first step.
+    _C.MODEL.VRD.CP_INIT_BIAS_STD = 0.0
     # hidden FC size of the selection head P(X_sel | b_s, b_o)
     _C.MODEL.VRD.SELECTION_FC_DIM = 4096
     # output size of the 2x64x64 spatial-mask branch, concatenated to the union feature

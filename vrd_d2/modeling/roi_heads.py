@@ -31,6 +31,7 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 
 from ..config import MODES, TRAIN_STAGES
 from .cp_triplet import TripletPrior, cp_nll_loss, crf_log_normalizer
@@ -52,17 +53,20 @@ SELECTION_MODULES = ("selection_head",)
 
 
 class MLP(nn.Sequential):
-    """Linear + ReLU for each hidden dim, then a Linear to ``out_dim`` (initialized small, so the
-    CP distribution starts near uniform and the selection probability near 1/2)."""
+    """Linear + ReLU for each hidden dim, then a Linear to ``out_dim`` with small weights (the
+    output starts close to its bias) and a bias drawn from N(0, bias_std^2) (0: zeros)."""
 
-    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int):
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, bias_std: float = 0.0):
         layers, d = [], in_dim
         for h in hidden_dims:
             layers += [nn.Linear(d, h), nn.ReLU(inplace=True)]
             d = h
         last = nn.Linear(d, out_dim)
         nn.init.normal_(last.weight, std=0.01)
-        nn.init.zeros_(last.bias)
+        if bias_std > 0:
+            nn.init.normal_(last.bias, std=bias_std)
+        else:
+            nn.init.zeros_(last.bias)
         super().__init__(*layers, last)
 
 
@@ -73,6 +77,21 @@ class _CountsPrior(TripletPrior):
 
     def register_buffer(self, name, tensor, persistent=True):
         super().register_buffer(name, tensor, persistent=False)
+
+
+def _mean_over_workers(count: int, device) -> float:
+    """``count`` averaged over the processes of a distributed run (``count`` in one process), >= 1.
+
+    A per-process sum divided by it makes DDP's mean of the gradients the gradient of the mean
+    over every process's items: N processes train like one process with the whole batch, even
+    when images carry different numbers of annotated pairs.
+    """
+    world = comm.get_world_size()
+    if world == 1:
+        return float(max(count, 1))
+    t = torch.tensor([float(count)], device=device)
+    torch.distributed.all_reduce(t)
+    return max(t.item() / world, 1.0 / world)
 
 
 def empty_relations(image_size, device=None) -> Instances:
@@ -129,6 +148,7 @@ class VRDROIHeads(StandardROIHeads):
         test_k_per_pair: Sequence[int] = (1, 10, 0),
         test_nms_thresh: float = 0.7,
         test_pair_batch: int = 1024,
+        cp_init_bias_std: float = 0.0,
         **kwargs,
     ):
         """
@@ -140,6 +160,8 @@ class VRDROIHeads(StandardROIHeads):
             rank: R of the CP decomposition.
             fc_dims: hidden FC sizes of each factor branch.
             selection_fc_dim: hidden FC size of the selection head.
+            cp_init_bias_std: std of the initial output biases of the factor branches (0: zeros;
+                random biases make the R components differ from the first step).
             spatial_dim, spatial_mask_size, spatial_conv_dims: the spatial-mask branch.
             triplet_counts: Tensor[S, P, S] training triplet counts, psi_u = their add-1 smoothed
                 normalization (TripletPrior); None = no counts (uniform). Saved in checkpoints
@@ -191,9 +213,9 @@ class VRDROIHeads(StandardROIHeads):
         else:
             pair_dim = box_feature_dim + spatial_dim
             box_dim = box_feature_dim
-        self.subject_branch = MLP(box_dim, fc_dims, rank * s)
-        self.object_branch = MLP(box_dim, fc_dims, rank * s)
-        self.predicate_branch = MLP(pair_dim, fc_dims, rank * p)
+        self.subject_branch = MLP(box_dim, fc_dims, rank * s, bias_std=cp_init_bias_std)
+        self.object_branch = MLP(box_dim, fc_dims, rank * s, bias_std=cp_init_bias_std)
+        self.predicate_branch = MLP(pair_dim, fc_dims, rank * p, bias_std=cp_init_bias_std)
         self.selection_head = MLP(pair_dim, [selection_fc_dim], 1)
         self.register_buffer("triplet_counts", triplet_counts)
         self.prior = _CountsPrior.from_counts(triplet_counts)
@@ -249,6 +271,7 @@ class VRDROIHeads(StandardROIHeads):
             "rank": v.RANK,
             "fc_dims": list(v.FC_DIMS),
             "selection_fc_dim": v.SELECTION_FC_DIM,
+            "cp_init_bias_std": v.CP_INIT_BIAS_STD,
             "spatial_dim": v.SPATIAL_DIM,
             "spatial_mask_size": v.SPATIAL_MASK_SIZE,
             "spatial_conv_dims": list(v.SPATIAL_CONV_DIMS),
@@ -418,7 +441,10 @@ class VRDROIHeads(StandardROIHeads):
         stage = self.train_stage
         name = "loss_cp" if stage == "triplet" else "loss_sel"
         if sum(x[1].shape[0] for x in per_image) == 0:
-            return {name: self._zero_loss(stage)}
+            zero = self._zero_loss(stage)
+            if stage == "triplet":  # the other processes' loss waits for this process's count
+                _mean_over_workers(0, zero.device)
+            return {name: zero}
         boxes = [x[0] for x in per_image]
         pairs = [x[1] for x in per_image]
         sizes = [t.image_size for t in targets]
@@ -429,7 +455,9 @@ class VRDROIHeads(StandardROIHeads):
                 trips.append(t)
                 pidx.append(pi + offs)
                 offs += p.shape[0]
-            loss = cp_nll_loss(out["s_s"], out["s_p"], out["s_o"], cat(trips, 0), cat(pidx, 0))
+            pidx = cat(pidx, 0)
+            loss = cp_nll_loss(out["s_s"], out["s_p"], out["s_o"], cat(trips, 0), pidx, reduction="sum")
+            loss = loss / _mean_over_workers(torch.unique(pidx).numel(), loss.device)
             return {name: loss + self._zero_loss(stage)}
         target = cat([x[4] for x in per_image], 0).to(out["sel"].dtype)
         return {name: F.binary_cross_entropy_with_logits(out["sel"], target)}

@@ -12,8 +12,14 @@ It carries the phenomena the paper is about:
   (nearer pairs more often) and then labels each valid predicate with a predicate-specific
   probability; ``relations`` holds what was labelled, ``relations_complete`` every valid relation;
 - skewed triplet frequencies: class and labelling probabilities are unequal;
-- predicates that need geometry (left of, above, near, inside, larger than) and appearance
-  (same colour as, same shape as), so neither boxes nor classes alone suffice.
+- predicates that need geometry (left of, above, near, inside, larger than) and predicates fixed
+  by the two classes (same colour as, same shape as; inside: a square of the other colour), so
+  neither boxes nor classes alone suffice and the predicate co-varies with the class pair;
+- hidden attributes: an object is in shadow with probability ``SHADOW_PROB`` (drawn dark grey,
+  its colour invisible; the annotator still knows it, ``"shadowed": true`` in the json), so its
+  class is uncertain between two colours and the colour-dependent predicates go with the colour:
+  the triplet distribution of such a pair is a mixture, not one class x predicates x one class
+  (what CP ranks > 1 represent and rank 1 cannot).
 
 Images are 128x128 PNG (cv2) with 3-6 objects of 6 classes (shape x colour), 10 predicates;
 600 train / 100 val / 200 test images. Stored in the vrd json format (custom.py).
@@ -45,7 +51,7 @@ __all__ = [
     "valid_predicates",
 ]
 
-SHAPES_VERSION = "v1"
+SHAPES_VERSION = "v2"
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "blue")
 COLOUR_BGR = {"red": (40, 40, 210), "blue": (200, 80, 30)}
@@ -64,7 +70,9 @@ SHAPE_PREDICATES = [
     "inside",
 ]
 # Probability that an annotator looking at a pair writes down each valid predicate (skew).
-LABEL_PROBS = np.array([0.60, 0.35, 0.50, 0.30, 0.70, 0.25, 0.15, 0.20, 0.08, 0.90])
+LABEL_PROBS = np.array([0.60, 0.35, 0.50, 0.30, 0.70, 0.25, 0.15, 0.70, 0.50, 0.90])
+SHADOW_PROB = 0.15  # v2: hidden colours (v1 had none, and "same colour"/"same shape" at 0.20/0.08)
+SHADOW_BGR = 28
 SIZES = np.array([10, 14, 20, 28, 36, 44])
 SIZE_PROBS = np.array([0.22, 0.22, 0.2, 0.16, 0.1, 0.1])
 SPLIT_SIZES = {"train": 600, "val": 100, "test": 200}
@@ -192,6 +200,7 @@ def _make_image(rng, index: int, split: str):
     noise = rng.normal(0.0, 6.0, (IMAGE_SIZE, IMAGE_SIZE, 3))
     image = grey + ramp[..., None] + noise
     boxes, cats = [], []
+    shadowed = []
     for cat, x1, y1, size, _ in objs:
         shape, colour = _class_shape_colour(cat)
         mask = _shape_mask(shape, x1, y1, size)
@@ -199,7 +208,11 @@ def _make_image(rng, index: int, split: str):
         boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
         cats.append(cat)
         jitter = rng.integers(-25, 26, 3)
-        bgr = np.clip(np.array(COLOUR_BGR[colour]) + jitter, 0, 255)
+        shadowed.append(bool(rng.random() < SHADOW_PROB))
+        if shadowed[-1]:  # colour invisible: the annotator still knows it
+            bgr = np.full(3, SHADOW_BGR) + jitter // 3
+        else:
+            bgr = np.clip(np.array(COLOUR_BGR[colour]) + jitter, 0, 255)
         image[mask > 0] = bgr
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -229,7 +242,7 @@ def _make_image(rng, index: int, split: str):
         "image_id": index,
         "height": IMAGE_SIZE,
         "width": IMAGE_SIZE,
-        "objects": [{"bbox": b, "category_id": c} for b, c in zip(boxes, cats)],
+        "objects": [{"bbox": b, "category_id": c, "shadowed": h} for b, c, h in zip(boxes, cats, shadowed)],
         "relations": annotated,
         "relations_complete": complete,
     }
