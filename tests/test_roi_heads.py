@@ -312,6 +312,16 @@ def test_prior_alone_scores_are_the_add1_frequencies():
             assert sc / score == pytest.approx((counts[s, pp, o] + 1) / (counts[s, p, o] + 1), rel=1e-4)
 
 
+def _assert_each_pair_sums_to_one(model, inputs, n_rows):
+    """Both pairs of a 2-box image get n_rows predictions whose scores sum to 1."""
+    with torch.no_grad():
+        rel = model(inputs)[0]["relations"]
+    for pair in ([0, 1], [1, 0]):
+        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
+        assert len(rows) == n_rows
+        assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_predcls_scores_are_conditional_predicate_probabilities():
     """Labels given, no selection, box scores 1: a pair's scores over all predicates are
     P(p | s, o, b) and sum to 1 (the score of the issue: conf_s conf_o P(p | s, o, b) P(X_sel))."""
@@ -320,12 +330,7 @@ def test_predcls_scores_are_conditional_predicate_probabilities():
     cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * P
     model = build(cfg)
     model.roi_heads.set_triplet_counts(np.random.RandomState(2).randint(0, 4, (S, P, S)))
-    with torch.no_grad():
-        rel = model(inputs)[0]["relations"]
-    for pair in ([0, 1], [1, 0]):
-        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
-        assert len(rows) == P
-        assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)
+    _assert_each_pair_sums_to_one(model, inputs, P)
 
 
 def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
@@ -337,12 +342,7 @@ def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
     cfg.MODEL.VRD.TEST.K_PER_PAIR = [0]
     model = build(cfg)
     model.roi_heads.set_triplet_counts(np.random.RandomState(3).randint(0, 4, (S, P, S)))
-    with torch.no_grad():
-        rel = model(inputs)[0]["relations"]
-    for pair in ([0, 1], [1, 0]):
-        rows = [i for i, p in enumerate(rel.pair_indices.tolist()) if p == pair]
-        assert len(rows) == S * P * S
-        assert rel.scores[rows].sum().item() == pytest.approx(1.0, abs=1e-5)
+    _assert_each_pair_sums_to_one(model, inputs, S * P * S)
 
 
 def test_cp_init_bias_std_makes_components_differ_and_selection_starts_at_one_half():

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells, read_lu_gt_cells
+from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells, mat_rows, read_lu_gt_cells
 from .matching import compute_pair_rank
 
 __all__ = [
@@ -226,13 +226,6 @@ def load_results_json(path: str) -> List[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Lu et al.'s MATLAB files
-def _rows(cell, width: int, dtype) -> np.ndarray:
-    a = np.asarray(cell)
-    if a.size == 0:
-        return np.zeros((0, width), dtype)
-    return a.astype(dtype).reshape(-1, width)
-
-
 def load_lu_ground_truth(
     gt_mat: str, image_path_mat: Optional[str] = None, zeroshot_mat: Optional[str] = None
 ) -> Tuple[List[str], List[dict]]:
@@ -272,10 +265,10 @@ def load_lu_results_mat(path: str, num_images: Optional[int] = None) -> List[dic
     out = []
     for i in range(n):
         rec = {
-            "labels": _rows(cells["rlp_labels_ours"][i], 3, np.float64),
-            "scores": _rows(cells["rlp_confs_ours"][i], 1, np.float64).reshape(-1),
-            "sub_boxes": _rows(cells["sub_bboxes_ours"][i], 4, np.float64),
-            "obj_boxes": _rows(cells["obj_bboxes_ours"][i], 4, np.float64),
+            "labels": mat_rows(cells["rlp_labels_ours"][i], 3, np.float64),
+            "scores": mat_rows(cells["rlp_confs_ours"][i], 1, np.float64).reshape(-1),
+            "sub_boxes": mat_rows(cells["sub_bboxes_ours"][i], 4, np.float64),
+            "obj_boxes": mat_rows(cells["obj_bboxes_ours"][i], 4, np.float64),
         }
         where = f"{path}: image {i}"
         bad = np.flatnonzero((rec["labels"] != np.round(rec["labels"])).any(axis=1))

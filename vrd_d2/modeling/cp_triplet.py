@@ -37,9 +37,16 @@ __all__ = [
     "dense_log_prob",
     "TripletPrior",
     "crf_log_normalizer",
+    "unravel_triplets",
 ]
 
 _FILE = "vrd_d2/modeling/cp_triplet.py"
+
+
+def unravel_triplets(flat: Tensor, P: int, O: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Flat triplet ids (any shape; id = (subject P + predicate) O + object) -> (subject,
+    predicate, object) ids of the same shape: the inverse of :meth:`TripletPrior.flat_index`."""
+    return flat // (P * O), (flat // O) % P, flat % O
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,7 +545,7 @@ def crf_log_normalizer(
     lpu = prior.support_log_prob.to(s_s.device, torch.float64)
     # log(psi_u - floor) on the support (psi_u > floor there: counts >= 1)
     log_excess = (lpu + torch.log1p(-torch.exp(prior.log_floor.to(lpu) - lpu))).to(dt)
-    si, sj, sk = sup // (P * O), (sup // O) % P, sup % O
+    si, sj, sk = unravel_triplets(sup, P, O)
     log_z = log_partition(s_s, s_p, s_o)
     out = []
     for a in range(0, n, pairs_per_chunk):

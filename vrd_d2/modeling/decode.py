@@ -57,6 +57,7 @@ from .cp_triplet import (
     _dense_log_unnormalized,
     _shape,
     check_factors,
+    unravel_triplets,
 )
 
 __all__ = [
@@ -113,7 +114,7 @@ def _prior_on(prior: TripletPrior, device: torch.device) -> TripletPrior:
 
 def _unravel(flat: Tensor, p: int, o: int) -> Tensor:
     """flat ids [...] -> [..., 3] (subject, predicate, object)."""
-    return torch.stack((flat // (p * o), (flat // o) % p, flat % o), dim=-1)
+    return torch.stack(unravel_triplets(flat, p, o), dim=-1)
 
 
 def _chunks(n: int, per_pair: int):
@@ -174,10 +175,11 @@ class _PriorTables:
         lp = prior.support_log_prob.to(torch.float64)
         self.min_log = min([self.log_floor] + ([float(lp.min())] if lp.numel() else []))
         w = (lp - self.log_floor).exp().clamp_(min=1.0)
-        ik = idx // (P * O) * O + idx % O
+        si, sj, sk = unravel_triplets(idx, P, O)
+        ik = si * O + sk
         order = w.argsort(descending=True, stable=True)
         self.seed_flat = idx[order]  # psi_u descending
-        self.seed_ijk = torch.stack((idx // (P * O), (idx // O) % P, idx % O))[:, order]
+        self.seed_ijk = torch.stack((si, sj, sk))[:, order]
         self.seed_lp = prior.support_log_prob[order].to(dt)
         order = order[ik[order].argsort(stable=True)]  # by cell, then psi_u descending
         cell = ik[order]
@@ -602,7 +604,7 @@ def _rank1_topk(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior] = None) ->
         sup = prior.support_index
         at = torch.searchsorted(sup, ids).clamp_(max=sup.numel() - 1)
         value = value.masked_fill(sup[at] == ids, -math.inf)  # scored below, with the support
-        si, sj, sk = sup // (P * O), (sup // O) % P, sup % O
+        si, sj, sk = unravel_triplets(sup, P, O)
         sup_value = a.index_select(1, si) + b.index_select(1, sj) + c.index_select(1, sk)
         sup_value = sup_value + (prior.support_log_prob - prior.log_floor).to(a.dtype)
         value = torch.cat((value, sup_value), 1)
@@ -610,10 +612,11 @@ def _rank1_topk(s_s, s_p, s_o, kk: int, prior: Optional[TripletPrior] = None) ->
     top = value.topk(kk, dim=1).indices
     return ids.gather(1, top)
 
+
 def _rescore(s_s, s_p, s_o, fid: Tensor, prior: Optional[TripletPrior]):
     """Exact log u (+ log psi_u) of flat ids [c, kk]; re-sorted descending."""
     P, O = s_p.shape[2], s_o.shape[2]
-    score = _exact_log_u(s_s, s_p, s_o, fid // (P * O), (fid // O) % P, fid % O)
+    score = _exact_log_u(s_s, s_p, s_o, *unravel_triplets(fid, P, O))
     if prior is not None:
         score = score + prior.log_prob_flat(fid).to(score)
     score, order = score.sort(dim=1, descending=True)

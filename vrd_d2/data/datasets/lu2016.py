@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 __all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "read_lu_gt_cells", "loadmat_checked",
-           "mat_cells"]
+           "mat_cells", "mat_rows"]
 
 
 def loadmat_checked(path: str, keys):
@@ -49,6 +49,11 @@ def mat_cells(mat, key: str, path: str, n: Optional[int]):
     return cells
 
 
+def mat_rows(cell, width: int, dtype) -> np.ndarray:
+    """One cell's matrix as ``dtype`` rows of ``width`` ([0, width] for an empty cell)."""
+    return np.asarray(cell).astype(dtype).reshape(-1, width)
+
+
 def load_image_paths(image_path_mat: str) -> List[str]:
     """Image file names (e.g. ``3845770407_1a8cd41230_b.jpg``) in the order of every .mat file."""
     mat = loadmat_checked(image_path_mat, ["imagePath"])
@@ -68,9 +73,9 @@ def read_lu_gt_cells(gt_mat: str, names: Optional[List[str]] = None) -> List[Dic
     out = []
     for i in range(n):
         where = f"{gt_mat}: image {i}" + (f" ({names[i]})" if names is not None else "")
-        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1, 3) - 1
-        sb = np.asarray(subs[i], dtype=np.float64).reshape(-1, 4)
-        ob = np.asarray(objs[i], dtype=np.float64).reshape(-1, 4)
+        lab = mat_rows(labels[i], 3, np.int64) - 1
+        sb = mat_rows(subs[i], 4, np.float64)
+        ob = mat_rows(objs[i], 4, np.float64)
         if not (len(lab) == len(sb) == len(ob)):
             raise ValueError(f"{where}: {len(lab)} labels but {len(sb)} subject and {len(ob)} object boxes")
         if len(lab) and lab.min() < 0:
@@ -97,9 +102,9 @@ def load_lu_detections(det_mat: str, image_path_mat: str) -> Dict[str, Dict[str,
     confs = mat_cells(mat, "detection_confs", det_mat, len(names))
     out = {}
     for i, name in enumerate(names):
-        b = np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)
-        lab = np.asarray(labels[i], dtype=np.int64).reshape(-1) - 1
-        sc = np.asarray(confs[i], dtype=np.float64).reshape(-1)
+        b = mat_rows(boxes[i], 4, np.float64)
+        lab = mat_rows(labels[i], 1, np.int64).reshape(-1) - 1
+        sc = mat_rows(confs[i], 1, np.float64).reshape(-1)
         if not (len(b) == len(lab) == len(sc)):
             raise ValueError(
                 f"{det_mat}: image {i} ({name}): {len(b)} boxes, {len(lab)} labels, "
