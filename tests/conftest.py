@@ -1,0 +1,51 @@
+"""Shared test scaffolding: the repo root, the real-data folder (skipped when absent), tiny configs.
+
+Tests that read the real VRD files use the ``shared_vrd`` fixture (or ``SHARED_VRD`` with
+``needs_shared_vrd``); both skip cleanly when ``../shared/data/vrd`` (or ``$VRD_D2_SHARED_DATA``)
+is absent, as on a fresh clone outside the workplace.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHARED_VRD = Path(os.getenv("VRD_D2_SHARED_DATA", REPO.parent / "shared" / "data" / "vrd"))
+needs_shared_vrd = pytest.mark.skipif(
+    not (SHARED_VRD / "annotations_train.json").is_file(),
+    reason=f"real VRD annotations not found in {SHARED_VRD} (set VRD_D2_SHARED_DATA)",
+)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_vrd() -> Path:
+    """``../shared/data/vrd``; skips the test when the folder is absent."""
+    if not (SHARED_VRD / "annotations_train.json").is_file():
+        pytest.skip(f"real VRD annotations not found in {SHARED_VRD} (set VRD_D2_SHARED_DATA)")
+    return SHARED_VRD
+
+
+def tiny_config(config_file: str = "Shapes/geometry_only.yaml", *opts):
+    """A detectron2 config with the vrd_d2 keys, merged from ``configs/<config_file>`` and ``opts``."""
+    from detectron2.config import get_cfg
+
+    from vrd_d2 import add_vrd_config
+
+    cfg = get_cfg()
+    add_vrd_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / config_file))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The CPU-sized geometry-only Shapes config (a function: call it with a config file and opts)."""
+    return tiny_config
