@@ -2,18 +2,18 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
 SHARED = os.environ.get("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
 GT_MAT = os.path.join(SHARED, "lu2016", "evaluation", "gt.mat")
 PATH_MAT = os.path.join(SHARED, "lu2016", "data", "imagePath.mat")
 
-import eval_results  # noqa: E402  (tools/eval_results.py)
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+
+eval_results = load_tool("eval_results")  # tools/eval_results.py: only its main(argv) is used
 
 from vrd_d2.evaluation import load_lu_ground_truth, write_results_json  # noqa: E402
 

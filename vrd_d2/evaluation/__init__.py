@@ -1,4 +1,5 @@
-"""Relation evaluation: Lu et al.'s recall protocol (docs/EVALUATION.md) as a DatasetEvaluator."""
+"""Relation evaluation: Lu et al.'s and the Scene-Graph-Benchmark's recall protocols
+(docs/EVALUATION.md), a DatasetEvaluator and results-file readers."""
 
 from .matching import (
     CRITERIA,
@@ -28,9 +29,20 @@ from .results_io import (
     validate_prediction,
     write_results_json,
 )
-from .vrd_evaluation import VRDEvaluator, evaluate_records, format_results_table, tasks_for_mode
+from .protocols import PROTOCOLS, evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
+from .sgb import (
+    SGB_TOPK,
+    evaluate_records_sgb,
+    format_sgb_table,
+    load_sgb_zeroshot_triplets,
+    sgb_hit_matrix,
+    sgb_recall,
+    zeroshot_rows,
+)
+from .vrd_evaluation import VRDEvaluator
 
 __all__ = [
     k for k in globals().keys()
-    if not k.startswith("_") and k not in ("matching", "recall", "results_io", "vrd_evaluation")
+    if not k.startswith("_")
+    and k not in ("matching", "protocols", "recall", "results_io", "sgb", "vrd_evaluation")
 ]

@@ -1,5 +1,6 @@
-"""VRDEvaluator: relationship / phrase detection recall (Lu et al.'s protocol) as a Detectron2
-DatasetEvaluator. Protocol and result names: docs/EVALUATION.md."""
+"""VRDEvaluator: relationship / phrase detection recall as a Detectron2 DatasetEvaluator, with
+Lu et al.'s protocol (VRD) or the Scene-Graph-Benchmark's (VG). Protocols and result names:
+docs/EVALUATION.md."""
 
 import copy
 import itertools
@@ -7,16 +8,16 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from tabulate import tabulate
 
-from .recall import DENOMINATORS, count_recall_hits, k_label, recall_metrics
+from ..config import MODES
+from .protocols import evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
+from .recall import DENOMINATORS
 from .results_io import (
     dataset_ground_truth,
     image_key,
@@ -25,97 +26,20 @@ from .results_io import (
     validate_prediction,
     write_results_json,
 )
+from .sgb import SGB_TOPK, evaluate_records_sgb, format_sgb_table, load_sgb_zeroshot_triplets, zeroshot_rows
 
 __all__ = ["VRDEvaluator", "MODES", "tasks_for_mode", "evaluate_records", "format_results_table"]
 
 logger = logging.getLogger(__name__)
 
-#: model modes (MODEL.VRD.MODE) and the tasks each reports
-MODES = ("sgdet", "phrase_cls", "predcls")
-
-
-def tasks_for_mode(mode: str):
-    """[(task name, matching criterion)]: sgdet reports relationship and phrase detection; the
-    gold-box modes report the relationship criterion under the mode's own name."""
-    if mode == "sgdet":
-        return [("relationship", "relationship"), ("phrase", "phrase")]
-    if mode in ("phrase_cls", "predcls"):
-        return [(mode, "relationship")]
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def evaluate_records(
-    predictions: Sequence[Optional[dict]],
-    ground_truths: Sequence[dict],
-    mode: str = "sgdet",
-    k_values: Sequence[int] = (1, 10, 0),
-    topk_values: Sequence[int] = (50, 100),
-    num_predicates: Optional[int] = None,
-    complete_ground_truths: Optional[Sequence[dict]] = None,
-    best_k: Optional[int] = None,
-    iou_threshold: float = 0.5,
-    denominator: str = "rows",
-) -> "OrderedDict[str, Dict[str, float]]":
-    """Results dict task -> metric -> percent from aligned per-image records (see recall.py).
-
-    Metrics per task, for each k of ``k_values`` (suffix ``k1``, ``k10``, ``kfree``) and each K of
-    ``topk_values``: ``R@K_<k>``, ``mR@K_<k>``, ``zsR@K_<k>`` (when the ground truth has zero-shot
-    flags). With ``best_k`` (chosen on a validation split, :func:`~.recall.best_k_from_results`)
-    the same metrics again with suffix ``kbest`` and ``best_k`` = that k (not a percentage).
-    Tasks ``<task>_complete`` (when ``complete_ground_truths`` is given) use that ground truth.
-    """
-    ks = [int(k) for k in k_values]
-    if best_k is not None and int(best_k) not in ks:
-        ks.append(int(best_k))
-    results = OrderedDict()
-    sets = [("", ground_truths)]
-    if complete_ground_truths is not None:
-        sets.append(("_complete", complete_ground_truths))
-    for suffix, gts in sets:
-        for task, criterion in tasks_for_mode(mode):
-            metrics = OrderedDict()
-            for k in ks:
-                counts = count_recall_hits(
-                    predictions, gts, criterion, k, topk_values, num_predicates,
-                    iou_threshold, denominator,
-                )
-                m = recall_metrics(counts, k_label(k))
-                if k in k_values:
-                    metrics.update(m)
-                if best_k is not None and k == int(best_k):
-                    metrics.update(recall_metrics(counts, "kbest"))
-                    metrics["best_k"] = float(best_k)
-            results[task + suffix] = metrics
-    return results
-
-
-def format_results_table(results: Dict[str, Dict[str, float]]) -> str:
-    """One row per (task, k), columns R@K / mR@K / zsR@K."""
-    rows, columns = [], []
-    for task, metrics in results.items():
-        by_k = OrderedDict()
-        for name, value in metrics.items():
-            if "_" not in name or name == "best_k":
-                continue
-            metric, suffix = name.rsplit("_", 1)
-            by_k.setdefault(suffix, OrderedDict())[metric] = value
-            if metric not in columns:
-                columns.append(metric)
-        for suffix, vals in by_k.items():
-            label = suffix
-            if suffix == "kbest" and "best_k" in metrics:
-                label = f"kbest (k={int(metrics['best_k'])})"
-            rows.append([task, label] + [vals.get(c, float("nan")) for c in columns])
-    return tabulate(rows, headers=["task", "k/pair"] + columns, tablefmt="pipe", floatfmt=".2f",
-                    numalign="left")
-
 
 class VRDEvaluator(DatasetEvaluator):
-    """Recall of visual relationships (R@50/100, mR, zero-shot R) for every k per pair.
+    """Recall of visual relationships with Lu et al.'s or the Scene-Graph-Benchmark's protocol.
 
-    Reads ``outputs[i]["relations"]`` (DESIGN.md "Model output"): for each k of ``k_values`` it
-    keeps the rows with ``pair_rank < k`` (all rows for k = 0, free k), sorts them by score and
-    takes the top K (K = 50, 100). Ground truth comes from ``DatasetCatalog.get(dataset_name)``
+    Reads ``outputs[i]["relations"]`` (DESIGN.md "Model output"). Lu: for each k of ``k_values``
+    it keeps the rows with ``pair_rank < k`` (all rows for k = 0, free k), sorts them by score and
+    takes the top K (K = 50, 100). SGB: graph constraint = the rows with ``pair_rank == 0``, no
+    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). Ground truth comes from ``DatasetCatalog.get(dataset_name)``
     matched by ``image_id``, or from Lu et al.'s gt.mat (matched by image file name) if
     ``gt_mat`` is given.
     """
@@ -129,7 +53,7 @@ class VRDEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         distributed: bool = True,
         k_values: Sequence[int] = (1, 10, 0),
-        topk_values: Sequence[int] = (50, 100),
+        topk_values: Optional[Sequence[int]] = None,
         best_k: Optional[int] = None,
         gt_mat: Optional[str] = None,
         image_path_mat: Optional[str] = None,
@@ -139,6 +63,8 @@ class VRDEvaluator(DatasetEvaluator):
         save_predictions: bool = True,
         num_objects: Optional[int] = None,
         num_predicates: Optional[int] = None,
+        protocol: str = "auto",
+        sgb_zeroshot_triplets: Optional[str] = None,
     ):
         """
         Args:
@@ -150,7 +76,8 @@ class VRDEvaluator(DatasetEvaluator):
             distributed: gather predictions from all processes (``comm.gather``) and evaluate on
                 the main one.
             k_values: triplets per pair to evaluate; 0 = free k.
-            topk_values: the K of R@K (predictions per image).
+            topk_values: the K of R@K (predictions per image); default (50, 100) for Lu,
+                (20, 50, 100) for SGB.
             best_k: k chosen on a validation split (``best_k_from_results``), reported as
                 ``*_kbest`` plus ``best_k``.
             gt_mat: Lu et al.'s gt.mat: use it as ground truth instead of the dataset dicts
@@ -162,6 +89,10 @@ class VRDEvaluator(DatasetEvaluator):
             save_predictions: write our JSON results file to output_dir.
             num_objects, num_predicates: class-list sizes for the input checks (default: the
                 metadata's thing_classes / predicate_classes).
+            protocol: "lu", "sgb" or "auto" (SGB for VG150 / VG200 datasets, Lu otherwise);
+                ``k_values``, ``best_k`` and ``denominator`` are Lu's only.
+            sgb_zeroshot_triplets: SGB's ``zeroshot_triplet.pytorch``: its triplets are the
+                zero-shot rows of zR@K (default: training count 0, or zeroShot.mat).
         """
         if mode not in MODES:
             raise ValueError(f"VRDEvaluator: mode must be one of {MODES}, got {mode!r}")
@@ -175,7 +106,13 @@ class VRDEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._k_values = tuple(int(k) for k in k_values)
+        self._protocol = resolve_protocol(protocol, dataset_name)
+        if topk_values is None:
+            topk_values = SGB_TOPK if self._protocol == "sgb" else (50, 100)
         self._topk_values = tuple(int(k) for k in topk_values)
+        self._sgb_zeroshot = (
+            load_sgb_zeroshot_triplets(sgb_zeroshot_triplets) if sgb_zeroshot_triplets else None
+        )
         self._best_k = best_k
         self._iou_threshold = float(iou_threshold)
         self._denominator = denominator
@@ -204,7 +141,14 @@ class VRDEvaluator(DatasetEvaluator):
             "output_dir": output_dir,
             "distributed": distributed,
             "k_values": tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR),
+            "protocol": cfg.MODEL.VRD.TEST.PROTOCOL,
+            "sgb_zeroshot_triplets": cfg.MODEL.VRD.TEST.SGB_ZEROSHOT_TRIPLETS or None,
         }
+
+    @property
+    def protocol(self) -> str:
+        """The resolved protocol, "lu" or "sgb"."""
+        return self._protocol
 
     def reset(self):
         self._predictions = []
@@ -285,6 +229,21 @@ class VRDEvaluator(DatasetEvaluator):
             )
         return gts, None
 
+    def _score_sgb(self, records, gts, num_predicates):
+        """SGB's metrics; zero-shot rows from the SGB list when given. Returns (results, table,
+        per-task image counts)."""
+        if self._sgb_zeroshot is not None:
+            gts = [dict(g, zeroshot=zeroshot_rows(g["labels"], self._sgb_zeroshot)) for g in gts]
+        results, counts = evaluate_records_sgb(
+            records, gts, tasks_for_mode(self._mode), self._topk_values, num_predicates,
+            self._iou_threshold,
+        )
+        c = next(iter(counts.values()))
+        note = (f"(per-image means over {c['images']} images; left out as in SGB: "
+                f"{c['skipped_no_gt']} without ground-truth relations, {c['skipped_no_pred']} "
+                f"without predictions)")
+        return results, format_sgb_table(results) + "\n" + note, counts
+
     def evaluate(self):
         if self._distributed:
             comm.synchronize()
@@ -320,24 +279,24 @@ class VRDEvaluator(DatasetEvaluator):
             gts, complete = self._load_lu_ground_truth(predictions)
         else:
             gts, complete = self._load_dataset_ground_truth(predictions)
-        results = evaluate_records(
-            [p["record"] for p in predictions],
-            gts,
-            mode=self._mode,
-            k_values=self._k_values,
-            topk_values=self._topk_values,
-            num_predicates=num_predicates,
-            complete_ground_truths=complete,
-            best_k=self._best_k,
-            iou_threshold=self._iou_threshold,
-            denominator=self._denominator,
-        )
+        records = [p["record"] for p in predictions]
+        if self._protocol == "sgb":
+            results, table, counts = self._score_sgb(records, gts, num_predicates)
+        else:
+            counts = None
+            results = evaluate_records(
+                records, gts, mode=self._mode, k_values=self._k_values,
+                topk_values=self._topk_values, num_predicates=num_predicates,
+                complete_ground_truths=complete, best_k=self._best_k,
+                iou_threshold=self._iou_threshold, denominator=self._denominator,
+            )
+            table = format_results_table(results) + "\n(k=0 is free k)"
         elapsed = time.perf_counter() - start
         num_gt = sum(len(g["labels"]) for g in gts)
         logger.info(
-            f"Relation recall on {self._dataset_name} ({len(predictions)} images, {num_gt} ground-"
-            f"truth relations, ground truth from {self._gt_mat or 'dataset dicts'}, "
-            f"k=0 is free k) in {elapsed:.2f}s:\n" + format_results_table(results)
+            f"Relation recall ({self._protocol} protocol) on {self._dataset_name} ({len(predictions)} "
+            f"images, {num_gt} ground-truth relations, ground truth from "
+            f"{self._gt_mat or 'dataset dicts'}) in {elapsed:.2f}s:\n" + table
         )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
@@ -345,6 +304,8 @@ class VRDEvaluator(DatasetEvaluator):
                 json.dump(
                     {
                         "dataset": self._dataset_name,
+                        "protocol": self._protocol,
+                        "sgb_images": counts,
                         "mode": self._mode,
                         "k_values": list(self._k_values),
                         "topk_values": list(self._topk_values),
