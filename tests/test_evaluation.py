@@ -373,3 +373,31 @@ def test_distributed_gloo_equals_single_process(tmp_path):
     torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     dist_res = torch.load(out, weights_only=False)
     assert dist_res == dict(single)
+
+
+def test_evaluator_sgb_protocol_from_config(tmp_path, tiny_cfg):
+    import json
+
+    name = _register_toy()
+    inputs, outputs = _toy_outputs(name)
+    cfg = tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.MODE", "sgdet", "MODEL.VRD.TEST.PROTOCOL", "sgb")
+    ev = VRDEvaluator(cfg, name, output_dir=str(tmp_path), distributed=False)
+    assert ev.protocol == "sgb"
+    ev.process(inputs, outputs)
+    res = ev.evaluate()
+    assert set(res) == {"relationship", "phrase"}
+    # per-image recall: images 0, 2, 4 exact (1.0), images 1, 3, 5 miss (0.0) -> 50
+    assert res["relationship"]["R@20"] == pytest.approx(50.0)
+    assert res["relationship"]["ngR@100"] == pytest.approx(50.0)
+    # mR, SGB: predicate 0 per image (0: 1, 2: 1, 4: 1, 5: 0) -> 0.75, predicate 1 (1: 0, 2: 1,
+    # 3: 0, 4: 1, 5: 0) -> 0.4; mean 57.5. Lu, over the split: 4/5 and 2/7 -> 54.29
+    assert res["relationship"]["mR@20"] == pytest.approx(57.5)
+    lu = VRDEvaluator(name, distributed=False, protocol="lu")
+    lu.process(inputs, outputs)
+    assert lu.evaluate()["relationship"]["mR@50_k1"] == pytest.approx(100 * (4 / 5 + 2 / 7) / 2)
+    saved = json.load(open(tmp_path / "vrd_evaluation.json"))
+    assert saved["protocol"] == "sgb"
+    assert saved["sgb_images"]["relationship"] == {"images": 6, "skipped_no_gt": 0, "skipped_no_pred": 0}
+    # "auto" keeps Lu's protocol for this (non-VG) dataset
+    auto = VRDEvaluator(tiny_cfg("Shapes/geometry_only.yaml"), name, distributed=False)
+    assert auto.protocol == "lu"
