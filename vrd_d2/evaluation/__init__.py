@@ -23,12 +23,12 @@ from .results_io import (
     dataset_ground_truth,
     load_lu_ground_truth,
     load_lu_results_mat,
-    load_results_json,
     relations_to_json_images,
     relations_to_record,
     validate_prediction,
     write_results_json,
 )
+from .results_json import load_results_json
 from .protocols import PROTOCOLS, evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
 from .sgb import (
     SGB_TOPK,
@@ -44,5 +44,5 @@ from .vrd_evaluation import VRDEvaluator
 __all__ = [
     k for k in globals().keys()
     if not k.startswith("_")
-    and k not in ("matching", "protocols", "recall", "results_io", "sgb", "vrd_evaluation")
+    and k not in ("matching", "protocols", "recall", "results_io", "results_json", "sgb", "vrd_evaluation")
 ]

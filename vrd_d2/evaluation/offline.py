@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 from ..data.datasets.lu2016 import load_image_paths
 from .protocols import format_results_table
 from .recall import k_label
-from .results_io import image_key, load_lu_results_mat, load_results_json
+from .results_io import image_key, load_lu_results_mat
+from .results_json import load_results_json
 from .sgb import format_sgb_table
 from .vrd_evaluation import VRDEvaluator
 

@@ -1,10 +1,11 @@
 """Results files and ground truth for the relation evaluator.
 
 * our JSON results format (docs/EVALUATION.md): :func:`relations_to_json_images`,
-  :func:`write_results_json`, :func:`load_results_json`;
+  :func:`write_results_json` (the strict reader is :mod:`.results_json`);
 * Lu et al.'s ``.mat`` results (``rlp_labels_ours`` ...): :func:`load_lu_results_mat`;
 * Lu et al.'s ``gt.mat`` / ``zeroShot.mat`` / ``imagePath.mat``: :func:`load_lu_ground_truth`
-  (a private reader, so evaluation does not depend on the data module);
+  (on top of the data module's .mat cell readers, ``vrd_d2.data.datasets.lu2016``: one reader
+  of gt.mat serves the dataset view and the evaluator);
 * dataset records -> ground-truth records: :func:`dataset_ground_truth`;
 * :func:`validate_prediction`: clear errors naming the image and the row.
 
@@ -25,7 +26,6 @@ __all__ = [
     "relations_to_record",
     "relations_to_json_images",
     "write_results_json",
-    "load_results_json",
     "load_lu_results_mat",
     "load_lu_ground_truth",
     "dataset_ground_truth",
@@ -40,16 +40,6 @@ def image_key(name: str) -> str:
     """Image name without folder and extension: matches our records to Lu's imagePath.mat
     (whose ``4392556686_44d71ff5a0_o.jpg`` is a .gif on disk)."""
     return os.path.splitext(os.path.basename(str(name)))[0]
-
-
-def _empty_record() -> dict:
-    return {
-        "labels": np.zeros((0, 3), np.int64),
-        "sub_boxes": np.zeros((0, 4), np.float64),
-        "obj_boxes": np.zeros((0, 4), np.float64),
-        "scores": np.zeros(0, np.float64),
-        "pair_rank": np.zeros(0, np.int64),
-    }
 
 
 def relations_to_record(relations) -> dict:
@@ -176,52 +166,6 @@ def write_results_json(path: str, images: Sequence[dict], dataset_name: Optional
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"format": RESULTS_FORMAT, "dataset": dataset_name, "images": entries}, f)
-
-
-def load_results_json(path: str) -> List[dict]:
-    """Read our JSON results: a list of ``{"image_id", "file_name", "record"}``.
-
-    Accepts the ``{"format", "images"}`` object or a bare list of image entries. Every relation
-    needs subject_box, object_box, subject, predicate, object, score; pair_rank is optional
-    (recomputed from the boxes when absent in the whole image).
-    """
-    with open(path) as f:
-        data = json.load(f)
-    images = data["images"] if isinstance(data, dict) else data
-    if not isinstance(images, list):
-        raise ValueError(f"{path}: expected a list of images or an object with 'images'")
-    out = []
-    keys = ("subject_box", "object_box", "subject", "predicate", "object", "score")
-    for i, im in enumerate(images):
-        if "image_id" not in im and "file_name" not in im:
-            raise ValueError(f"{path}: image entry {i} has neither image_id nor file_name")
-        where = f"{path}: image {i} (image_id={im.get('image_id')}, {im.get('file_name', '')})"
-        rels = im.get("relations", [])
-        n = len(rels)
-        rec = _empty_record()
-        if n:
-            for j, r in enumerate(rels):
-                miss = [k for k in keys if k not in r]
-                if miss:
-                    raise ValueError(f"{where}, row {j}: missing {miss}")
-            try:
-                rec["sub_boxes"] = np.array([r["subject_box"] for r in rels], np.float64).reshape(n, 4)
-                rec["obj_boxes"] = np.array([r["object_box"] for r in rels], np.float64).reshape(n, 4)
-            except ValueError as e:
-                raise ValueError(f"{where}: boxes must be 4 numbers each ({e})") from None
-            labels = np.array([[r["subject"], r["predicate"], r["object"]] for r in rels], np.float64)
-            bad = np.flatnonzero((labels != np.round(labels)).any(axis=1))
-            if len(bad):
-                raise ValueError(f"{where}, row {bad[0]}: labels {labels[bad[0]].tolist()} are not integers")
-            rec["labels"] = labels.astype(np.int64)
-            rec["scores"] = np.array([np.nan if r["score"] is None else r["score"] for r in rels], np.float64)
-            if all("pair_rank" in r for r in rels):
-                rec["pair_rank"] = np.array([r["pair_rank"] for r in rels], np.int64)
-            else:
-                rec["pair_rank"] = compute_pair_rank(rec["sub_boxes"], rec["obj_boxes"], rec["scores"])
-        out.append({"image_id": im.get("image_id"), "file_name": im.get("file_name", ""),
-                    "record": rec, "where": where})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
