@@ -39,9 +39,9 @@ class VRDEvaluator(DatasetEvaluator):
     Reads ``outputs[i]["relations"]`` (DESIGN.md "Model output"). Lu: for each k of ``k_values``
     it keeps the rows with ``pair_rank < k`` (all rows for k = 0, free k), sorts them by score and
     takes the top K (K = 50, 100). SGB: graph constraint = the rows with ``pair_rank == 0``, no
-    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). Ground truth comes from ``DatasetCatalog.get(dataset_name)``
-    matched by ``image_id``, or from Lu et al.'s gt.mat (matched by image file name) if
-    ``gt_mat`` is given.
+    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). Ground truth comes from
+    ``DatasetCatalog.get(dataset_name)`` matched by ``image_id``, or from Lu et al.'s gt.mat
+    (matched by image file name) if ``gt_mat`` is given.
     """
 
     @configurable
