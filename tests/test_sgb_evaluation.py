@@ -275,3 +275,38 @@ def test_real_vrd_lu_mat_results_under_sgb(shared_vrd, tmp_path):
     # graph constraint: a .mat file has no pair_rank, so a pair is its two boxes and keeps only its
     # best-scored predicate; VRD pairs annotated with several predicates then lose the others
     assert 50.0 < scores["relationship_R@100"] < 100.0
+
+
+def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
+    """No shared data needed: a registered two-image dataset, image 0 with 4 relations (1 found),
+    image 1 with 1 relation (found): SGB 62.5 per image, Lu 40 over the split."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+    from tools_loader import load_tool
+
+    name = "vrd_d2_test_sgb_tool"
+    boxes = [A, B, C, FAR]
+    if name not in DatasetCatalog.list():
+        def load():
+            anns = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c} for b, c in zip(boxes, [0, 1, 2, 0])]
+            return [{"file_name": "im0.jpg", "image_id": 0, "height": 200, "width": 200, "annotations": anns,
+                     "relations": np.array([[0, 1, 0], [0, 2, 1], [1, 2, 0], [3, 1, 1]])},
+                    {"file_name": "im1.jpg", "image_id": 1, "height": 200, "width": 200, "annotations": anns,
+                     "relations": np.array([[0, 1, 1]])}]
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"], predicate_classes=["p", "q"])
+    row = {"subject_box": A, "object_box": B, "subject": 0, "object": 1, "score": 0.9, "pair_rank": 0}
+    images = [{"image_id": 0, "file_name": "im0.jpg", "relations": [dict(row, predicate=0)]},
+              {"image_id": 1, "file_name": "im1.jpg", "relations": [dict(row, predicate=1)]}]
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps({"images": images}))
+    eval_results = load_tool("eval_results")
+    for protocol, expected in (("sgb", 62.5), ("lu", 40.0)):
+        out = str(tmp_path / f"{protocol}.json")
+        eval_results.main([str(res), "--dataset", name, "--protocol", protocol, "--json", out])
+        scores = json.load(open(out))
+        assert scores["protocol"] == protocol
+        assert scores["relationship_R@50"] == pytest.approx(expected)
+        assert scores["phrase_R@100"] == pytest.approx(expected)
+    assert {f"{t}_R@{k}" for t in ("relationship", "phrase") for k in (20, 50, 100)} <= set(
+        json.load(open(tmp_path / "sgb.json")))
