@@ -28,7 +28,7 @@ Record layout as in :mod:`vrd_d2.evaluation.recall`. Labels are 0-based here; SG
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -167,7 +167,6 @@ class SGBRecall:
     skipped_no_gt: int = 0
     skipped_no_pred: int = 0
     has_zeroshot: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.topk_values)
