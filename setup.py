@@ -19,5 +19,5 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"]},
+    extras_require={"dev": ["pytest", "hypothesis", "black==26.10.1", "isort==9.0.2"]},
 )
