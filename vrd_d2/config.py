@@ -3,12 +3,20 @@
 Like PointRend's ``add_pointrend_config``: every key with its default and a one-line why. The
 paper's values (Dupty, Zhang & Lee, AAAI 2020) are the defaults; configs/Shapes/ shrinks them.
 """
+import logging
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_vrd_config", "TRAIN_STAGES", "MODES"]
+__all__ = ["add_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "PAIR_FEATURES"]
+
+logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("detector", "triplet", "selection")
 MODES = ("sgdet", "phrase_cls", "predcls")
+# MODEL.VRD.FEATURES: how a box pair is featurised (vrd_d2/modeling/relation_predictor.py)
+PAIR_FEATURES = ("roi_align", "box_head", "geometry")
+# deprecated booleans (one release) -> the MODEL.VRD.FEATURES value each one selects
+_FEATURE_ALIASES = (("GEOMETRY_ONLY", "geometry"), ("USE_BOX_HEAD_FEATURES", "box_head"))
 
 
 def add_vrd_config(cfg):
@@ -53,8 +61,15 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.SPATIAL_MASK_SIZE = 64
     # channels of the 2 stride-2 5x5 convs of the spatial-mask branch
     _C.MODEL.VRD.SPATIAL_CONV_DIMS = [96, 128]
-    # feed the branches the detector's box-head output (fc7) of the subject, object and union boxes
-    # instead of the ROIAlign conv5_3 features (the box head stays frozen outside stage 1)
+    # how a pair is featurised: "roi_align" (ROIAlign of the conv features of the subject, object
+    # and union boxes), "box_head" (the detector's box-head output (fc7) of those boxes; the box
+    # head stays frozen outside stage 1), "geometry" (box geometry + spatial masks only: no image
+    # features, trains on annotations alone, needs given boxes)
+    _C.MODEL.VRD.FEATURES = "roi_align"
+    # the RELATION_PREDICTOR_REGISTRY entry that maps pair features to the CP log-factors and the
+    # selection logit
+    _C.MODEL.VRD.PREDICTOR_NAME = "CPRelationPredictor"
+    # deprecated (one release): True = FEATURES "box_head"
     _C.MODEL.VRD.USE_BOX_HEAD_FEATURES = False
     # ROIAlign output side for subject/object/union features (ROI_BOX_HEAD pooler type/ratio)
     _C.MODEL.VRD.POOLER_RESOLUTION = 7
@@ -64,8 +79,7 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.USE_CP = True
     _C.MODEL.VRD.USE_SELECTION = True
     _C.MODEL.VRD.USE_BOX_SCORE = True
-    # feed the CP branches and the selection head only box geometry + spatial masks (no image
-    # features): trains on annotations alone, needs given boxes
+    # deprecated (one release): True = FEATURES "geometry"
     _C.MODEL.VRD.GEOMETRY_ONLY = False
     # "sgdet": detected boxes; "phrase_cls": gold boxes, labels predicted; "predcls": gold boxes
     # and labels given, only predicates predicted
@@ -94,3 +108,28 @@ def add_vrd_config(cfg):
     # pairs run through the head at once at test: bounds peak memory (linear in pairs)
     _C.MODEL.VRD.TEST.PAIR_BATCH = 1024
     return cfg
+
+
+def resolve_pair_features(cfg, *, warn: bool = False) -> str:
+    """The MODEL.VRD.FEATURES value of ``cfg`` (one of PAIR_FEATURES), with the deprecated
+    booleans MODEL.VRD.GEOMETRY_ONLY / USE_BOX_HEAD_FEATURES mapped onto it (a logged warning
+    when ``warn``). Both booleans on, a boolean that contradicts FEATURES, or an unknown FEATURES
+    value is a ValueError."""
+    vrd = cfg.MODEL.VRD
+    features = vrd.FEATURES
+    if features not in PAIR_FEATURES:
+        raise ValueError(f"vrd_d2/config.py: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {features!r}")
+    on = [(key, value) for key, value in _FEATURE_ALIASES if vrd.get(key, False)]
+    if len(on) > 1:
+        raise ValueError("vrd_d2/config.py: MODEL.VRD.GEOMETRY_ONLY and MODEL.VRD.USE_BOX_HEAD_FEATURES are both "
+                         "True; they are deprecated: set MODEL.VRD.FEATURES to 'geometry' or 'box_head'")
+    if not on:
+        return features
+    key, value = on[0]
+    if features not in ("roi_align", value):
+        raise ValueError(f"vrd_d2/config.py: MODEL.VRD.{key} True selects FEATURES {value!r}, but MODEL.VRD.FEATURES "
+                         f"is {features!r}; drop the deprecated MODEL.VRD.{key}")
+    if warn:
+        logger.warning(f"vrd_d2: MODEL.VRD.{key} is deprecated and will be removed in the next release: "
+                       f"use MODEL.VRD.FEATURES: {value!r}")
+    return value
