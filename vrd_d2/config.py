@@ -7,7 +7,9 @@ import logging
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "PAIR_FEATURES"]
+from .utils.checks import check_float, check_int
+
+__all__ = ["add_vrd_config", "check_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "PAIR_FEATURES"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +135,35 @@ def resolve_pair_features(cfg, *, warn: bool = False) -> str:
         logger.warning(f"vrd_d2: MODEL.VRD.{key} is deprecated and will be removed in the next release: "
                        f"use MODEL.VRD.FEATURES: {value!r}")
     return value
+
+
+def check_vrd_config(cfg) -> str:
+    """Check the MODEL.VRD keys of ``cfg`` before a model is built from them: a ValueError naming
+    the key, the expected range and the value found (``check_int`` / ``check_float``), instead of
+    an error deep inside torch. Returns the resolved MODEL.VRD.FEATURES (deprecated switches logged).
+    """
+    v, where = cfg.MODEL.VRD, "vrd_d2 config"
+    for key, allowed in (("MODE", MODES), ("TRAIN_STAGE", TRAIN_STAGES)):
+        if v[key] not in allowed:
+            raise ValueError(f"{where}: MODEL.VRD.{key} must be one of {allowed}, found {v[key]!r}")
+    features = resolve_pair_features(cfg, warn=True)
+    for key in ("NUM_PREDICATES", "RANK", "SELECTION_FC_DIM", "SPATIAL_DIM", "POOLER_RESOLUTION", "PROPOSALS_PER_GT"):
+        check_int(v[key], f"MODEL.VRD.{key}", low=1, where=where)
+    for key in ("FC_DIMS", "SPATIAL_CONV_DIMS"):
+        for i, d in enumerate(v[key]):
+            check_int(d, f"MODEL.VRD.{key}[{i}]", low=1, where=where)
+    # each stride-2 conv of the spatial branch halves the mask: at least 2 cells a side per conv,
+    # and no fewer than 4 cells (a 2 x 2 mask cannot show how two boxes are placed)
+    check_int(v.SPATIAL_MASK_SIZE, "MODEL.VRD.SPATIAL_MASK_SIZE", low=max(4, 2 ** len(v.SPATIAL_CONV_DIMS)), where=where)
+    check_int(v.MAX_PAIRS_PER_IMAGE, "MODEL.VRD.MAX_PAIRS_PER_IMAGE (0 = no cap)", low=0, where=where)
+    check_float(v.PROPOSAL_IOU, "MODEL.VRD.PROPOSAL_IOU", low=0.0, high=1.0, where=where)
+    check_float(v.SELECTION_NEG_PER_POS, "MODEL.VRD.SELECTION_NEG_PER_POS", low=0.0, where=where)
+    check_float(v.CP_INIT_BIAS_STD, "MODEL.VRD.CP_INIT_BIAS_STD", low=0.0, where=where)
+    check_int(v.TEST.TOPK_PER_IMAGE, "MODEL.VRD.TEST.TOPK_PER_IMAGE", low=1, where=where)
+    if len(v.TEST.K_PER_PAIR) == 0:
+        raise ValueError(f"{where}: MODEL.VRD.TEST.K_PER_PAIR must list at least one k (0 = free k), found []")
+    for i, k in enumerate(v.TEST.K_PER_PAIR):
+        check_int(k, f"MODEL.VRD.TEST.K_PER_PAIR[{i}] (0 = free k)", low=0, where=where)
+    check_int(v.TEST.PAIR_BATCH, "MODEL.VRD.TEST.PAIR_BATCH", low=1, where=where)
+    check_float(v.TEST.NMS_THRESH, "MODEL.VRD.TEST.NMS_THRESH", low=0.0, high=1.0, where=where)
+    return features

@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
-from ..config import resolve_pair_features
+from ..config import check_vrd_config
 from .relation_inference import RELATION_FIELDS, RelationInference, empty_relations
 from .relation_losses import RelationLoss
 from .relation_predictor import build_relation_predictor
@@ -75,7 +75,7 @@ class VRDROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_relation_head(cls, cfg, input_shape: Dict[str, ShapeSpec], *, box_feature_dim: int):
-        resolve_pair_features(cfg, warn=True)  # the deprecated feature switches are reported once per build
+        check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
         return {
             "relation_predictor": build_relation_predictor(cfg, input_shape, box_feature_dim=box_feature_dim),
             "relation_loss": RelationLoss(cfg),
