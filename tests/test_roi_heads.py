@@ -331,7 +331,7 @@ def test_predcls_scores_are_conditional_predicate_probabilities():
     """Labels given, no selection, box scores 1: a pair's scores over all predicates are
     P(p | s, o, b) and sum to 1 (the score of the issue: conf_s conf_o P(p | s, o, b) P(X_sel))."""
     inputs = make_inputs((2,))
-    cfg = tiny_cfg(MODE="predcls", USE_SELECTION=False)
+    cfg = tiny_cfg(MODE="predcls", USE_SELECTION=False, CRF_NORMALIZE=True)
     cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * P
     model = build(cfg)
     model.roi_heads.set_triplet_counts(np.random.RandomState(2).randint(0, 4, (S, P, S)))
@@ -342,7 +342,7 @@ def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
     """With the prior, P(t | b) = psi_c psi_u / sum_t psi_c psi_u: with no selection and box scores
     1, one pair's scores over all S*P*S triplets sum to 1 (checked on a tiny tensor, all rows)."""
     inputs = make_inputs((2,))
-    cfg = tiny_cfg(MODE="phrase_cls", USE_SELECTION=False)
+    cfg = tiny_cfg(MODE="phrase_cls", USE_SELECTION=False, CRF_NORMALIZE=True)
     cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * S * P * S
     cfg.MODEL.VRD.TEST.K_PER_PAIR = [0]
     model = build(cfg)

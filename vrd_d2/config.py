@@ -79,6 +79,12 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.USE_PRIOR = True
     # False: psi_c uniform at test time, i.e. the frequency prior alone (ablation baseline)
     _C.MODEL.VRD.USE_CP = True
+    # how psi_c and psi_u combine at test time. False: the paper's eq. 7, the product
+    # psi_c(t) psi_u(t). True: P(t | b) = psi_c psi_u / sum_t' psi_c psi_u, a distribution per pair
+    # (in predcls: over the predicates of the given labels). The choice changes rankings across
+    # pairs: normalized, a pair whose likely triplets the prior has never seen is not pushed below
+    # the seen triplets of other pairs
+    _C.MODEL.VRD.CRF_NORMALIZE = False
     _C.MODEL.VRD.USE_SELECTION = True
     _C.MODEL.VRD.USE_BOX_SCORE = True
     # deprecated (one release): True = FEATURES "geometry"

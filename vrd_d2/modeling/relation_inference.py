@@ -2,10 +2,12 @@
 
 The score of a triplet t in a pair (b_s, b_o) is
 
-    P(b_s) P(b_o) * psi_c(t) psi_u(t) / sum_t' psi_c(t') psi_u(t') * P(X_sel | b_s, b_o)
+    P(b_s) P(b_o) * psi_c(t) psi_u(t) * P(X_sel | b_s, b_o)                         (eq. 7)
 
-(box scores, CP distribution, triplet prior with its per-pair normaliser, selection), decoded
-exactly per pair (``.decode``); in "predcls" the labels are given and the predicates are ranked.
+(box scores, CP distribution, triplet prior, selection), decoded exactly per pair (``.decode``);
+in "predcls" the labels are given and the predicates are ranked. With ``crf_normalize`` the
+product psi_c psi_u is divided by its sum over the pair's triplets (over its predicates in
+"predcls"), so that P(t | b) is a distribution per pair.
 Pairs run through the predictor in chunks (bounded memory); the output is the union over k in
 ``k_per_pair`` of "the top ``topk_per_image`` triplets with at most k per pair", as the relation
 field (:data:`RELATION_FIELDS`, docs/DESIGN.md "Model output").
@@ -70,7 +72,7 @@ class RelationInference:
     @configurable
     def __init__(self, *, mode: str = "sgdet", use_prior: bool = True, use_cp: bool = True, use_selection: bool = True,
                  use_box_score: bool = True, topk_per_image: int = 100, k_per_pair: Sequence[int] = (1, 10, 0),
-                 pair_batch: int = 1024, max_pairs_per_image: int = 10000):
+                 pair_batch: int = 1024, max_pairs_per_image: int = 10000, crf_normalize: bool = False):
         """
         Args:
             mode: "sgdet" | "phrase_cls" (triplets decoded) | "predcls" (labels given: predicates).
@@ -81,6 +83,7 @@ class RelationInference:
                 topk_per_image triplets with at most k per pair (0 = free k).
             pair_batch: pairs per predictor call (bounds peak memory).
             max_pairs_per_image: cap on ordered pairs (the highest box-score products kept; logged).
+            crf_normalize: divide psi_c psi_u by its per-pair sum (False: eq. 7's product).
         """
         if mode not in MODES:
             raise ValueError(f"{_FILE}: MODEL.VRD.MODE must be one of {MODES}, found {mode!r}")
@@ -90,6 +93,7 @@ class RelationInference:
         self.k_per_pair = [int(k) for k in k_per_pair]
         self.pair_batch = max(1, int(pair_batch))
         self.max_pairs_per_image = max_pairs_per_image
+        self.crf_normalize = crf_normalize
 
     @classmethod
     def from_config(cls, cfg):
@@ -97,7 +101,7 @@ class RelationInference:
         return {"mode": v.MODE, "use_prior": v.USE_PRIOR, "use_cp": v.USE_CP, "use_selection": v.USE_SELECTION,
                 "use_box_score": v.USE_BOX_SCORE, "topk_per_image": v.TEST.TOPK_PER_IMAGE,
                 "k_per_pair": list(v.TEST.K_PER_PAIR), "pair_batch": v.TEST.PAIR_BATCH,
-                "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE}
+                "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE, "crf_normalize": v.CRF_NORMALIZE}
 
     def __call__(self, pair_logits: Callable[..., Dict[str, Tensor]], prior: Optional[TripletPrior],
                  features: Dict[str, Tensor], instances: Instances) -> Instances:
@@ -158,9 +162,9 @@ class RelationInference:
         topk = self.topk_per_image
         if self.mode == "predcls":
             cls = instances.pred_classes
-            # labels are given (gold or a detector's): score = P(b_s) P(b_o) P(p | s, o, b) P(X_sel)
+            # labels are given (gold or a detector's): normalized, P(b_s) P(b_o) P(p | s, o, b) P(X_sel)
             return topk_predicates_given_labels(s_s, s_p, s_o, cls[pairs[:, 0]], cls[pairs[:, 1]], topk, prior=prior,
-                                                pair_log_weight=weight, normalize=True)
-        if prior is not None:  # P(t | b) = psi_c psi_u / sum_t psi_c psi_u, a distribution per pair
+                                                pair_log_weight=weight, normalize=self.crf_normalize)
+        if prior is not None and self.crf_normalize:  # psi_c sums to 1 per pair: only the prior needs it
             weight = weight - crf_log_normalizer(s_s, s_p, s_o, prior).to(weight)
         return topk_triplets_per_pair(s_s, s_p, s_o, topk, prior=prior, pair_log_weight=weight)
