@@ -69,13 +69,13 @@ class VRDROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_relation_head(cfg, input_shape, box_feature_dim=ret["box_head"].output_shape.channels))
         return ret
 
     @classmethod
     def _init_relation_head(cls, cfg, input_shape: Dict[str, ShapeSpec], *, box_feature_dim: int):
-        check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
         return {
             "relation_predictor": build_relation_predictor(cfg, input_shape, box_feature_dim=box_feature_dim),
             "relation_loss": RelationLoss(cfg),
