@@ -37,7 +37,7 @@ RELATION_PREDICTOR_REGISTRY = Registry("RELATION_PREDICTOR")
 RELATION_PREDICTOR_REGISTRY.__doc__ = """
 Registry for relation predictors: box pairs -> CP log-factors (s_s, s_p, s_o) and selection logits.
 The registered object is called with ``obj(cfg, input_shape, box_feature_dim=...)`` and must have
-``pair_logits`` and ``trainable_modules`` as :class:`CPRelationPredictor`.
+``num_predicates``, ``pair_logits`` and ``trainable_modules`` as :class:`CPRelationPredictor`.
 """
 
 # submodules trained by each MODEL.VRD.TRAIN_STAGE other than "detector" (attributes of the predictor)
