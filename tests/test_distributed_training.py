@@ -10,7 +10,7 @@ Why the two runs can be equal: detectron2's TrainingSampler gives rank r the ele
 r, r + W, r + 2W, ... of one seeded shuffled stream (the seed drawn by rank 0 and shared), and each
 process batches IMS_PER_BATCH / W of them, so step i of the 2-process run sees the same two images
 as step i of the 1-process run. loss_cp is a per-process sum over annotated pairs divided by the
-pair count averaged over the processes (roi_heads._mean_over_workers), so DDP's mean of the
+pair count averaged over the processes (relation_losses._mean_over_workers), so DDP's mean of the
 gradients is the gradient of the mean over the whole batch even though the synthetic images carry
 different numbers of annotated pairs (1, 2 or 3). Nothing else is random: no flips, one resize
 size, no dropout, GroupNorm (per image) in the frozen backbone.
@@ -226,8 +226,8 @@ def test_two_process_training_equals_one_process(data_root, tmp_path):
     assert all(k.startswith("roi_heads.") and "branch" in k for k in trainable), trainable
     moved = {k: float((one["final"][k] - one["initial"][k]).abs().max()) for k in trainable}
     assert max(moved.values()) > 1e-2, moved
-    for prefix in ("roi_heads.spatial_branch.", "roi_heads.subject_branch.", "roi_heads.predicate_branch.",
-                   "roi_heads.object_branch."):
+    for prefix in ("roi_heads.relation_predictor.spatial_branch.", "roi_heads.relation_predictor.subject_branch.",
+                   "roi_heads.relation_predictor.predicate_branch.", "roi_heads.relation_predictor.object_branch."):
         assert any(v > 1e-4 for k, v in moved.items() if k.startswith(prefix)), prefix
     for run_ in (one, two):
         for k, v in run_["final"].items():

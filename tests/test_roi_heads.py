@@ -1,7 +1,9 @@
-"""The relation ROI heads and VRDRCNN: pairs, spatial masks, the relation field, gold-box modes,
-empty images, checkpoints, geometry-only. Tiny random models on CPU."""
+"""The relation ROI heads and VRDRCNN: the relation field, gold-box modes, empty images,
+checkpoints (and version-1 checkpoints), geometry-only. Tiny random models on CPU. The pair and
+spatial-mask tests are in test_pairs.py and test_spatial.py."""
 import logging
 import os
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -15,9 +17,8 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 import vrd_d2.modeling  # noqa: F401
 from vrd_d2.config import add_vrd_config
 from vrd_d2.modeling.cp_triplet import TripletPrior
-from vrd_d2.modeling.pairs import all_ordered_pairs, cap_pairs, match_proposals_to_gt, pair_triplets
-from vrd_d2.modeling.roi_heads import RELATION_FIELDS
-from vrd_d2.modeling.spatial import spatial_masks
+from vrd_d2.modeling.pairs import all_ordered_pairs
+from vrd_d2.modeling.relation_inference import RELATION_FIELDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, P = 4, 3
@@ -67,56 +68,6 @@ def make_inputs(n_boxes=(3, 4), size=64, orig=128, seed=0):
 def build(cfg, seed=0):
     torch.manual_seed(seed)
     return build_model(cfg).eval()
-
-
-# ------------------------------------------------------------------------------------ pairs
-def test_all_ordered_pairs_brute_force():
-    for n in range(5):
-        got = [tuple(r) for r in all_ordered_pairs(n).tolist()]
-        assert got == [(i, j) for i in range(n) for j in range(n) if i != j]
-
-
-def test_pair_triplets_hand_count():
-    pairs = all_ordered_pairs(3)  # (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
-    gt_index = torch.tensor([0, 1, 2])
-    classes = torch.tensor([5, 6, 7])
-    relations = torch.tensor([[0, 1, 0], [0, 1, 2], [2, 0, 1]])
-    trip, pidx = pair_triplets(pairs, gt_index, classes, relations)
-    got = sorted(zip(pidx.tolist(), map(tuple, trip.tolist())))
-    assert got == [(0, (5, 0, 6)), (0, (5, 2, 6)), (4, (7, 1, 5))]
-
-
-def test_match_proposals_to_gt_brute_force():
-    g = torch.Generator().manual_seed(0)
-    gt = torch.tensor([[0., 0, 10, 10], [20, 20, 40, 40]])
-    jitter = torch.rand(12, 4, generator=g) * 6 - 3
-    props = torch.cat((gt[0] + jitter[:6], gt[1] + jitter[6:]))
-    p_idx, g_idx = match_proposals_to_gt(Boxes(props), Boxes(gt), per_gt=4, iou_thresh=0.5)
-    iou = pairwise_iou(Boxes(gt), Boxes(props))
-    for gi in range(2):
-        ok = [(float(iou[gi, j]), j) for j in range(12) if iou[gi, j] >= 0.5]
-        want = sorted([j for _, j in sorted(ok, reverse=True)[:4]])
-        assert sorted(p_idx[g_idx == gi].tolist()) == want
-
-
-def test_cap_pairs_keeps_highest_priority_and_logs(caplog):
-    pairs = all_ordered_pairs(4)
-    prio = torch.arange(12).float().flip(0)
-    with caplog.at_level(logging.WARNING):
-        kept = cap_pairs(pairs, 5, prio)
-    assert kept.tolist() == pairs[:5].tolist()
-    assert "MAX_PAIRS_PER_IMAGE" in caplog.text
-    assert cap_pairs(pairs, 100, prio) is pairs
-
-
-def test_spatial_masks_hand_example():
-    sub = torch.tensor([[0., 0, 4, 4]])
-    obj = torch.tensor([[4., 4, 8, 8]])
-    m = spatial_masks(sub, obj, 8)
-    want = torch.zeros(2, 8, 8)
-    want[0, :4, :4] = 1
-    want[1, 4:, 4:] = 1
-    assert torch.equal(m[0], want)
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -180,7 +131,7 @@ def test_union_over_k_matches_each_k_selection():
         boxes = inputs[0]["instances"].gt_boxes.tensor
         feats = model.backbone(model.preprocess_image(inputs).tensor)
         pairs = all_ordered_pairs(4)
-        out = heads._pair_logits(feats, [boxes], [pairs], [(64, 64)])
+        out = heads.relation_predictor.pair_logits(feats, [boxes], [pairs], [(64, 64)])
         from vrd_d2.modeling.cp_triplet import dense_log_prob
         dense = dense_log_prob(out["s_s"], out["s_p"], out["s_o"]).flatten(1)
         dense = dense + torch.nn.functional.logsigmoid(out["sel"])[:, None]
@@ -221,9 +172,9 @@ def test_switches_change_the_scores():
     model.roi_heads.set_triplet_counts(np.random.RandomState(0).randint(0, 3, (S, P, S)))
     with torch.no_grad():
         base = model(inputs)[0]["relations"].scores
-        model.roi_heads.use_selection = False
+        model.roi_heads.relation_inference.use_selection = False
         no_sel = model(inputs)[0]["relations"].scores
-        model.roi_heads.use_prior = False
+        model.roi_heads.relation_inference.use_prior = False
         no_prior = model(inputs)[0]["relations"].scores
     assert not torch.allclose(base, no_sel) and not torch.allclose(no_sel, no_prior)
 
@@ -247,6 +198,60 @@ def test_checkpoint_roundtrip_identical_outputs(tmp_path):
         assert torch.equal(va, vb), f
 
 
+def _version1_state_dict(model, with_metadata=True):
+    """``model``'s state_dict as a checkpoint written before the relation predictor became a
+    submodule (roi_heads version 1): its branches at roi_heads.<branch>.*."""
+    sd = model.state_dict()
+    old = OrderedDict((k.replace("roi_heads.relation_predictor.", "roi_heads."), v.clone()) for k, v in sd.items())
+    assert len(old) == len(sd) and any(k.startswith("roi_heads.subject_branch.") for k in old)
+    if with_metadata:
+        meta = OrderedDict((k.replace("roi_heads.relation_predictor.", "roi_heads."), dict(v))
+                           for k, v in sd._metadata.items() if k != "roi_heads.relation_predictor")
+        meta["roi_heads"]["version"] = 1
+        old._metadata = meta
+    return old
+
+
+@pytest.mark.parametrize("with_metadata", [True, False])
+def test_version1_checkpoint_loads_with_identical_outputs(tmp_path, with_metadata):
+    cfg = tiny_cfg(MODE="phrase_cls")
+    a = build(cfg, seed=0)
+    a.roi_heads.set_triplet_counts(np.random.RandomState(0).randint(0, 3, (S, P, S)))
+    torch.save({"model": _version1_state_dict(a, with_metadata)}, tmp_path / "old.pth")
+    b = build(cfg, seed=1)
+    assert not torch.equal(b.roi_heads.relation_predictor.subject_branch[0].weight,
+                           a.roi_heads.relation_predictor.subject_branch[0].weight)
+    incompatible = DetectionCheckpointer(b).load(str(tmp_path / "old.pth"))
+    assert incompatible is not None
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    inputs = make_inputs((4,))
+    with torch.no_grad():
+        ra, rb = a(inputs)[0]["relations"], b(inputs)[0]["relations"]
+    assert len(ra) > 0
+    for f in RELATION_FIELDS:
+        va, vb = ra.get(f), rb.get(f)
+        va, vb = (va.tensor, vb.tensor) if isinstance(va, Boxes) else (va, vb)
+        assert torch.equal(va, vb), f
+
+
+def test_version1_checkpoint_with_another_shape_is_skipped_with_a_warning(tmp_path, caplog):
+    """As fvcore does for current keys: a version-1 branch tensor of another shape (another rank)
+    is not loaded, and the log names it; the other branches load."""
+    a = build(tiny_cfg(MODE="phrase_cls", RANK=3), seed=0)
+    torch.save({"model": _version1_state_dict(a)}, tmp_path / "old.pth")
+    b = build(tiny_cfg(MODE="phrase_cls", RANK=2), seed=1)
+    before = b.roi_heads.relation_predictor.subject_branch[-1].weight.clone()
+    with caplog.at_level(logging.WARNING):
+        DetectionCheckpointer(b).load(str(tmp_path / "old.pth"))
+    assert "roi_heads.subject_branch.2.weight" in caplog.text
+    assert torch.equal(b.roi_heads.relation_predictor.subject_branch[-1].weight, before)
+    assert torch.equal(b.roi_heads.relation_predictor.spatial_branch.fc.weight,
+                       a.roi_heads.relation_predictor.spatial_branch.fc.weight)
+
+
 def test_empty_checkpoint_prior_keeps_the_training_prior(tmp_path):
     cfg = tiny_cfg(MODE="phrase_cls")
     a = build(cfg)  # no counts
@@ -260,7 +265,7 @@ def test_empty_checkpoint_prior_keeps_the_training_prior(tmp_path):
 
 
 def test_geometry_only_needs_no_image_and_no_backbone():
-    model = build(tiny_cfg(MODE="phrase_cls", GEOMETRY_ONLY=True))
+    model = build(tiny_cfg(MODE="phrase_cls", FEATURES="geometry"))
     inputs = make_inputs((3,))
     for x in inputs:
         del x["image"]
@@ -284,7 +289,7 @@ def test_gold_box_mode_without_instances_names_the_problem():
 
 
 def test_box_head_feature_mode_runs_in_gold_box_mode():
-    model = build(tiny_cfg(MODE="predcls", USE_BOX_HEAD_FEATURES=True))
+    model = build(tiny_cfg(MODE="predcls", FEATURES="box_head"))
     with torch.no_grad():
         out = model(make_inputs((3,)))[0]
     _check_relation_field(out["relations"], out["instances"], 3, 128)
@@ -326,7 +331,7 @@ def test_predcls_scores_are_conditional_predicate_probabilities():
     """Labels given, no selection, box scores 1: a pair's scores over all predicates are
     P(p | s, o, b) and sum to 1 (the score of the issue: conf_s conf_o P(p | s, o, b) P(X_sel))."""
     inputs = make_inputs((2,))
-    cfg = tiny_cfg(MODE="predcls", USE_SELECTION=False)
+    cfg = tiny_cfg(MODE="predcls", USE_SELECTION=False, CRF_NORMALIZE=True)
     cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * P
     model = build(cfg)
     model.roi_heads.set_triplet_counts(np.random.RandomState(2).randint(0, 4, (S, P, S)))
@@ -337,7 +342,7 @@ def test_phrase_cls_scores_are_a_distribution_per_pair_with_the_prior():
     """With the prior, P(t | b) = psi_c psi_u / sum_t psi_c psi_u: with no selection and box scores
     1, one pair's scores over all S*P*S triplets sum to 1 (checked on a tiny tensor, all rows)."""
     inputs = make_inputs((2,))
-    cfg = tiny_cfg(MODE="phrase_cls", USE_SELECTION=False)
+    cfg = tiny_cfg(MODE="phrase_cls", USE_SELECTION=False, CRF_NORMALIZE=True)
     cfg.MODEL.VRD.TEST.TOPK_PER_IMAGE = 2 * S * P * S
     cfg.MODEL.VRD.TEST.K_PER_PAIR = [0]
     model = build(cfg)
@@ -352,7 +357,7 @@ def test_cp_init_bias_std_makes_components_differ_and_selection_starts_at_one_ha
     g = torch.Generator().manual_seed(0)
     gaps = {}
     for std in (0.0, 0.5):
-        heads = build(tiny_cfg(RANK=3, CP_INIT_BIAS_STD=std)).roi_heads
+        heads = build(tiny_cfg(RANK=3, CP_INIT_BIAS_STD=std)).roi_heads.relation_predictor
         for name, n in (("subject_branch", S), ("object_branch", S), ("predicate_branch", P)):
             branch = getattr(heads, name)
             if std == 0:

@@ -18,9 +18,9 @@ from test_roi_heads import make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sy
 # parameter-name prefixes each stage trains (everything else must stay bit-identical)
 TRAINED = {
     "detector": ("backbone.", "proposal_generator.", "roi_heads.box_head.", "roi_heads.box_predictor."),
-    "triplet": ("roi_heads.spatial_branch.", "roi_heads.subject_branch.", "roi_heads.predicate_branch.",
-                "roi_heads.object_branch."),
-    "selection": ("roi_heads.selection_head.",),
+    "triplet": ("roi_heads.relation_predictor.spatial_branch.", "roi_heads.relation_predictor.subject_branch.",
+                "roi_heads.relation_predictor.predicate_branch.", "roi_heads.relation_predictor.object_branch."),
+    "selection": ("roi_heads.relation_predictor.selection_head.",),
 }
 LOSSES = {"detector": {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"},
           "triplet": {"loss_cp"}, "selection": {"loss_sel"}}
@@ -98,7 +98,7 @@ def test_selection_pairs_are_balanced():
     torch.manual_seed(0)
     model = build_model(cfg).train()
     inputs = make_inputs((4,))
-    per_image = model.roi_heads._training_pairs(None, [inputs[0]["instances"]], [inputs[0]["relations"]])
+    per_image = model.roi_heads.relation_loss.training_pairs(None, [inputs[0]["instances"]], [inputs[0]["relations"]])
     boxes, pairs, trip, pidx, annotated = per_image[0]
     # make_inputs annotates the 4 pairs (i, i+1 mod 4) of 12: all 4 kept, 4 null pairs sampled
     assert int(annotated.sum()) == 4 and len(pairs) == 8
@@ -115,7 +115,7 @@ def test_triplet_stage_on_proposals():
 
 
 def test_geometry_only_training_needs_no_image():
-    cfg = tiny_cfg(TRAIN_STAGE="triplet", GEOMETRY_ONLY=True)
+    cfg = tiny_cfg(TRAIN_STAGE="triplet", FEATURES="geometry")
     torch.manual_seed(0)
     model = build_model(cfg).train()
     inputs = make_inputs((3, 4))
@@ -124,15 +124,15 @@ def test_geometry_only_training_needs_no_image():
     with EventStorage():
         losses = model(inputs)
     losses["loss_cp"].backward()
-    assert model.roi_heads.subject_branch[0].weight.grad is not None
+    assert model.roi_heads.relation_predictor.subject_branch[0].weight.grad is not None
 
 
 def test_triplet_stage_on_box_head_features_keeps_the_detector_frozen():
-    cfg = tiny_cfg(TRAIN_STAGE="triplet", USE_BOX_HEAD_FEATURES=True)
+    cfg = tiny_cfg(TRAIN_STAGE="triplet", FEATURES="box_head")
     cfg.SOLVER.BASE_LR = 0.1
     model, before, losses = _one_step(cfg)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(TRAINED["triplet"]) for k in changed)
     # the branches read the box head's output (FC_DIM wide)
-    assert model.roi_heads.subject_branch[0].in_features == cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+    assert model.roi_heads.relation_predictor.subject_branch[0].in_features == cfg.MODEL.ROI_BOX_HEAD.FC_DIM

@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers datasets and model components)
 from vrd_d2 import add_vrd_config
+from vrd_d2.config import resolve_pair_features
 from vrd_d2.predictor import VRDPredictor, select_relations
 from vrd_d2.utils.visualizer import RelationVisualizer, scene_graph_dict
 
@@ -147,7 +148,7 @@ def main(argv=None):
         given = load_given_boxes(args.boxes, thing_classes)
     elif args.boxes_from_dataset:
         given = boxes_from_dataset(args.boxes_from_dataset)
-    needs_boxes = cfg.MODEL.VRD.GEOMETRY_ONLY or cfg.MODEL.VRD.MODE != "sgdet"
+    needs_boxes = resolve_pair_features(cfg) == "geometry" or cfg.MODEL.VRD.MODE != "sgdet"
     paths = expand_inputs(args.input)
     os.makedirs(args.output, exist_ok=True)
     predictor = VRDPredictor(cfg)

@@ -3,12 +3,22 @@
 Like PointRend's ``add_pointrend_config``: every key with its default and a one-line why. The
 paper's values (Dupty, Zhang & Lee, AAAI 2020) are the defaults; configs/Shapes/ shrinks them.
 """
+import logging
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_vrd_config", "TRAIN_STAGES", "MODES"]
+from .utils.checks import check_float, check_int
+
+__all__ = ["add_vrd_config", "check_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "PAIR_FEATURES"]
+
+logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("detector", "triplet", "selection")
 MODES = ("sgdet", "phrase_cls", "predcls")
+# MODEL.VRD.FEATURES: how a box pair is featurised (vrd_d2/modeling/relation_predictor.py)
+PAIR_FEATURES = ("roi_align", "box_head", "geometry")
+# deprecated booleans (one release) -> the MODEL.VRD.FEATURES value each one selects
+_FEATURE_ALIASES = (("GEOMETRY_ONLY", "geometry"), ("USE_BOX_HEAD_FEATURES", "box_head"))
 
 
 def add_vrd_config(cfg):
@@ -53,8 +63,15 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.SPATIAL_MASK_SIZE = 64
     # channels of the 2 stride-2 5x5 convs of the spatial-mask branch
     _C.MODEL.VRD.SPATIAL_CONV_DIMS = [96, 128]
-    # feed the branches the detector's box-head output (fc7) of the subject, object and union boxes
-    # instead of the ROIAlign conv5_3 features (the box head stays frozen outside stage 1)
+    # how a pair is featurised: "roi_align" (ROIAlign of the conv features of the subject, object
+    # and union boxes), "box_head" (the detector's box-head output (fc7) of those boxes; the box
+    # head stays frozen outside stage 1), "geometry" (box geometry + spatial masks only: no image
+    # features, trains on annotations alone, needs given boxes)
+    _C.MODEL.VRD.FEATURES = "roi_align"
+    # the RELATION_PREDICTOR_REGISTRY entry that maps pair features to the CP log-factors and the
+    # selection logit
+    _C.MODEL.VRD.PREDICTOR_NAME = "CPRelationPredictor"
+    # deprecated (one release): True = FEATURES "box_head"
     _C.MODEL.VRD.USE_BOX_HEAD_FEATURES = False
     # ROIAlign output side for subject/object/union features (ROI_BOX_HEAD pooler type/ratio)
     _C.MODEL.VRD.POOLER_RESOLUTION = 7
@@ -62,10 +79,15 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.USE_PRIOR = True
     # False: psi_c uniform at test time, i.e. the frequency prior alone (ablation baseline)
     _C.MODEL.VRD.USE_CP = True
+    # how psi_c and psi_u combine at test time. False: the paper's eq. 7, the product
+    # psi_c(t) psi_u(t). True: P(t | b) = psi_c psi_u / sum_t' psi_c psi_u, a distribution per pair
+    # (in predcls: over the predicates of the given labels). The choice changes rankings across
+    # pairs: normalized, a pair whose likely triplets the prior has never seen is not pushed below
+    # the seen triplets of other pairs
+    _C.MODEL.VRD.CRF_NORMALIZE = False
     _C.MODEL.VRD.USE_SELECTION = True
     _C.MODEL.VRD.USE_BOX_SCORE = True
-    # feed the CP branches and the selection head only box geometry + spatial masks (no image
-    # features): trains on annotations alone, needs given boxes
+    # deprecated (one release): True = FEATURES "geometry"
     _C.MODEL.VRD.GEOMETRY_ONLY = False
     # "sgdet": detected boxes; "phrase_cls": gold boxes, labels predicted; "predcls": gold boxes
     # and labels given, only predicates predicted
@@ -102,3 +124,60 @@ def add_vrd_config(cfg):
     # ("": triplets with training count 0)
     _C.MODEL.VRD.TEST.SGB_ZEROSHOT_TRIPLETS = ""
     return cfg
+
+
+def resolve_pair_features(cfg, *, warn: bool = False) -> str:
+    """The MODEL.VRD.FEATURES value of ``cfg`` (one of PAIR_FEATURES), with the deprecated
+    booleans MODEL.VRD.GEOMETRY_ONLY / USE_BOX_HEAD_FEATURES mapped onto it (a logged warning
+    when ``warn``). Both booleans on, a boolean that contradicts FEATURES, or an unknown FEATURES
+    value is a ValueError."""
+    vrd = cfg.MODEL.VRD
+    features = vrd.FEATURES
+    if features not in PAIR_FEATURES:
+        raise ValueError(f"vrd_d2/config.py: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {features!r}")
+    on = [(key, value) for key, value in _FEATURE_ALIASES if vrd.get(key, False)]
+    if len(on) > 1:
+        raise ValueError("vrd_d2/config.py: MODEL.VRD.GEOMETRY_ONLY and MODEL.VRD.USE_BOX_HEAD_FEATURES are both "
+                         "True; they are deprecated: set MODEL.VRD.FEATURES to 'geometry' or 'box_head'")
+    if not on:
+        return features
+    key, value = on[0]
+    if features not in ("roi_align", value):
+        raise ValueError(f"vrd_d2/config.py: MODEL.VRD.{key} True selects FEATURES {value!r}, but MODEL.VRD.FEATURES "
+                         f"is {features!r}; drop the deprecated MODEL.VRD.{key}")
+    if warn:
+        logger.warning(f"vrd_d2: MODEL.VRD.{key} is deprecated and will be removed in the next release: "
+                       f"use MODEL.VRD.FEATURES: {value!r}")
+    return value
+
+
+def check_vrd_config(cfg) -> str:
+    """Check the MODEL.VRD keys of ``cfg`` before a model is built from them: a ValueError naming
+    the key, the expected range and the value found (``check_int`` / ``check_float``), instead of
+    an error deep inside torch. Returns the resolved MODEL.VRD.FEATURES (deprecated switches logged).
+    """
+    v, where = cfg.MODEL.VRD, "vrd_d2 config"
+    for key, allowed in (("MODE", MODES), ("TRAIN_STAGE", TRAIN_STAGES)):
+        if v[key] not in allowed:
+            raise ValueError(f"{where}: MODEL.VRD.{key} must be one of {allowed}, found {v[key]!r}")
+    features = resolve_pair_features(cfg, warn=True)
+    for key in ("NUM_PREDICATES", "RANK", "SELECTION_FC_DIM", "SPATIAL_DIM", "POOLER_RESOLUTION", "PROPOSALS_PER_GT"):
+        check_int(v[key], f"MODEL.VRD.{key}", low=1, where=where)
+    for key in ("FC_DIMS", "SPATIAL_CONV_DIMS"):
+        for i, d in enumerate(v[key]):
+            check_int(d, f"MODEL.VRD.{key}[{i}]", low=1, where=where)
+    # each stride-2 conv of the spatial branch halves the mask: at least 2 cells a side per conv,
+    # and no fewer than 4 cells (a 2 x 2 mask cannot show how two boxes are placed)
+    check_int(v.SPATIAL_MASK_SIZE, "MODEL.VRD.SPATIAL_MASK_SIZE", low=max(4, 2 ** len(v.SPATIAL_CONV_DIMS)), where=where)
+    check_int(v.MAX_PAIRS_PER_IMAGE, "MODEL.VRD.MAX_PAIRS_PER_IMAGE (0 = no cap)", low=0, where=where)
+    check_float(v.PROPOSAL_IOU, "MODEL.VRD.PROPOSAL_IOU", low=0.0, high=1.0, where=where)
+    check_float(v.SELECTION_NEG_PER_POS, "MODEL.VRD.SELECTION_NEG_PER_POS", low=0.0, where=where)
+    check_float(v.CP_INIT_BIAS_STD, "MODEL.VRD.CP_INIT_BIAS_STD", low=0.0, where=where)
+    check_int(v.TEST.TOPK_PER_IMAGE, "MODEL.VRD.TEST.TOPK_PER_IMAGE", low=1, where=where)
+    if len(v.TEST.K_PER_PAIR) == 0:
+        raise ValueError(f"{where}: MODEL.VRD.TEST.K_PER_PAIR must list at least one k (0 = free k), found []")
+    for i, k in enumerate(v.TEST.K_PER_PAIR):
+        check_int(k, f"MODEL.VRD.TEST.K_PER_PAIR[{i}] (0 = free k)", low=0, where=where)
+    check_int(v.TEST.PAIR_BATCH, "MODEL.VRD.TEST.PAIR_BATCH", low=1, where=where)
+    check_float(v.TEST.NMS_THRESH, "MODEL.VRD.TEST.NMS_THRESH", low=0.0, high=1.0, where=where)
+    return features

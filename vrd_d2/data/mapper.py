@@ -21,6 +21,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.logger import log_every_n_seconds
 
+from ..config import resolve_pair_features
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["VRDDatasetMapper", "filter_images_without_relations", "needs_image", "remap_relations"]
@@ -83,7 +85,7 @@ def needs_image(cfg, is_train: bool) -> bool:
     """Whether a run of ``cfg`` reads pixels: not the geometry-only relation head on given boxes
     (relation stages in training; the gold-box modes at test)."""
     vrd = cfg.MODEL.get("VRD", None)
-    if vrd is None or not vrd.GEOMETRY_ONLY or vrd.TRAIN_ON_PROPOSALS:
+    if vrd is None or resolve_pair_features(cfg) != "geometry" or vrd.TRAIN_ON_PROPOSALS:
         return True
     if is_train:
         return vrd.TRAIN_STAGE == "detector"

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
-from ..config import MODES, TRAIN_STAGES
+from ..config import MODES, PAIR_FEATURES, TRAIN_STAGES, resolve_pair_features
 
 __all__ = ["VRDRCNN", "rescale_relation_outputs"]
 
@@ -54,15 +54,15 @@ class VRDRCNN(GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(self, *, train_stage: str = "detector", mode: str = "sgdet", geometry_only: bool = False,
+    def __init__(self, *, train_stage: str = "detector", mode: str = "sgdet", pair_features: str = "roi_align",
                  train_on_proposals: bool = False, **kwargs):
         """
         Args:
             train_stage: "detector" | "triplet" | "selection" (MODEL.VRD.TRAIN_STAGE).
             mode: "sgdet" (detect boxes) | "phrase_cls" | "predcls" (gold boxes from
                 ``batched_inputs[i]["instances"]``: gt_boxes, gt_classes, optional gt_scores).
-            geometry_only: the relation head needs no image features (no backbone forward when
-                the boxes are given).
+            pair_features: MODEL.VRD.FEATURES; with "geometry" the relation head needs no image
+                features (no backbone forward when the boxes are given).
             train_on_proposals: the relation stages pair RPN proposals (needs the backbone).
             kwargs: GeneralizedRCNN's arguments.
         """
@@ -71,25 +71,28 @@ class VRDRCNN(GeneralizedRCNN):
             raise ValueError(f"{_FILE}: MODEL.VRD.TRAIN_STAGE must be one of {TRAIN_STAGES}, found {train_stage!r}")
         if mode not in MODES:
             raise ValueError(f"{_FILE}: MODEL.VRD.MODE must be one of {MODES}, found {mode!r}")
+        if pair_features not in PAIR_FEATURES:
+            raise ValueError(f"{_FILE}: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {pair_features!r}")
         self.train_stage, self.mode = train_stage, mode
-        self.geometry_only, self.train_on_proposals = geometry_only, train_on_proposals
+        self.pair_features, self.train_on_proposals = pair_features, train_on_proposals
         self.freeze_for_stage(train_stage)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         v = cfg.MODEL.VRD
-        ret.update(train_stage=v.TRAIN_STAGE, mode=v.MODE, geometry_only=v.GEOMETRY_ONLY,
+        ret.update(train_stage=v.TRAIN_STAGE, mode=v.MODE, pair_features=resolve_pair_features(cfg),
                    train_on_proposals=v.TRAIN_ON_PROPOSALS)
         return ret
 
     def freeze_for_stage(self, stage: str) -> None:
         """requires_grad=False on every parameter ``stage`` does not train."""
+        heads = self.roi_heads
         if stage == "detector":
-            for name in self.roi_heads.relation_modules():
-                getattr(self.roi_heads, name).requires_grad_(False)
+            for name in heads.relation_modules():
+                heads.get_submodule(name).requires_grad_(False)
             return
-        trained = {id(p) for m in self.roi_heads.trainable_modules(stage) for p in getattr(self.roi_heads, m).parameters()}
+        trained = {id(p) for m in heads.trainable_modules(stage) for p in heads.get_submodule(m).parameters()}
         for p in self.parameters():
             if id(p) not in trained:
                 p.requires_grad_(False)
@@ -97,9 +100,10 @@ class VRDRCNN(GeneralizedRCNN):
     # ------------------------------------------------------------------------------ helpers
     @property
     def _needs_features(self) -> bool:
+        geometry = self.pair_features == "geometry"
         if self.training:
-            return not self.geometry_only or self.train_on_proposals
-        return not self.geometry_only or self.mode == "sgdet"
+            return not geometry or self.train_on_proposals
+        return not geometry or self.mode == "sgdet"
 
     def _image_sizes(self, batched_inputs):
         """(ImageList or None, [(h, w)]): the preprocessed images when features are needed."""
@@ -177,13 +181,13 @@ class VRDRCNN(GeneralizedRCNN):
         images, sizes = self._image_sizes(batched_inputs)
         features = self._backbone(images)
         if detected_instances is not None:
-            instances, relations = self.roi_heads.forward_with_given_boxes(
-                features, [x.to(self.device) for x in detected_instances])
+            instances = self.roi_heads.forward_with_given_boxes(features, [x.to(self.device) for x in detected_instances])
         elif self.mode == "sgdet":
             proposals, _ = self.proposal_generator(images, features, None)
-            instances, relations = self.roi_heads(images, features, proposals, None)
+            instances, _ = self.roi_heads(images, features, proposals, None)
         else:
-            instances, relations = self.roi_heads.forward_with_given_boxes(features, self._given_instances(batched_inputs, sizes))
+            instances = self.roi_heads.forward_with_given_boxes(features, self._given_instances(batched_inputs, sizes))
+        relations = self.roi_heads.forward_relations(features, instances)
         if not do_postprocess:
             return [{"instances": i, "relations": r} for i, r in zip(instances, relations)]
         results = []
