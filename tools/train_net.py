@@ -41,6 +41,9 @@ def setup(args):
 
 
 def main(args):
+    """``args``: the parsed Namespace (as launch passes it) or a list of command-line arguments."""
+    if isinstance(args, (list, tuple)):
+        args = get_parser().parse_args(list(args))
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

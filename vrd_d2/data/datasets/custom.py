@@ -55,6 +55,7 @@ def _read(json_file: str):
     for key in ("thing_classes", "predicate_classes"):
         as_names(data[key], key, json_file)
     as_list(data["images"], "images", json_file)
+    _flip_map(data, json_file)  # checked on every read, not only at registration
     return data
 
 
