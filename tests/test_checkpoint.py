@@ -65,6 +65,14 @@ def test_pickle_refused_unless_trusted(build, tmp_path):
     VRDCheckpointer(model, trust_pickle=True).load(str(good))
     np.testing.assert_allclose(model.roi_heads.subject_branch[0].weight.detach().numpy(),
                                state["roi_heads.subject_branch.0.weight"])
+    # a .pth of numpy arrays needs unpickling too: refused, then loaded when trusted
+    np_pth = tmp_path / "numpy.pth"
+    torch.save({"model": {k: v + 1 for k, v in state.items()}}, np_pth)
+    with pytest.raises(ValueError, match=r"numpy.pth .*Unsupported global.*numpy.*--trust-pickle"):
+        VRDCheckpointer(model).load(str(np_pth))
+    VRDCheckpointer(model, trust_pickle=True).load(str(np_pth))
+    np.testing.assert_allclose(model.roi_heads.subject_branch[0].weight.detach().numpy(),
+                               state["roi_heads.subject_branch.0.weight"] + 1)
 
 
 def test_plain_pth_loads_with_weights_only(build, tmp_path):

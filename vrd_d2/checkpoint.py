@@ -88,16 +88,18 @@ class VRDCheckpointer(DetectionCheckpointer):
         return ret
 
     def _load_file(self, filename: str):
-        if self.trust_pickle:
-            return super()._load_file(filename)
         if filename.endswith(".pkl"):
+            if self.trust_pickle:
+                return super()._load_file(filename)
             raise ValueError(f"VRDCheckpointer: {filename} is a pickle file, which can run code when loaded. {TRUST_HINT}")
         try:
-            data = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+            data = torch.load(filename, map_location=torch.device("cpu"), weights_only=not self.trust_pickle)
         except pickle.UnpicklingError as e:
+            why = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
             raise ValueError(
                 f"VRDCheckpointer: {filename} holds objects other than tensors and plain containers, so loading "
-                f"it needs arbitrary unpickling ({str(e).splitlines()[0]}). {TRUST_HINT}"
+                f"it needs arbitrary unpickling ({why[0] if why else 'torch.load(weights_only=True) refused it'}). "
+                f"{TRUST_HINT}"
             ) from None
         except (RuntimeError, EOFError, OSError) as e:
             raise ValueError(f"VRDCheckpointer: cannot read {filename} as a torch checkpoint: {e}") from None
