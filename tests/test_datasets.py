@@ -15,7 +15,8 @@ from vrd_d2.data import get_triplet_counts, register_vrd_json
 from vrd_d2.data.datasets.common import LoadStats
 from vrd_d2.data.datasets.custom import dump_vrd_json, load_vrd_json_file
 from vrd_d2.data.datasets.lu2016 import load_image_paths, load_lu_detections, load_lu_gt_mat
-from vrd_d2.data.datasets.vg import load_vg150, load_vg200_h5
+from vrd_d2.data.datasets.vg import load_vg150
+from vrd_d2.data.datasets.vg200 import load_vg200_h5
 from vrd_d2.data.datasets.vrd import load_vrd_json, register_all_vrd
 
 REPO = Path(__file__).resolve().parents[1]

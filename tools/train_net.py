@@ -12,16 +12,20 @@ relation evaluator and total-norm gradient clipping.
     python tools/train_net.py --config-file configs/VRD/stage3_selection.yaml --eval-only \
         MODEL.WEIGHTS output/VRD/stage3_selection/model_final.pth MODEL.VRD.MODE phrase_cls
 
+Weights are loaded without unpickling arbitrary objects; a .pkl (e.g. detectron2's model zoo) needs
+``--trust-pickle``. ``--eval-only`` refuses a checkpoint without relation-head weights. ``--resume``
+continues an interrupted run exactly (weights, SGD momentum, LR schedule, data order).
+
 Multi-GPU: ``--num-gpus N`` (detectron2's launch, NCCL). CPU: ``--num-cpu-procs N`` spawns N gloo
 processes (with ``MODEL.DEVICE cpu``).
 """
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
+from vrd_d2.checkpoint import VRDCheckpointer
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, launch_cpu
 
@@ -37,15 +41,19 @@ def setup(args):
 
 
 def main(args):
+    """``args``: the parsed Namespace (as launch passes it) or a list of command-line arguments."""
+    if isinstance(args, (list, tuple)):
+        args = get_parser().parse_args(list(args))
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        VRDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, trust_pickle=getattr(args, "trust_pickle", False),
+                        require_relation_head=True).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, trust_pickle=getattr(args, "trust_pickle", False))
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
@@ -54,6 +62,9 @@ def get_parser():
     parser = default_argument_parser()
     parser.add_argument("--num-cpu-procs", type=int, default=0,
                         help="number of gloo CPU processes (use with MODEL.DEVICE cpu); overrides --num-gpus")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow MODEL.WEIGHTS files that need arbitrary unpickling (.pkl): only for files "
+                             "from a source you trust, since unpickling can run code")
     return parser
 
 

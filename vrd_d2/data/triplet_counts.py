@@ -43,6 +43,11 @@ def get_triplet_counts(name: str) -> np.ndarray:
     tmd = MetadataCatalog.get(train)
     counts = tmd.get("triplet_counts", None)
     if counts is None:
+        if tmd.get("thing_classes", None) is None and train in DatasetCatalog.list():
+            # the class lists could not be read at registration (missing or malformed file):
+            # loading the split raises the loader's error, which names the file
+            DatasetCatalog.get(train)
+            tmd = MetadataCatalog.get(train)
         for key in ("thing_classes", "predicate_classes"):
             if tmd.get(key, None) is None:
                 raise KeyError(

@@ -1,7 +1,9 @@
 """The Trainer of vrd_d2: Detectron2's DefaultTrainer with the relation-aware mapper, the relation
-evaluator and total-norm gradient clipping, plus two small fixes that let it run on CPU."""
+evaluator and total-norm gradient clipping, plus two small fixes that let it run on CPU, safe
+checkpoint loading (VRDCheckpointer) and exact resume (optimizer state and data stream)."""
 import logging
 import os
+import weakref
 
 import torch
 import detectron2.engine.defaults as d2_defaults
@@ -10,7 +12,8 @@ from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils import comm
 
-from ..data import VRDDatasetMapper, filter_images_without_relations
+from ..checkpoint import VRDCheckpointer
+from ..data import ResumableTrainingSampler, VRDDatasetMapper, filter_images_without_relations, find_resumable_sampler
 
 __all__ = ["Trainer", "SGDWithTotalNormClip", "build_vrd_optimizer"]
 
@@ -76,15 +79,71 @@ d2_defaults.collect_env_info = collect_env_info  # used by default_setup
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the relation-aware mapper and evaluator. The relation stages train on
     the images that have relations (the others add nothing to loss_cp / loss_sel; their number
-    is logged)."""
+    is logged).
+
+    Checkpoints are read by :class:`VRDCheckpointer` (no untrusted pickle; relation-head shape
+    mismatches are errors) and hold, besides the weights and the LR scheduler (detectron2's
+    LRScheduler hook), the optimizer state (SGD momentum; detectron2 0.6's DefaultTrainer leaves
+    it out) and the data sampler's seed. ``resume_or_load(resume=True)`` restores all three and
+    continues the sampler's stream, so the batches, weights, momentum and learning rate of a
+    resumed run follow an uninterrupted run (batches exactly when one aspect-ratio group holds
+    every image or DATALOADER.ASPECT_RATIO_GROUPING is off: images buffered in a group are lost). Random draws after the resume (augmentation,
+    null-pair sampling) come from the stream seeded by ``SEED``, not the interrupted one's.
+    """
+
+    def __init__(self, cfg, *, trust_pickle: bool = False):
+        """``trust_pickle``: let MODEL.WEIGHTS be a pickle (.pkl), see VRDCheckpointer."""
+        self.trust_pickle = trust_pickle
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        # detectron2 0.6 builds its DetectionCheckpointer inline in __init__; swap ours in before
+        # the PeriodicCheckpointer hook takes it.
+        model = self._trainer.model
+        self.checkpointer = VRDCheckpointer(model, self.cfg.OUTPUT_DIR, trust_pickle=self.trust_pickle,
+                                            trainer=weakref.proxy(self))
+        return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        sampler = find_resumable_sampler(self._trainer.data_loader)
+        if sampler is not None and self.start_iter > 0:
+            sampler.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            if hasattr(self._trainer, "_data_loader_iter"):  # 0.6 made it eagerly: workers may hold the old start
+                self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+            logger.info(f"Resuming the data stream after {sampler.start} images per process")
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["optimizer_trainer"] = self._trainer.state_dict()  # SimpleTrainer's: the optimizer state
+        sampler = find_resumable_sampler(self._trainer.data_loader)
+        if sampler is not None:
+            ret["sampler"] = sampler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "optimizer_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["optimizer_trainer"])
+        else:
+            logger.warning("The checkpoint holds no optimizer state (saved by detectron2's DefaultTrainer): "
+                           "SGD momentum restarts from zero")
+        sampler = find_resumable_sampler(self._trainer.data_loader)
+        if sampler is not None and "sampler" in state_dict:
+            sampler.load_state_dict(state_dict["sampler"])
 
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = VRDDatasetMapper(cfg, True)
         if cfg.MODEL.VRD.TRAIN_STAGE == "detector":
-            return build_detection_train_loader(cfg, mapper=mapper)
-        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=filter_images_without_relations(dicts))
+            dicts = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        else:
+            dicts = filter_images_without_relations(get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False))
+        # other samplers (RepeatFactorTrainingSampler) are detectron2's, without the resumable stream
+        sampler = ResumableTrainingSampler(len(dicts)) if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler" else None
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -101,5 +160,3 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_vrd_optimizer(cfg, model)
-
-

@@ -14,7 +14,8 @@ from .common import LoadStats, build_flip_map, build_record
 from .custom import dump_vrd_json, load_vrd_json_file, read_vrd_json_header, register_vrd_json
 from .lu2016 import load_image_paths, load_lu_detections, load_lu_gt_mat
 from .shapes import ensure_shapes, generate_shapes, register_shapes, shapes_root
-from .vg import load_vg150, load_vg200_h5, register_vg150, register_vg200
+from .vg import load_vg150, register_vg150
+from .vg200 import load_vg200_h5, register_vg200
 from .vrd import load_vrd_json, register_all_vrd, register_vrd_split
 
 __all__ = [k for k in globals().keys() if not k.startswith("_") and k != "os"]

@@ -18,10 +18,13 @@ Nothing is dropped silently: the counts are accumulated in a :class:`LoadStats` 
 summary line per dataset by :meth:`LoadStats.log`.
 """
 
+import contextlib
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
+from numbers import Integral, Real
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,21 +32,115 @@ from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadStats", "build_record", "check_id", "read_json", "RELATIONS_DTYPE"]
+__all__ = ["LoadStats", "build_record", "check_id", "read_json", "as_int", "as_int_array", "as_number", "as_box", "as_image_size",
+           "as_names", "as_dict", "as_list", "registration_guard", "RELATIONS_DTYPE"]
 
 RELATIONS_DTYPE = np.int64
 
 
 def read_json(path: str, what: str, source: str):
-    """``json.load`` of ``path``; FileNotFoundError / ValueError naming ``source`` (e.g. "VRD"),
-    ``what`` the file is and the path."""
+    """``json.load`` of ``path`` (UTF-8); FileNotFoundError / ValueError naming ``source`` (e.g.
+    "VRD"), ``what`` the file is and the path. A key repeated inside one json object is an error
+    (json would keep the last value and silently drop the others)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{source}: {what} file not found: {path}")
+
+    def unique_keys(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"{source}: {what} file {path}: key {k!r} appears twice in one json object")
+            out[k] = v
+        return out
+
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: {what} file {path} is not valid json: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: {what} file {path} is not UTF-8 text: {e}") from None
+
+
+def as_int(value, what: str, where: str) -> int:
+    """``value`` as an int if it is an integral number (3 or 3.0; numpy scalars too), else a
+    ValueError ``"<where>: <what> must be an integer, found <value>"``. bool, strings, 3.7 and
+    non-finite numbers are refused: ``int()`` would turn them silently into another id."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {what} must be an integer, found {value!r}")
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real) and math.isfinite(float(value)) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{where}: {what} must be an integer, found {value!r}")
+
+
+def as_int_array(arr, what: str, where: str) -> np.ndarray:
+    """``arr`` as int64 if every value is integral, else a ValueError naming the first bad row
+    (``astype`` would truncate 3.7 to 3 and turn True into 1)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if not bad.any():
+            return arr.astype(np.int64)
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{where}: {what} row {row}: ids must be integers, found {arr[row].tolist()}")
+    raise ValueError(f"{where}: {what} must hold integers, found dtype {arr.dtype}")
+
+
+def as_number(value, what: str, where: str) -> float:
+    """``value`` as a finite float (not bool, not a string), else a ValueError naming ``where``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{where}: {what} must be a finite number, found {value!r}")
+    return float(value)
+
+
+def as_box(value, what: str, where: str) -> List[float]:
+    """A list of 4 finite numbers (in the file's own order), else a ValueError naming ``where``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"{where}: {what} must be a list of 4 numbers, found {value!r}")
+    return [as_number(v, f"{what} coordinate", where) for v in value]
+
+
+def as_image_size(height, width, where: str) -> Tuple[int, int]:
+    """(height, width) as positive ints, else a ValueError naming ``where``."""
+    h, w = as_int(height, "height", where), as_int(width, "width", where)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{where}: height and width must be positive, found {h} x {w}")
+    return h, w
+
+
+def as_names(value, what: str, where: str) -> List[str]:
+    """A json list of strings (class names), else a ValueError naming ``where``."""
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        found = repr(value)
+        raise ValueError(f"{where}: {what} must be a list of strings, found {found[:80]}{'...' * (len(found) > 80)}")
+    return list(value)
+
+
+def as_dict(value, what: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: {what} must be a json object, found {type(value).__name__}")
+    return value
+
+
+def as_list(value, what: str, where: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {what} must be a list, found {type(value).__name__}")
+    return value
+
+
+@contextlib.contextmanager
+def registration_guard(name: str):
+    """Around the metadata a registration reads (class lists): a malformed file must not make
+    ``import vrd_d2`` fail for runs that never use ``name``. The error is logged here and raised
+    again, naming the file, when the dataset is loaded (its loader reads the same file)."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError) as e:
+        logger.warning(f"dataset {name!r} registered without class names: {type(e).__name__}: {e}")
 
 
 class LoadStats:
@@ -90,13 +187,9 @@ class LoadStats:
 
 
 def check_id(value, num: int, what: str, file: str, image: str, entry) -> int:
-    """``int(value)`` if it lies in ``[0, num)``, else a ValueError naming file, image, entry."""
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{file}: image {image}, entry {entry}: {what} must be an integer, " f"found {value!r}"
-        ) from None
+    """``value`` as an int if it is integral (see :func:`as_int`) and lies in ``[0, num)``, else a
+    ValueError naming file, image, entry."""
+    v = as_int(value, what, f"{file}: image {image}, entry {entry}")
     if not (0 <= v < num):
         raise ValueError(
             f"{file}: image {image}, entry {entry}: {what} {v} outside [0, {num}) "

@@ -30,17 +30,32 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LoadStats, build_flip_map, build_record, check_id, read_json
+from .common import (
+    LoadStats,
+    as_box,
+    as_dict,
+    as_image_size,
+    as_list,
+    as_names,
+    build_flip_map,
+    build_record,
+    check_id,
+    read_json,
+)
 from .vrd import read_image_size
 
 __all__ = ["load_vrd_json_file", "register_vrd_json", "read_vrd_json_header", "dump_vrd_json"]
 
 
 def _read(json_file: str):
-    data = read_json(json_file, "relationship json", "vrd json")
+    data = as_dict(read_json(json_file, "relationship json", "vrd json"), "the top level", json_file)
     for key in ("thing_classes", "predicate_classes", "images"):
         if key not in data:
             raise ValueError(f"{json_file}: top-level key {key!r} missing (found {sorted(data)})")
+    for key in ("thing_classes", "predicate_classes"):
+        as_names(data[key], key, json_file)
+    as_list(data["images"], "images", json_file)
+    _flip_map(data, json_file)  # checked on every read, not only at registration
     return data
 
 
@@ -49,13 +64,42 @@ def _flip_map(data, json_file):
     if pairs is None:
         return None
     names = data["predicate_classes"]
-    for pair in pairs:
-        if len(pair) != 2 or any(p not in names for p in pair):
+    for j, pair in enumerate(as_list(pairs, "flip_predicate_pairs", json_file)):
+        if not isinstance(pair, list) or len(pair) != 2 or any(not isinstance(p, str) or p not in names for p in pair):
             raise ValueError(
-                f"{json_file}: flip_predicate_pairs entry {pair!r} must be two "
+                f"{json_file}: flip_predicate_pairs entry {j} {pair!r} must be two "
                 f"names from predicate_classes"
             )
     return build_flip_map(names, [tuple(p) for p in pairs])
+
+
+def _objects(img, json_file, image_desc, n_obj):
+    """[(category_id, [x1, y1, x2, y2])] of one image entry, every field checked."""
+    objects = []
+    for j, ob in enumerate(as_list(img.get("objects", []), "objects", f"{json_file}: image {image_desc}")):
+        where = f"{json_file}: image {image_desc}, entry objects[{j}]"
+        ob = as_dict(ob, "an object", where)
+        if "category_id" not in ob or "bbox" not in ob:
+            raise ValueError(f"{where}: malformed object, expected keys 'bbox' and 'category_id', found {sorted(ob)}")
+        cat = check_id(ob["category_id"], n_obj, "category_id", json_file, image_desc, f"objects[{j}]")
+        objects.append((cat, as_box(ob["bbox"], "bbox [x1, y1, x2, y2]", where)))
+    return objects
+
+
+def _relations(img, key, json_file, image_desc, n_objects, n_pred):
+    """[(subject, object, predicate)] of ``img[key]``, every id checked."""
+    out = []
+    for j, r in enumerate(as_list(img.get(key, []), key, f"{json_file}: image {image_desc}")):
+        entry = f"{key}[{j}]"
+        if not isinstance(r, list) or len(r) != 3:
+            raise ValueError(
+                f"{json_file}: image {image_desc}, entry {entry}: expected [subject, object, predicate], found {r!r}"
+            )
+        s = check_id(r[0], n_objects, "subject object index", json_file, image_desc, entry)
+        o = check_id(r[1], n_objects, "object object index", json_file, image_desc, entry)
+        p = check_id(r[2], n_pred, "predicate", json_file, image_desc, entry)
+        out.append((s, o, p))
+    return out
 
 
 def read_vrd_json_header(json_file: str) -> dict:
@@ -77,60 +121,19 @@ def load_vrd_json_file(
     stats = stats if stats is not None else LoadStats(name)
     records = []
     for idx, img in enumerate(data["images"]):
-        try:
-            fname = img["file_name"]
-            image_desc = f"{idx} ({fname})"
-            objs_in = img.get("objects", [])
-            objects = []
-            for j, ob in enumerate(objs_in):
-                cat = check_id(
-                    ob["category_id"], n_obj, "category_id", json_file, image_desc, f"objects[{j}]"
-                )
-                bbox = ob["bbox"]
-                if len(bbox) != 4:
-                    raise ValueError(
-                        f"{json_file}: image {image_desc}, entry objects[{j}]: bbox "
-                        f"must be [x1, y1, x2, y2], found {bbox}"
-                    )
-                objects.append((cat, [float(v) for v in bbox]))
-
-            def rels(key):
-                out = []
-                for j, r in enumerate(img.get(key, [])):
-                    if len(r) != 3:
-                        raise ValueError(
-                            f"{json_file}: image {image_desc}, entry {key}[{j}]: "
-                            f"expected [subject, object, predicate], found {r}"
-                        )
-                    s = check_id(
-                        r[0],
-                        len(objects),
-                        "subject object index",
-                        json_file,
-                        image_desc,
-                        f"{key}[{j}]",
-                    )
-                    o = check_id(
-                        r[1],
-                        len(objects),
-                        "object object index",
-                        json_file,
-                        image_desc,
-                        f"{key}[{j}]",
-                    )
-                    p = check_id(r[2], n_pred, "predicate", json_file, image_desc, f"{key}[{j}]")
-                    out.append((s, o, p))
-                return out
-
-            relations = rels("relations")
-            complete = rels("relations_complete") if "relations_complete" in img else None
-        except (KeyError, TypeError) as e:
-            raise ValueError(
-                f"{json_file}: image entry {idx}: malformed ({type(e).__name__}: " f"{e})"
-            ) from None
+        img = as_dict(img, "an image entry", f"{json_file}: image entry {idx}")
+        fname = img.get("file_name")
+        if not isinstance(fname, str) or not fname:
+            raise ValueError(f"{json_file}: image entry {idx}: file_name must be a non-empty string, found {fname!r}")
+        image_desc = f"{idx} ({fname})"
+        objects = _objects(img, json_file, image_desc, n_obj)
+        relations = _relations(img, "relations", json_file, image_desc, len(objects), n_pred)
+        complete = None
+        if "relations_complete" in img:
+            complete = _relations(img, "relations_complete", json_file, image_desc, len(objects), n_pred)
         file_name = fname if os.path.isabs(fname) else os.path.join(image_root, fname)
         if "height" in img and "width" in img:
-            height, width = int(img["height"]), int(img["width"])
+            height, width = as_image_size(img["height"], img["width"], f"{json_file}: image {image_desc}")
         else:
             height, width = read_image_size(file_name)
         rec = build_record(

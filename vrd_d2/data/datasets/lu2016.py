@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .common import as_int_array
+
 __all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "read_lu_gt_cells", "loadmat_checked",
            "mat_cells", "mat_rows"]
 
@@ -49,15 +51,31 @@ def mat_cells(mat, key: str, path: str, n: Optional[int]):
     return cells
 
 
-def mat_rows(cell, width: int, dtype) -> np.ndarray:
-    """One cell's matrix as ``dtype`` rows of ``width`` ([0, width] for an empty cell)."""
-    return np.asarray(cell).astype(dtype).reshape(-1, width)
+def mat_rows(cell, width: int, dtype, where: str = "a .mat cell") -> np.ndarray:
+    """One cell's matrix as ``dtype`` rows of ``width`` ([0, width] for an empty cell).
+
+    A ValueError naming ``where`` when the cell does not hold rows of ``width`` numbers, or when
+    ``dtype`` is an integer type and a value is not integral (3.7 is not truncated to 3)."""
+    arr = np.asarray(cell)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        arr = as_int_array(arr, "value", where)
+    elif arr.dtype.kind not in "iuf":
+        raise ValueError(f"{where}: expected numbers, found dtype {arr.dtype}")
+    if arr.size % width:
+        raise ValueError(f"{where}: shape {arr.shape} does not hold rows of {width} numbers")
+    return arr.astype(dtype).reshape(-1, width)
 
 
 def load_image_paths(image_path_mat: str) -> List[str]:
     """Image file names (e.g. ``3845770407_1a8cd41230_b.jpg``) in the order of every .mat file."""
     mat = loadmat_checked(image_path_mat, ["imagePath"])
-    return [str(np.asarray(c).reshape(-1)[0]) for c in mat["imagePath"].reshape(-1)]
+    names = []
+    for i, c in enumerate(mat["imagePath"].reshape(-1)):
+        c = np.asarray(c).reshape(-1)
+        if len(c) != 1 or not isinstance(c[0], str) or not c[0]:
+            raise ValueError(f"{image_path_mat}: imagePath cell {i}: expected one file name, found {c.tolist()!r}")
+        names.append(str(c[0]))
+    return names
 
 
 def read_lu_gt_cells(gt_mat: str, names: Optional[List[str]] = None) -> List[Dict[str, np.ndarray]]:
@@ -73,9 +91,9 @@ def read_lu_gt_cells(gt_mat: str, names: Optional[List[str]] = None) -> List[Dic
     out = []
     for i in range(n):
         where = f"{gt_mat}: image {i}" + (f" ({names[i]})" if names is not None else "")
-        lab = mat_rows(labels[i], 3, np.int64) - 1
-        sb = mat_rows(subs[i], 4, np.float64)
-        ob = mat_rows(objs[i], 4, np.float64)
+        lab = mat_rows(labels[i], 3, np.int64, f"{where}: gt_tuple_label") - 1
+        sb = mat_rows(subs[i], 4, np.float64, f"{where}: gt_sub_bboxes")
+        ob = mat_rows(objs[i], 4, np.float64, f"{where}: gt_obj_bboxes")
         if not (len(lab) == len(sb) == len(ob)):
             raise ValueError(f"{where}: {len(lab)} labels but {len(sb)} subject and {len(ob)} object boxes")
         if len(lab) and lab.min() < 0:
@@ -102,15 +120,13 @@ def load_lu_detections(det_mat: str, image_path_mat: str) -> Dict[str, Dict[str,
     confs = mat_cells(mat, "detection_confs", det_mat, len(names))
     out = {}
     for i, name in enumerate(names):
-        b = mat_rows(boxes[i], 4, np.float64)
-        lab = mat_rows(labels[i], 1, np.int64).reshape(-1) - 1
-        sc = mat_rows(confs[i], 1, np.float64).reshape(-1)
+        where = f"{det_mat}: image {i} ({name})"
+        b = mat_rows(boxes[i], 4, np.float64, f"{where}: detection_bboxes")
+        lab = mat_rows(labels[i], 1, np.int64, f"{where}: detection_labels").reshape(-1) - 1
+        sc = mat_rows(confs[i], 1, np.float64, f"{where}: detection_confs").reshape(-1)
         if not (len(b) == len(lab) == len(sc)):
-            raise ValueError(
-                f"{det_mat}: image {i} ({name}): {len(b)} boxes, {len(lab)} labels, "
-                f"{len(sc)} scores"
-            )
+            raise ValueError(f"{where}: {len(b)} boxes, {len(lab)} labels, {len(sc)} scores")
         if len(lab) and lab.min() < 0:
-            raise ValueError(f"{det_mat}: image {i} ({name}): label 0 found, labels are 1-based")
+            raise ValueError(f"{where}: label 0 found, labels are 1-based")
         out[name] = {"boxes": b, "labels": lab, "scores": sc}
     return out

@@ -1,4 +1,4 @@
-"""Visual Genome splits: VG150 (Xu et al. 2017) and VG200 (Zhang et al. 2017, VTransE).
+"""Visual Genome split VG150 (Xu et al. 2017); the h5 and image_data readers VG200 shares.
 
 VG150 layout under ``$DETECTRON2_DATASETS/vg``::
 
@@ -22,17 +22,7 @@ Conversion rules (the public format, as read by Scene-Graph-Benchmark.pytorch):
 - image_data.json has 4 more entries than the h5 in the public release (corrupted images
   1592, 1722, 4616, 4617); they are dropped to align the two, anything else is an error.
 
-VG200 (VTransE split, 200 objects / 100 predicates), ``$DETECTRON2_DATASETS/vg200``::
-
-    vg1_2_meta.h5   image_data.json (optional: image sizes, else image headers)   images/
-
-Format as read by public code (not verified on the real file, which is not available here):
-``meta/cls/idx2name/<k>`` and ``meta/pre/idx2name/<k>`` name datasets (class id = k, a
-``__background__`` entry at 0 is dropped and ids shifted down by one), and per image
-``gt/{train,test}/<image stem>/{rlp_labels, sub_boxes, obj_boxes}``: rlp_labels [n,3] are
-(subject, predicate, object) and boxes [n,4] are ``[x1, y1, x2, y2]`` in original pixels. If your copy differs, convert it into the
-vrd json format (docs/DATASETS.md): one image entry per image, objects = the distinct
-(class, box) of subjects and objects, relations = (subject index, object index, predicate).
+VG200 is read by vg200.py.
 """
 
 import logging
@@ -42,12 +32,24 @@ from typing import List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LoadStats, build_flip_map, build_record, check_id, read_json
-from .vrd import read_image_size
+from .common import (
+    LoadStats,
+    as_dict,
+    as_image_size,
+    as_int,
+    as_int_array,
+    as_list,
+    as_names,
+    build_flip_map,
+    build_record,
+    check_id,
+    read_json,
+    registration_guard,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_vg150", "register_vg150", "load_vg200_h5", "register_vg200", "VG150_NUM_VAL"]
+__all__ = ["load_vg150", "register_vg150", "open_h5", "read_image_data", "VG150_NUM_VAL"]
 
 VG150_NUM_VAL = 5000
 BOX_SCALE = 1024
@@ -67,13 +69,29 @@ H5_KEYS = (
 
 def _names_from_1based(mapping: dict, path: str, key: str) -> List[str]:
     """``{"1": name1, ...}`` -> [name1, ...] (0-based list)."""
+    as_dict(mapping, key, path)
     try:
         idx = sorted(int(k) for k in mapping)
     except ValueError:
         raise ValueError(f"{path}: {key} keys must be integers") from None
     if idx != list(range(1, len(idx) + 1)):
         raise ValueError(f"{path}: {key} keys must be 1..{len(idx)} (1-based, 0 = background)")
-    return [mapping[str(i)] for i in idx]
+    return as_names([mapping[k] for k in sorted(mapping, key=int)], f"{key} values", path)
+
+
+def read_image_data(image_data: list, path: str) -> List[tuple]:
+    """Per image_data.json entry (image_id, height, width, image name), every field checked."""
+    out = []
+    for i, d in enumerate(as_list(image_data, "the top level", f"VG: {path}")):
+        where = f"VG: {path}: entry {i}"
+        d = as_dict(d, "an image entry", where)
+        missing = [k for k in ("image_id", "width", "height") if k not in d]
+        if missing:
+            raise ValueError(f"{where}: keys {missing} missing (found {sorted(d)})")
+        image_id = as_int(d["image_id"], "image_id", where)
+        height, width = as_image_size(d["height"], d["width"], where)
+        out.append((image_id, height, width, os.path.basename(str(d.get("url", f"{image_id}.jpg")))))
+    return out
 
 
 def vg150_classes(dicts_file: str):
@@ -87,7 +105,7 @@ def vg150_classes(dicts_file: str):
     )
 
 
-def _open_h5(path):
+def open_h5(path):
     import h5py
 
     if not os.path.isfile(path):
@@ -122,23 +140,27 @@ def load_vg150(
     if split not in ("train", "val", "test"):
         raise ValueError(f"VG150 split must be train, val or test, found {split!r}")
     objects, predicates = vg150_classes(dicts_file)
-    image_data = read_json(image_data_file, "image_data", "VG")
-    with _open_h5(h5_file) as h5:
+    image_data = read_image_data(read_json(image_data_file, "image_data", "VG"), image_data_file)
+    with open_h5(h5_file) as h5:
         missing = [k for k in H5_KEYS if k not in h5]
         if missing:
             raise ValueError(f"VG: {h5_file}: datasets {missing} missing (found {sorted(h5)})")
         arr = {k: np.asarray(h5[k][()]) for k in H5_KEYS}
+    for k in H5_KEYS:
+        if k != "boxes_%d" % BOX_SCALE:
+            arr[k] = as_int_array(arr[k], k, f"VG: {h5_file}")
     n_img = len(arr["split"])
     for k in ("img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel"):
         if len(arr[k]) != n_img:
             raise ValueError(f"VG: {h5_file}: {k} has {len(arr[k])} entries, split has {n_img}")
+    for a, b, width in (("labels", "boxes_%d" % BOX_SCALE, 4), ("predicates", "relationships", 2)):
+        if arr[a].size != arr[b].size // width or arr[b].size % width:
+            raise ValueError(
+                f"VG: {h5_file}: {a} has {arr[a].size} rows but {b} has shape {arr[b].shape} "
+                f"(expected one {a} row per {width}-number {b} row)"
+            )
     if len(image_data) != n_img:
-        kept = [
-            d
-            for d in image_data
-            if os.path.basename(str(d.get("url", f"{d.get('image_id')}.jpg")))
-            not in VG_CORRUPTED_IMAGES
-        ]
+        kept = [d for d in image_data if d[3] not in VG_CORRUPTED_IMAGES]
         if len(kept) != n_img:
             raise ValueError(
                 f"VG: {image_data_file} has {len(image_data)} images "
@@ -169,9 +191,7 @@ def load_vg150(
     fb, lb = arr["img_to_first_box"].reshape(-1), arr["img_to_last_box"].reshape(-1)
     fr, lr = arr["img_to_first_rel"].reshape(-1), arr["img_to_last_rel"].reshape(-1)
     for i in index.tolist():
-        info = image_data[i]
-        width, height = int(info["width"]), int(info["height"])
-        image_name = os.path.basename(str(info.get("url", f"{info['image_id']}.jpg")))
+        vg_image_id, height, width, image_name = image_data[i]
         desc = f"{i} ({image_name})"
         objs, rel_rows = [], []
         if fb[i] >= 0:
@@ -216,7 +236,7 @@ def load_vg150(
         rec = build_record(objs, rel_rows, height, width, stats, f"{h5_file}: image {desc}")
         rec.update(
             file_name=os.path.join(image_root, image_name),
-            image_id=int(info["image_id"]),
+            image_id=vg_image_id,
             height=height,
             width=width,
         )
@@ -247,106 +267,13 @@ def register_vg150(root: str, prefix: str = "vg150"):
             split=split,
         )
         if os.path.isfile(dicts_file):
-            things, preds = vg150_classes(dicts_file)
-            # no left/right predicate in VG150: a horizontal flip keeps every predicate
-            md.set(
-                thing_classes=things,
-                predicate_classes=preds,
-                flip_predicate_map=build_flip_map(preds, []),
-            )
-        else:
+            with registration_guard(name):
+                things, preds = vg150_classes(dicts_file)
+                # no left/right predicate in VG150: a horizontal flip keeps every predicate
+                md.set(
+                    thing_classes=things,
+                    predicate_classes=preds,
+                    flip_predicate_map=build_flip_map(preds, []),
+                )
+        if md.get("thing_classes", None) is None:  # loading raises, naming the file
             md.set(flip_predicate_map=None)
-
-
-def _vg200_names(group, path, key) -> List[str]:
-    try:
-        items = sorted((int(k), v[()]) for k, v in group.items())
-    except ValueError:
-        raise ValueError(f"{path}: {key} keys must be integers") from None
-    names = [(v.decode() if isinstance(v, bytes) else str(v)) for _, v in items]
-    if [k for k, _ in items] != list(range(items[0][0], items[0][0] + len(items))):
-        raise ValueError(f"{path}: {key} keys are not consecutive")
-    offset = items[0][0]
-    if names and names[0].lower() in ("__background__", "background"):
-        names, offset = names[1:], offset + 1
-    return names, offset
-
-
-def load_vg200_h5(
-    h5_file: str,
-    image_root: str,
-    split: str,
-    image_data_file: Optional[str] = None,
-    name: str = "vg200",
-    stats: Optional[LoadStats] = None,
-) -> List[dict]:
-    """Load VTransE's ``vg1_2_meta.h5`` split ("train" | "test"); see the module docstring."""
-    with _open_h5(h5_file) as h5:
-        for k in ("meta/cls/idx2name", "meta/pre/idx2name", f"gt/{split}"):
-            if k not in h5:
-                raise ValueError(f"VG200: {h5_file}: group {k!r} missing")
-        objects, obj_off = _vg200_names(h5["meta/cls/idx2name"], h5_file, "meta/cls/idx2name")
-        predicates, pred_off = _vg200_names(h5["meta/pre/idx2name"], h5_file, "meta/pre/idx2name")
-        sizes = {}
-        if image_data_file and os.path.isfile(image_data_file):
-            for d in read_json(image_data_file, "image_data", "VG"):
-                sizes[str(d["image_id"])] = (int(d["height"]), int(d["width"]))
-        stats = stats if stats is not None else LoadStats(name)
-        records = []
-        for stem in sorted(h5[f"gt/{split}"].keys(), key=lambda s: (len(s), s)):
-            g = h5[f"gt/{split}/{stem}"]
-            lab = np.asarray(g["rlp_labels"][()]).reshape(-1, 3).astype(np.int64)
-            sb = np.asarray(g["sub_boxes"][()], dtype=np.float64).reshape(-1, 4)
-            ob = np.asarray(g["obj_boxes"][()], dtype=np.float64).reshape(-1, 4)
-            file_name = os.path.join(image_root, f"{stem}.jpg")
-            height, width = sizes[stem] if stem in sizes else read_image_size(file_name)
-            objs, index, rel_rows = [], {}, []
-            for j in range(len(lab)):
-                desc = stem
-                s = check_id(lab[j, 0] - obj_off, len(objects), "subject class", h5_file, desc, j)
-                p = check_id(lab[j, 1] - pred_off, len(predicates), "predicate", h5_file, desc, j)
-                o = check_id(lab[j, 2] - obj_off, len(objects), "object class", h5_file, desc, j)
-                ends = []
-                for cat, box in ((s, sb[j]), (o, ob[j])):
-                    key = (cat,) + tuple(box.tolist())
-                    if key not in index:
-                        index[key] = len(objs)
-                        objs.append((cat, box.tolist()))
-                    ends.append(index[key])
-                rel_rows.append((ends[0], ends[1], p))
-            rec = build_record(objs, rel_rows, height, width, stats, f"{h5_file}: {stem}")
-            rec.update(
-                file_name=file_name,
-                image_id=int(stem) if stem.isdigit() else stem,
-                height=height,
-                width=width,
-            )
-            records.append(rec)
-    stats.log()
-    return records
-
-
-def register_vg200(root: str, prefix: str = "vg200"):
-    """Register ``<prefix>_{train,test}`` from ``root/vg1_2_meta.h5`` (lazy)."""
-    h5_file = os.path.join(root, "vg1_2_meta.h5")
-    image_root = os.path.join(root, "images")
-    for split in ("train", "test"):
-        name = f"{prefix}_{split}"
-        DatasetCatalog.register(
-            name,
-            lambda split=split, name=name: load_vg200_h5(
-                h5_file, image_root, split, os.path.join(root, "image_data.json"), name=name
-            ),
-        )
-        md = MetadataCatalog.get(name)
-        md.set(
-            evaluator_type="vrd",
-            train_split=f"{prefix}_train",
-            image_root=image_root,
-            flip_predicate_map=None,
-        )
-        if os.path.isfile(h5_file):
-            with _open_h5(h5_file) as h5:
-                objects, _ = _vg200_names(h5["meta/cls/idx2name"], h5_file, "cls")
-                predicates, _ = _vg200_names(h5["meta/pre/idx2name"], h5_file, "pre")
-            md.set(thing_classes=objects, predicate_classes=predicates)

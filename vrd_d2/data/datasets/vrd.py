@@ -23,7 +23,20 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import LEFT_RIGHT_PAIRS, LoadStats, build_flip_map, build_record, check_id, read_json
+from .common import (
+    LEFT_RIGHT_PAIRS,
+    LoadStats,
+    as_box,
+    as_dict,
+    as_image_size,
+    as_list,
+    as_names,
+    build_flip_map,
+    build_record,
+    check_id,
+    read_json,
+    registration_guard,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +67,20 @@ def read_image_size(path: str):
 
 
 def _load_class_list(path: str, what: str) -> List[str]:
-    names = read_json(path, what, "VRD")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"VRD: {path} must be a json list of {what} names")
-    return names
+    return as_names(read_json(path, what, "VRD"), f"{what} names", f"VRD: {path}")
+
+
+def read_image_metadata(path: str) -> dict:
+    """``{image stem: (height, width)}`` from ``<split>_image_metadata.json``
+    (``{image: {"width", "height"}}``); ValueError naming the file and the image otherwise."""
+    sizes = {}
+    for k, v in as_dict(read_json(path, "image metadata", "VRD"), "the top level", f"VRD: {path}").items():
+        where = f"VRD: {path}: image {k}"
+        v = as_dict(v, "the entry", where)
+        if "height" not in v or "width" not in v:
+            raise ValueError(f"{where}: expected {{'width': .., 'height': ..}}, found keys {sorted(v)}")
+        sizes[os.path.splitext(k)[0]] = as_image_size(v["height"], v["width"], where)
+    return sizes
 
 
 def load_vrd_json(
@@ -93,17 +116,11 @@ def load_vrd_json(
         )
     sizes = {}
     if metadata_file is not None and os.path.isfile(metadata_file):
-        meta = read_json(metadata_file, "image metadata", "VRD")
-        for k, v in meta.items():
-            sizes[os.path.splitext(k)[0]] = (int(v["height"]), int(v["width"]))
+        sizes = read_image_metadata(metadata_file)
     stats = stats if stats is not None else LoadStats(name)
     records = []
     for image_id, (img_name, rels) in enumerate(anns.items()):
-        if not isinstance(rels, list):
-            raise ValueError(
-                f"VRD: {json_file}: image {img_name}: expected a list of "
-                f"relations, found {type(rels).__name__}"
-            )
+        as_list(rels, "the relations", f"VRD: {json_file}: image {img_name}")
         file_name = os.path.join(image_root, img_name)
         alias = VRD_IMAGE_ALIASES.get(img_name)
         if alias is not None and not os.path.exists(file_name):
@@ -126,37 +143,24 @@ def load_vrd_json(
         obj_list, rel_list = [], []
         obj_index = {}
         for j, r in enumerate(rels):
-            try:
-                pred = check_id(
-                    r["predicate"], len(predicates), "predicate", json_file, img_name, j
-                )
-                ends = []
-                for role in ("subject", "object"):
-                    cat = check_id(
-                        r[role]["category"],
-                        len(objects),
-                        f"{role} category",
-                        json_file,
-                        img_name,
-                        j,
-                    )
-                    bbox = r[role]["bbox"]
-                    if len(bbox) != 4:
-                        raise ValueError(
-                            f"VRD: {json_file}: image {img_name}, entry {j}: "
-                            f"{role} bbox must have 4 numbers, found {bbox}"
-                        )
-                    ymin, ymax, xmin, xmax = (float(v) for v in bbox)
-                    key = (cat, xmin, ymin, xmax, ymax)
-                    if key not in obj_index:
-                        obj_index[key] = len(obj_list)
-                        obj_list.append((cat, [xmin, ymin, xmax, ymax]))
-                    ends.append(obj_index[key])
-            except (KeyError, TypeError) as e:
-                raise ValueError(
-                    f"VRD: {json_file}: image {img_name}, entry {j}: malformed "
-                    f"relation {r!r} ({type(e).__name__}: {e})"
-                ) from None
+            where = f"VRD: {json_file}: image {img_name}, entry {j}"
+            r = as_dict(r, "a relation", where)
+            missing = [k for k in ("predicate", "subject", "object") if k not in r]
+            if missing:
+                raise ValueError(f"{where}: malformed relation, keys {missing} missing (found {sorted(r)})")
+            pred = check_id(r["predicate"], len(predicates), "predicate", json_file, img_name, j)
+            ends = []
+            for role in ("subject", "object"):
+                end = as_dict(r[role], role, where)
+                if "category" not in end or "bbox" not in end:
+                    raise ValueError(f"{where}: malformed {role} {end!r}, expected keys 'category' and 'bbox'")
+                cat = check_id(end["category"], len(objects), f"{role} category", json_file, img_name, j)
+                ymin, ymax, xmin, xmax = as_box(end["bbox"], f"{role} bbox [ymin, ymax, xmin, xmax]", where)
+                key = (cat, xmin, ymin, xmax, ymax)
+                if key not in obj_index:
+                    obj_index[key] = len(obj_list)
+                    obj_list.append((cat, [xmin, ymin, xmax, ymax]))
+                ends.append(obj_index[key])
             rel_list.append((ends[0], ends[1], pred))
         rec = build_record(obj_list, rel_list, height, width, stats, f"{json_file}: {img_name}")
         rec.update(
@@ -201,15 +205,16 @@ def register_vrd_split(name: str, root: str, split: str, train_split: Optional[s
     if os.path.isfile(os.path.join(root, "objects.json")) and os.path.isfile(
         os.path.join(root, "predicates.json")
     ):
-        objects = _load_class_list(os.path.join(root, "objects.json"), "object")
-        predicates = _load_class_list(os.path.join(root, "predicates.json"), "predicate")
-        md.set(
-            thing_classes=objects,
-            predicate_classes=predicates,
-            flip_predicate_map=build_flip_map(predicates, LEFT_RIGHT_PAIRS),
-        )
-    else:
-        # Data not installed: the class lists are unknown until it is. Loading raises then.
+        with registration_guard(name):
+            objects = _load_class_list(os.path.join(root, "objects.json"), "object")
+            predicates = _load_class_list(os.path.join(root, "predicates.json"), "predicate")
+            md.set(
+                thing_classes=objects,
+                predicate_classes=predicates,
+                flip_predicate_map=build_flip_map(predicates, LEFT_RIGHT_PAIRS),
+            )
+    if md.get("thing_classes", None) is None:
+        # Data not installed, or a malformed class list: loading raises, naming the file.
         md.set(flip_predicate_map=None)
 
 

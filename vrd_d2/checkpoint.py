@@ -1,0 +1,176 @@
+"""Loading vrd_d2 weights safely and strictly: :class:`VRDCheckpointer`.
+
+Detectron2's DetectionCheckpointer unpickles ``.pkl`` files (a pickle can run any code), skips
+weights whose shape differs from the model's with a warning (so a rank-1 CP head loaded into a
+rank-5 model stays random) and only warns when a checkpoint has none of the relation head (the
+evaluation then reports random weights). VRDCheckpointer keeps its file handling and:
+
+- refuses pickles unless the caller trusts the file (``trust_pickle=True``, ``--trust-pickle``);
+  ``.pth`` / ``.pt`` files are read with ``torch.load(weights_only=True)``;
+- raises ValueError for a relation-head weight whose shape differs from the model's (rank, class
+  or predicate counts), naming the key and both shapes, unless the run trains that weight (e.g.
+  stage 2 of another rank from a stage-1 checkpoint; never with ``require_relation_head``);
+  detector weights of another shape are still re-initialised (a new class count is a deliberate
+  fine-tune); each re-initialised key gets a log line;
+- with ``require_relation_head`` (evaluation, demo): raises when the checkpoint lacks relation-head
+  weights or matches no key of the model, and when ``MODEL.VRD.USE_PRIOR`` is on but the
+  triplet prior is empty (no counts in the checkpoint and none from ``DATASETS.TRAIN``).
+"""
+import logging
+import os
+import pickle
+from typing import Iterable, List
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["VRDCheckpointer", "is_relation_head_key", "DETECTOR_ROI_MODULES"]
+
+logger = logging.getLogger(__name__)
+
+# StandardROIHeads' own modules; everything else under ``roi_heads.`` is the relation head.
+DETECTOR_ROI_MODULES = (
+    "box_pooler", "box_head", "box_predictor", "mask_pooler", "mask_head", "keypoint_pooler", "keypoint_head",
+)
+
+TRUST_HINT = (
+    "Load it only if you trust its source: pass --trust-pickle to the tools, or "
+    "trust_pickle=True to VRDCheckpointer in Python."
+)
+
+
+def is_relation_head_key(key: str) -> bool:
+    """Whether state-dict ``key`` belongs to the relation head (CP branches, spatial branch,
+    selection head, triplet_counts), under any module layout of VRDROIHeads: every key under
+    ``roi_heads.`` that is not one of StandardROIHeads' detector modules."""
+    if not key.startswith("roi_heads."):
+        return False
+    return key.split(".")[1] not in DETECTOR_ROI_MODULES
+
+
+def _short_list(keys: Iterable[str], n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+class VRDCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that refuses untrusted pickles and mismatched relation-head weights
+    (see the module docstring)."""
+
+    def __init__(self, model, save_dir: str = "", *, trust_pickle: bool = False,
+                 require_relation_head: bool = False, **checkpointables):
+        """
+        Args:
+            model, save_dir, checkpointables: as DetectionCheckpointer.
+            trust_pickle: allow files that need arbitrary unpickling (``.pkl``, old ``.pth``).
+            require_relation_head: the caller evaluates or runs the relation head: a checkpoint
+                without its weights, or an empty prior with ``use_prior``, is an error.
+        """
+        super().__init__(model, save_dir, **checkpointables)
+        self.trust_pickle = bool(trust_pickle)
+        self.require_relation_head = bool(require_relation_head)
+        self._path = ""
+
+    # ------------------------------------------------------------------------------ files
+    def load(self, path: str, *args, **kwargs):
+        if not path and self.require_relation_head:
+            raise ValueError(
+                "VRDCheckpointer: no checkpoint given (MODEL.WEIGHTS / --weights is empty): the relation "
+                "head would run with random weights. Pass the model_final.pth of a relation stage."
+            )
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"VRDCheckpointer: checkpoint not found: {path}")
+        self._path = path
+        ret = super().load(path, *args, **kwargs)
+        if path and self.require_relation_head:
+            self._check_prior()
+        return ret
+
+    def _load_file(self, filename: str):
+        if filename.endswith(".pkl"):
+            if self.trust_pickle:
+                return super()._load_file(filename)
+            raise ValueError(f"VRDCheckpointer: {filename} is a pickle file, which can run code when loaded. {TRUST_HINT}")
+        try:
+            data = torch.load(filename, map_location=torch.device("cpu"), weights_only=not self.trust_pickle)
+        except pickle.UnpicklingError as e:
+            why = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+            raise ValueError(
+                f"VRDCheckpointer: {filename} holds objects other than tensors and plain containers, so loading "
+                f"it needs arbitrary unpickling ({why[0] if why else 'torch.load(weights_only=True) refused it'}). "
+                f"{TRUST_HINT}"
+            ) from None
+        except (RuntimeError, EOFError, OSError) as e:
+            raise ValueError(f"VRDCheckpointer: cannot read {filename} as a torch checkpoint: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"VRDCheckpointer: {filename} holds a {type(data).__name__}, expected a dict of weights")
+        if filename.endswith(".pyth") and "model_state" in data:  # pycls, as DetectionCheckpointer
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
+
+    # ------------------------------------------------------------------------------ weights
+    def _load_model(self, checkpoint):
+        state = checkpoint["model"]
+        if any(k.startswith("module.") for k in state):  # saved from DDP, as fvcore strips it
+            state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+            checkpoint["model"] = state
+        model_state = self.model.state_dict()
+        self._check_relation_shapes(state, model_state)
+        try:
+            incompatible = super()._load_model(checkpoint)
+        except RuntimeError as e:  # torch's size mismatch under a key renamed by a load hook
+            raise ValueError(f"VRDCheckpointer: {self._path}: {e}") from None
+        for key, shape_ckpt, shape_model in incompatible.incorrect_shapes:
+            if not is_relation_head_key(key):  # relation-head keys were logged above
+                    logger.info(f"VRDCheckpointer: detector weight {key} re-initialised: shape {shape_ckpt} in "
+                            f"{self._path}, {shape_model} in the model (e.g. another class count)")
+        if self.require_relation_head:
+            self._check_relation_keys(incompatible.missing_keys, model_state)
+        return incompatible
+
+    def _check_relation_shapes(self, state, model_state):
+        # Re-initialising is intended only for what this run trains from scratch (stage 2 from a stage-1
+        # checkpoint of another rank) and for counts the model rebuilds from DATASETS.TRAIN; a frozen or
+        # evaluated weight of another shape would stay random.
+        trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        for key, value in state.items():
+            if key in model_state and is_relation_head_key(key) and hasattr(value, "shape"):
+                got, want = tuple(value.shape), tuple(model_state[key].shape)
+                if got == want:
+                    continue
+                if not self.require_relation_head and (key in trained or key.endswith("triplet_counts")):
+                    logger.info(f"VRDCheckpointer: relation-head weight {key} re-initialised: shape {got} in "
+                                f"{self._path}, {want} in the model, which this run trains")
+                else:
+                    raise ValueError(
+                        f"VRDCheckpointer: {self._path}: relation-head weight {key} has shape {got} in the "
+                        f"checkpoint but {want} in the model: MODEL.VRD.RANK, MODEL.ROI_HEADS.NUM_CLASSES and "
+                        f"MODEL.VRD.NUM_PREDICATES (and the branch sizes) must match the run that saved it"
+                    )
+
+    def _check_relation_keys(self, missing_keys: List[str], model_state):
+        missing = set(missing_keys)
+        if not set(model_state) - missing:
+            raise ValueError(
+                f"VRDCheckpointer: {self._path} matches no weight of the model (is it a vrd_d2 checkpoint of "
+                f"this architecture? model keys look like {_short_list(model_state, 3)})"
+            )
+        relation_missing = [k for k in missing if is_relation_head_key(k)]
+        if relation_missing:
+            raise ValueError(
+                f"VRDCheckpointer: {self._path} lacks relation-head weights: {_short_list(relation_missing)}. "
+                f"Evaluate the model_final.pth of a relation stage (stage 2 or 3), not a detector checkpoint."
+            )
+
+    def _check_prior(self):
+        use_prior = any(bool(getattr(m, "use_prior", False)) for m in self.model.modules())
+        counts = [b for name, b in self.model.named_buffers() if name.endswith("triplet_counts")]
+        if use_prior and counts and all(float(c.sum()) == 0 for c in counts):
+            raise ValueError(
+                f"VRDCheckpointer: MODEL.VRD.USE_PRIOR is on but the triplet prior is empty: {self._path} holds "
+                f"no triplet counts and DATASETS.TRAIN gave none. Set DATASETS.TRAIN to the training split "
+                f"(its counts are computed), use a checkpoint saved by vrd_d2 training, or set "
+                f"MODEL.VRD.USE_PRIOR False."
+            )
