@@ -5,12 +5,14 @@ import os
 
 import torch
 import detectron2.engine.defaults as d2_defaults
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils import comm
 
-from ..data import VRDDatasetMapper, filter_images_without_relations
+from ..data import VRDDatasetMapper
+from .schedule import resolve_schedule, stage_training_dicts
+from .stage_inputs import check_stage_inputs
 
 __all__ = ["Trainer", "SGDWithTotalNormClip", "build_vrd_optimizer"]
 
@@ -76,15 +78,20 @@ d2_defaults.collect_env_info = collect_env_info  # used by default_setup
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the relation-aware mapper and evaluator. The relation stages train on
     the images that have relations (the others add nothing to loss_cp / loss_sel; their number
-    is logged)."""
+    is logged). Before anything is built, MODEL.WEIGHTS is checked against the model
+    (:func:`check_stage_inputs`) and SOLVER.EPOCHS, when set, becomes SOLVER.MAX_ITER / STEPS
+    (:func:`resolve_schedule`)."""
+
+    def __init__(self, cfg):
+        check_stage_inputs(cfg)
+        super().__init__(resolve_schedule(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = VRDDatasetMapper(cfg, True)
         if cfg.MODEL.VRD.TRAIN_STAGE == "detector":
             return build_detection_train_loader(cfg, mapper=mapper)
-        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=filter_images_without_relations(dicts))
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=stage_training_dicts(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
