@@ -4,25 +4,21 @@ an earlier stage is an error naming the file, the tensor and both shapes."""
 import logging
 import os
 from unittest import mock
-from typing import Dict, Tuple
+from typing import Dict, Set, Tuple
 
 import torch
 from detectron2.modeling import build_model
 
 from ..modeling.roi_heads import _CountsPrior
 
-__all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes", "RELATION_HEAD_PREFIXES"]
+__all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes"]
 
 logger = logging.getLogger(__name__)
 
-# the relation head: a mismatch here is always an error (fvcore would skip it with a warning and
-# leave random weights, which a later stage keeps frozen)
-RELATION_HEAD_PREFIXES = ("roi_heads.subject_branch.", "roi_heads.object_branch.", "roi_heads.predicate_branch.",
-                          "roi_heads.selection_head.", "roi_heads.spatial_branch.", "roi_heads.triplet_counts")
 
-
-def expected_state_shapes(cfg) -> Dict[str, Tuple[int, ...]]:
-    """``{key: shape}`` of the model ``cfg`` builds, without allocating it (meta device)."""
+def expected_state_shapes(cfg) -> Tuple[Dict[str, Tuple[int, ...]], Set[str]]:
+    """``({key: shape}, trained keys)`` of the model ``cfg`` builds, without allocating it (meta
+    device); the trained keys are the parameters with ``requires_grad`` in its TRAIN_STAGE."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "meta"
@@ -31,7 +27,8 @@ def expected_state_shapes(cfg) -> Dict[str, Tuple[int, ...]]:
     cfg.MODEL.VRD.USE_PRIOR = False
     with torch.device("meta"), mock.patch.object(_CountsPrior, "from_counts", _empty_prior):
         model = build_model(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes, {k for k, p in model.named_parameters() if p.requires_grad}
 
 
 def _empty_prior(counts):
@@ -60,49 +57,50 @@ def _describe(cfg) -> str:
             f"MODEL.VRD.NUM_PREDICATES {v.NUM_PREDICATES}, MODEL.VRD.FC_DIMS {list(v.FC_DIMS)}")
 
 
-def check_stage_inputs(cfg, expected: Dict[str, Tuple[int, ...]] = None) -> None:
-    """Raise ValueError (FileNotFoundError for a missing file) when MODEL.WEIGHTS cannot feed the
-    stage ``cfg`` describes:
+def check_stage_inputs(cfg, eval_only: bool = False) -> None:
+    """Raise when MODEL.WEIGHTS cannot feed the stage ``cfg`` describes, before any data is read
+    or training starts: FileNotFoundError for a missing file, ValueError naming the file, each
+    tensor and both shapes when
 
-    - the file is missing;
-    - a relation-head tensor or ``triplet_counts`` has another shape than the model's (another
-      rank, dataset or head width), in any stage;
-    - outside the detector stage (the relation stages and evaluation, where the detector is
-      frozen): any other tensor of another shape, or model tensors absent from the checkpoint
-      (e.g. ImageNet weights given to stage 2).
+    - a tensor the stage keeps frozen (or, with ``eval_only``, any tensor) has another shape
+      than the model's: another CP rank, dataset (class / predicate counts) or head width. fvcore
+      would skip it with a warning and leave random weights that this stage never trains;
+    - a tensor the stage fine-tunes (MODEL.VRD.TRAIN_ON_PROPOSALS: stage 4) has another shape;
+    - tensors the stage keeps frozen are absent (e.g. ImageNet weights given to stage 2).
 
-    In the detector stage, detector tensors of another shape are re-initialised (fine-tuning from
-    another dataset's detector), which is logged. "" (no weights), URLs and ``.pkl`` files
-    (detectron2's model zoo; not unpickled here) are not checked.
-
-    Args:
-        expected: ``{key: shape}`` of the model (default: :func:`expected_state_shapes`).
+    Tensors a stage trains from scratch (stage 2's CP and spatial branches, stage 3's selection
+    head, the detector stage: everything) are re-initialised when their shape differs, which is
+    logged: stage 2 of every rank starts from the one stage-1 detector. "" (no weights), URLs and
+    ``.pkl`` files (detectron2's model zoo; not unpickled here) are not checked.
     """
     path = cfg.MODEL.WEIGHTS
     if not path or "://" in path:
         return
-    stage = cfg.MODEL.VRD.TRAIN_STAGE
-    where = f"MODEL.WEIGHTS {path} (input of TRAIN_STAGE {stage!r}, OUTPUT_DIR {cfg.OUTPUT_DIR})"
+    stage = "evaluation" if eval_only else cfg.MODEL.VRD.TRAIN_STAGE
+    where = f"MODEL.WEIGHTS {path} (input of {stage!r}, OUTPUT_DIR {cfg.OUTPUT_DIR})"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{where}: file not found; train the stage that writes it first")
     if path.endswith(".pkl"):
         logger.info(f"{where}: a pickle file, not unpickled here; shapes not checked")
         return
     found = read_checkpoint_shapes(path)
-    expected = expected if expected is not None else expected_state_shapes(cfg)
+    expected, trained = expected_state_shapes(cfg)
+    if eval_only or cfg.MODEL.VRD.TRAIN_ON_PROPOSALS:
+        trained = set()
+    elif stage == "detector":
+        trained = set(expected)
     bad, reinit = [], []
     for k, shape in expected.items():
         if k in found and found[k] != shape:
-            (bad if stage != "detector" or k.startswith(RELATION_HEAD_PREFIXES) else reinit).append(
-                f"{k}: checkpoint {found[k]}, model {shape}")
+            (reinit if k in trained else bad).append(f"{k}: checkpoint {found[k]}, model {shape}")
     if bad:
         raise ValueError(f"{where}: {len(bad)} tensor(s) do not match the model ({_describe(cfg)}), was it "
                          f"trained with another rank, dataset or head width?\n  " + "\n  ".join(bad))
     if reinit:
-        logger.warning(f"{where}: {len(reinit)} detector tensor(s) of another shape are re-initialised:\n  "
-                       + "\n  ".join(reinit))
-    missing = [k for k in expected if k not in found]
-    if stage != "detector" and missing:
+        logger.warning(f"{where}: {len(reinit)} tensor(s) of another shape, which this stage trains, are "
+                       f"re-initialised ({_describe(cfg)}):\n  " + "\n  ".join(reinit))
+    missing = [k for k in expected if k not in found and k not in trained]
+    if missing:
         raise ValueError(f"{where}: {len(missing)} model tensor(s) absent from the checkpoint, which the "
                          f"{stage!r} stage would keep at their random initial values (is it the output of "
                          f"the previous stage?), e.g. {missing[:5]}")
