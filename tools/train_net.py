@@ -20,10 +20,11 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
 from vrd_d2.config import add_vrd_config
-from vrd_d2.engine import Trainer, launch_cpu
+from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
 
 
 def setup(args):
@@ -33,12 +34,14 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vrd_d2")  # schedule, checks, datasets
     return cfg
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
