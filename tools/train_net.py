@@ -23,11 +23,12 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
 from vrd_d2.checkpoint import VRDCheckpointer
 from vrd_d2.config import add_vrd_config
-from vrd_d2.engine import Trainer, launch_cpu
+from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
 
 
 def setup(args):
@@ -37,6 +38,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vrd_d2")  # schedule, checks, datasets
     return cfg
 
 
@@ -46,6 +48,7 @@ def main(args):
         args = get_parser().parse_args(list(args))
     cfg = setup(args)
     if args.eval_only:
+        check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)
         VRDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, trust_pickle=getattr(args, "trust_pickle", False),
                         require_relation_head=True).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -123,6 +123,16 @@ def add_vrd_config(cfg):
     # SGB's zeroshot_triplet.pytorch: its triplets are the zero-shot rows of zR@K under "sgb"
     # ("": triplets with training count 0)
     _C.MODEL.VRD.TEST.SGB_ZEROSHOT_TRIPLETS = ""
+
+    # ------------------------------------------------------------------ schedule in epochs
+    # > 0: the stage trains this many epochs over the images it trains on (the relation stages:
+    # images with relations; the detector: images with annotations) and SOLVER.MAX_ITER is
+    # ceil(EPOCHS * images / SOLVER.IMS_PER_BATCH) (vrd_d2.engine.resolve_schedule, logged);
+    # 0: SOLVER.MAX_ITER and SOLVER.STEPS as written
+    _C.SOLVER.EPOCHS = 0.0
+    # with EPOCHS > 0: the epochs after which the learning rate is multiplied by SOLVER.GAMMA
+    # (they replace SOLVER.STEPS)
+    _C.SOLVER.EPOCH_STEPS = ()
     return cfg
 
 

@@ -7,13 +7,15 @@ import weakref
 
 import torch
 import detectron2.engine.defaults as d2_defaults
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils import comm
 
 from ..checkpoint import VRDCheckpointer
-from ..data import ResumableTrainingSampler, VRDDatasetMapper, filter_images_without_relations, find_resumable_sampler
+from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler
+from .schedule import resolve_schedule, stage_training_dicts
+from .stage_inputs import check_stage_inputs
 
 __all__ = ["Trainer", "SGDWithTotalNormClip", "build_vrd_optimizer"]
 
@@ -79,7 +81,9 @@ d2_defaults.collect_env_info = collect_env_info  # used by default_setup
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the relation-aware mapper and evaluator. The relation stages train on
     the images that have relations (the others add nothing to loss_cp / loss_sel; their number
-    is logged).
+    is logged). Before anything is built, MODEL.WEIGHTS is checked against the model
+    (:func:`check_stage_inputs`) and SOLVER.EPOCHS, when set, becomes SOLVER.MAX_ITER / STEPS
+    (:func:`resolve_schedule`).
 
     Checkpoints are read by :class:`VRDCheckpointer` (no untrusted pickle; relation-head shape
     mismatches are errors) and hold, besides the weights and the LR scheduler (detectron2's
@@ -87,14 +91,16 @@ class Trainer(DefaultTrainer):
     it out) and the data sampler's seed. ``resume_or_load(resume=True)`` restores all three and
     continues the sampler's stream, so the batches, weights, momentum and learning rate of a
     resumed run follow an uninterrupted run (batches exactly when one aspect-ratio group holds
-    every image or DATALOADER.ASPECT_RATIO_GROUPING is off: images buffered in a group are lost). Random draws after the resume (augmentation,
-    null-pair sampling) come from the stream seeded by ``SEED``, not the interrupted one's.
+    every image or DATALOADER.ASPECT_RATIO_GROUPING is off: images buffered in a group are lost).
+    Random draws after the resume (augmentation, null-pair sampling) come from the stream seeded by
+    ``SEED``, not the interrupted one's.
     """
 
     def __init__(self, cfg, *, trust_pickle: bool = False):
         """``trust_pickle``: let MODEL.WEIGHTS be a pickle (.pkl), see VRDCheckpointer."""
         self.trust_pickle = trust_pickle
-        super().__init__(cfg)
+        check_stage_inputs(cfg)
+        super().__init__(resolve_schedule(cfg))
 
     def build_hooks(self):
         # detectron2 0.6 builds its DetectionCheckpointer inline in __init__; swap ours in before
@@ -135,12 +141,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = VRDDatasetMapper(cfg, True)
-        if cfg.MODEL.VRD.TRAIN_STAGE == "detector":
-            dicts = get_detection_dataset_dicts(
-                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
-        else:
-            dicts = filter_images_without_relations(get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False))
+        dicts = stage_training_dicts(cfg)
         # other samplers (RepeatFactorTrainingSampler) are detectron2's, without the resumable stream
         sampler = ResumableTrainingSampler(len(dicts)) if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler" else None
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts, sampler=sampler)

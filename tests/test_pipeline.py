@@ -1,0 +1,217 @@
+"""The pipeline library: the pre-flight check of a stage's input checkpoint, schedules in epochs,
+and tools/reproduce.py's plan (stage order, weights chaining, one chain per rank), resumability and
+missing-files message."""
+import io
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+
+from vrd_d2.engine import Trainer, check_stage_inputs, resolve_schedule, stage_training_dicts
+from vrd_d2.engine.pipeline import missing_dataset_files, plan_steps, reproduce
+
+from conftest import REPO, tiny_config
+from tools_loader import load_tool
+
+SMALL = ["MODEL.VRD.USE_PRIOR", "False", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+
+
+def _save(cfg, path):
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict(), "iteration": 3}, path)
+    return str(path)
+
+
+def _shapes_cfg(stage_file, *opts):
+    return tiny_config(f"Shapes/{stage_file}", *SMALL, *opts)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    cfg = _shapes_cfg("stage3_selection.yaml", "MODEL.WEIGHTS", str(tmp_path / "nope" / "model_final.pth"))
+    with pytest.raises(FileNotFoundError, match=r"nope/model_final.pth.*'selection'.*not found"):
+        check_stage_inputs(cfg)
+    with pytest.raises(FileNotFoundError, match="nope/model_final.pth"):
+        Trainer(cfg)  # before any data or model is built
+
+
+def test_checkpoint_of_another_rank_is_an_error_naming_tensor_and_shapes(tmp_path):
+    ckpt = _save(_shapes_cfg("stage2_triplet.yaml", "MODEL.VRD.RANK", "5"), tmp_path / "rank5.pth")
+    # stage 3 trains only the selection head: the rank-5 CP layers would stay random in a rank-1 model
+    cfg = _shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt)
+    with pytest.raises(ValueError) as e:
+        check_stage_inputs(cfg)
+    msg = str(e.value)
+    # Shapes: 6 classes, 10 predicates, 256-d FCs: rank 5 -> 30 / 50 outputs, rank 1 -> 6 / 10
+    assert "rank5.pth" in msg and "MODEL.VRD.RANK 1" in msg
+    assert "roi_heads.subject_branch.4.weight: checkpoint (30, 256), model (6, 256)" in msg
+    assert "roi_heads.predicate_branch.4.weight: checkpoint (50, 256), model (10, 256)" in msg
+    with pytest.raises(ValueError, match="predicate_branch"):  # evaluation too
+        check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt),
+                           eval_only=True)
+    # stage 4 fine-tunes the triplet net: it must start from the same rank
+    with pytest.raises(ValueError, match="subject_branch"):
+        check_stage_inputs(_shapes_cfg("stage2_triplet_proposals.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt))
+    # stage 2 trains the CP branches from scratch: any rank starts from the one detector (logged)
+    check_stage_inputs(_shapes_cfg("stage2_triplet.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt))
+
+
+def test_checkpoint_of_another_dataset_is_an_error(tmp_path):
+    ckpt = _save(_shapes_cfg("stage2_triplet.yaml"), tmp_path / "shapes.pth")
+    cfg = _shapes_cfg("stage2_triplet.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "9", "MODEL.VRD.NUM_PREDICATES", "4",
+                      "MODEL.WEIGHTS", ckpt)
+    with pytest.raises(ValueError) as e:
+        check_stage_inputs(cfg)
+    msg = str(e.value)
+    assert "roi_heads.box_predictor.cls_score.weight: checkpoint (7, 256), model (10, 256)" in msg  # frozen detector
+    assert "roi_heads.triplet_counts: checkpoint (6, 10, 6), model (9, 4, 9)" in msg
+    check_stage_inputs(_shapes_cfg("stage1_detector.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "9", "MODEL.WEIGHTS", ckpt))
+
+
+def test_imagenet_weights_cannot_feed_a_relation_stage(tmp_path):
+    full = build_model(_shapes_cfg("stage1_detector.yaml")).state_dict()
+    path = tmp_path / "imagenet.pth"
+    torch.save({"model": {k: v for k, v in full.items() if k.startswith("backbone.")}}, path)
+    check_stage_inputs(_shapes_cfg("stage1_detector.yaml", "MODEL.WEIGHTS", str(path)))
+    with pytest.raises(ValueError, match=r"absent from the checkpoint.*proposal_generator.rpn_head"):
+        check_stage_inputs(_shapes_cfg("stage2_triplet.yaml", "MODEL.WEIGHTS", str(path)))
+
+
+class _NotAWeight:
+    pass
+
+
+def test_checkpoint_is_read_without_unpickling_objects(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": _NotAWeight()}, path)
+    with pytest.raises(ValueError, match=r"evil.pth: not a checkpoint readable with torch.load\(weights_only=True\)"):
+        check_stage_inputs(_shapes_cfg("stage2_triplet.yaml", "MODEL.WEIGHTS", str(path)))
+
+
+def test_schedule_from_epochs():
+    cfg = tiny_config("VRD/stage2_triplet.yaml", "SOLVER.EPOCH_STEPS", "(3.5,)")
+    out = resolve_schedule(cfg, num_images=3780)
+    assert out.SOLVER.MAX_ITER == math.ceil(7 * 3780 / 8) == 3308 and out.SOLVER.STEPS == (round(3.5 * 3780 / 8),)
+    assert cfg.SOLVER.MAX_ITER == 80000  # the input config is not modified
+    assert resolve_schedule(tiny_config("Shapes/stage2_triplet.yaml")).SOLVER.MAX_ITER == 1500  # EPOCHS 0
+    with pytest.raises(ValueError, match=r"SOLVER.EPOCH_STEPS entry must be in \[0.0, 7.0\], found 9.0"):
+        resolve_schedule(tiny_config("VRD/stage2_triplet.yaml", "SOLVER.EPOCH_STEPS", "(9.0,)"), num_images=10)
+
+
+def test_paper_schedule_on_the_real_vrd_annotations(shared_vrd):
+    """7 epochs of the VRD training images with relations (3,780 in the release) at 8 per batch."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from vrd_d2.data.datasets import register_vrd_split
+
+    raw = json.loads((shared_vrd / "annotations_train.json").read_text())
+    assert sum(1 for rels in raw.values() if rels) == 3780
+    # trained on: a relation between two distinct boxes (two images relate a box to itself only)
+    with_rel = sum(1 for rels in raw.values()
+                   if len({(r[x]["category"], tuple(r[x]["bbox"])) for r in rels for x in ("subject", "object")}) >= 2)
+    name = "vrd_train_pipeline_test"
+    register_vrd_split(name, str(shared_vrd), "train")
+    try:
+        cfg = tiny_config("VRD/stage2_triplet.yaml", "DATASETS.TRAIN", f"('{name}',)")
+        assert len(stage_training_dicts(cfg)) == with_rel == 3778
+        assert resolve_schedule(cfg).SOLVER.MAX_ITER == math.ceil(7 * with_rel / 8)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_plan_chains_weights_and_one_chain_per_rank(tmp_path):
+    out = str(tmp_path / "out")
+    steps = plan_steps("vrd", proposals=True, ablation=True, repo=str(REPO), output_root=out)
+    names = [s.name for s in steps]
+    assert names[:5] == ["stage1_detector", "stage2_triplet", "stage3_selection", "stage2_triplet_proposals",
+                         "stage4_selection"]
+    assert names[5:8] == ["eval_sgdet", "eval_phrase_cls", "eval_predcls"]
+    by = {s.name: s for s in steps}
+    final = lambda n: os.path.join(by[n].output_dir, "model_final.pth")  # noqa: E731
+    for prev, cur in zip(names[:4], names[1:5]):
+        assert by[cur].weights == final(prev) and by[cur].output_dir.startswith(out)
+    for m in ("sgdet", "phrase_cls", "predcls"):
+        assert by[f"eval_{m}"].eval_only and by[f"eval_{m}"].weights == final("stage4_selection")
+    outputs = set()
+    for r in range(1, 6):
+        s2, s3, ev = by[f"ablations/rank{r}"], by[f"ablations/rank{r}_selection"], by[f"ablations/rank{r}_eval"]
+        assert s2.weights == final("stage1_detector") and s3.weights == final(f"ablations/rank{r}")
+        assert ev.weights == final(f"ablations/rank{r}_selection") and ev.eval_only
+        outputs |= {s2.output_dir, s3.output_dir}
+    assert len(outputs) == 10  # each rank its own stage 2 and stage 3
+    assert by["ablations/rank5"].output_dir == by["stage2_triplet"].output_dir  # rank 5 is the main model
+    assert [by[n].label for n in ("ablations/no_prior", "ablations/full")] == ["rank 5 + X_sel",
+                                                                             "rank 5 + X_sel + prior"]
+    with pytest.raises(ValueError, match="ablation"):
+        plan_steps("vg200", ablation=True, repo=str(REPO))
+
+
+def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
+    load_tool("reproduce").main(["--dataset", "vg150", "--ablation", "--dry-run", "--num-gpus", "2",
+                                 "--output-root", str(tmp_path / "o")])
+    lines = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
+    configs = [l.split("--config-file ")[1].split()[0] for l in lines]
+    assert configs[:6] == ["configs/VG150/stage1_detector.yaml", "configs/VG150/stage2_triplet.yaml",
+                           "configs/VG150/stage3_selection.yaml", "configs/VG150/eval_sgdet.yaml",
+                           "configs/VG150/eval_phrase_cls.yaml", "configs/VG150/eval_predcls.yaml"]
+    assert configs[6:9] == [f"configs/VG150/ablations/rank1{s}.yaml" for s in ("", "_selection", "_eval")]
+    assert all("--num-gpus 2" in l for l in lines) and len(lines) == 6 + 15 + 3
+    assert f"MODEL.WEIGHTS {tmp_path}/o/VG150/stage1_detector/model_final.pth" in lines[1]
+
+
+def _fake_dataset(root):
+    for p in missing_dataset_files("vrd", str(root)):
+        os.makedirs(p, exist_ok=True) if p.endswith("/") else (os.makedirs(os.path.dirname(p), exist_ok=True),
+                                                               open(p, "w").close())
+
+
+def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
+    out = str(tmp_path / "out")
+    _fake_dataset(tmp_path / "data")
+    for s in ("stage1_detector", "stage2_triplet"):  # finished earlier
+        os.makedirs(os.path.join(out, "VRD", s))
+        open(os.path.join(out, "VRD", s, "model_final.pth"), "w").close()
+    ran = []
+
+    def run(argv):  # stands for tools/train_net.py: writes what a finished step leaves
+        ran.append(argv)
+        d = argv[argv.index("OUTPUT_DIR") + 1]
+        os.makedirs(d, exist_ok=True)
+        if "--eval-only" in argv:
+            os.makedirs(os.path.join(d, "inference", "vrd_test"))
+            with open(os.path.join(d, "inference", "vrd_test", "vrd_evaluation.json"), "w") as f:
+                json.dump({"results": {"relationship": {"R@50_k1": 12.5, "R@100_kfree": 30.25}}}, f)
+        else:
+            open(os.path.join(d, "model_final.pth"), "w").close()
+
+    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO())
+    reproduce("vrd", **kw)
+    assert [a[a.index("--config-file") + 1] for a in ran] == [
+        "configs/VRD/stage3_selection.yaml", "configs/VRD/eval_sgdet.yaml", "configs/VRD/eval_phrase_cls.yaml",
+        "configs/VRD/eval_predcls.yaml"]
+    assert "--resume" in ran[0] and "--eval-only" in ran[1]
+    table = open(os.path.join(out, "VRD", "table.md")).read()
+    assert "Table 1 (VRD)" in table and "| predicate classification | relationship | 12.50 | – | – | 30.25 |" in table
+    assert set(json.load(open(os.path.join(out, "VRD", "table.json")))["results"]) == {"sgdet", "phrase_cls",
+                                                                                      "predcls"}
+    ran.clear()
+    reproduce("vrd", **kw)  # everything finished: nothing runs
+    assert ran == []
+
+
+def test_reproduce_lists_every_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d"))
+    with pytest.raises(SystemExit) as e:
+        load_tool("reproduce").main(["--dataset", "vg150", "--output-root", str(tmp_path / "o")])
+    msg = str(e.value)
+    d = tmp_path / "d" / "vg"
+    for p in (d / "VG-SGG-with-attri.h5", d / "VG-SGG-dicts-with-attri.json", d / "image_data.json", d / "VG_100K"):
+        assert str(p) in msg
+    imagenet = REPO / "pretrained" / "vgg16_torchvision_d2.pth"
+    assert (str(imagenet) in msg) == (not imagenet.is_file())
+    assert f"{4 + (not imagenet.is_file())} missing file(s)" in msg

@@ -1,0 +1,256 @@
+"""The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 (-> 4) -> evaluation in
+sgdet, phrase_cls and predcls; the Table 4 ablation with one stage 2 -> 3 chain per CP rank), the
+``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
+they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it."""
+import json
+import math
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["Step", "DATASETS", "EVAL_MODES", "plan_steps", "step_command", "is_finished", "missing_dataset_files",
+           "collect_results", "format_table", "TABLE_TITLES", "format_command", "evaluation_file", "write_tables",
+           "eval_dataset_of", "reproduce"]
+
+DATASETS = {"vrd": "VRD", "vg150": "VG150", "vg200": "VG200"}
+ABLATION_DATASETS = ("vrd", "vg150")
+EVAL_MODES = ("sgdet", "phrase_cls", "predcls")
+RANKS = (1, 2, 3, 4, 5)
+TABLE_TITLES = {"vrd": "Table 1 (VRD)", "vg200": "Table 2 (VG200)", "vg150": "Table 3 (VG150)"}
+# Table 4 rows after the rank rows: (config under ablations/, row label); no_selection is an extra row
+ABLATION_ROWS = (("no_prior", "rank 5 + X_sel"), ("full", "rank 5 + X_sel + prior"),
+                 ("no_selection", "rank 5 + prior (no X_sel; not in the paper)"))
+DEFAULT_OUTPUT_ROOT = "output"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``tools/train_net.py`` run.
+
+    ``config`` is relative to the repository; ``output_dir`` and ``weights`` are what the run
+    will use (after ``opts``); ``label`` names the row of the table for evaluation steps."""
+
+    name: str
+    config: str
+    eval_only: bool
+    output_dir: str
+    weights: str
+    opts: Tuple[str, ...] = ()
+    label: str = ""
+
+
+def _load(repo: str, config: str, opts: Sequence[str]):
+    from detectron2.config import get_cfg
+
+    from ..config import add_vrd_config
+
+    cfg = get_cfg()
+    add_vrd_config(cfg)
+    cfg.merge_from_file(os.path.join(repo, config))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _relocate(path: str, output_root: str) -> str:
+    """``output/X`` -> ``<output_root>/X`` (other paths unchanged)."""
+    head = DEFAULT_OUTPUT_ROOT + "/"
+    if output_root == DEFAULT_OUTPUT_ROOT or not path.startswith(head):
+        return path
+    return os.path.join(output_root, path[len(head):])
+
+
+def _step(repo, name, config, eval_only, output_root, label="", weights=None, output_dir=None) -> Step:
+    cfg = _load(repo, config, ())
+    weights = weights if weights is not None else _relocate(cfg.MODEL.WEIGHTS, output_root)
+    output_dir = output_dir if output_dir is not None else _relocate(cfg.OUTPUT_DIR, output_root)
+    opts = []
+    if weights != cfg.MODEL.WEIGHTS:
+        opts += ["MODEL.WEIGHTS", weights]
+    if output_dir != cfg.OUTPUT_DIR:
+        opts += ["OUTPUT_DIR", output_dir]
+    return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
+
+
+def plan_steps(dataset: str, *, proposals: bool = False, ablation: bool = False, repo: str = ".",
+               output_root: str = DEFAULT_OUTPUT_ROOT) -> List[Step]:
+    """The steps of ``dataset`` ("vrd" | "vg150" | "vg200") in order, each reading the previous
+    one's ``model_final.pth`` (the configs' MODEL.WEIGHTS, moved under ``output_root``).
+
+    ``proposals``: stage 4 (triplet net on RPN proposals), then stage 3 again on its output
+    (the selection head reads the retrained spatial branch), and evaluation of that model.
+    ``ablation``: the Table 4 rows (VRD and VG150), each rank with its own stage 2 -> 3 chain.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, found {dataset!r}")
+    if ablation and dataset not in ABLATION_DATASETS:
+        raise ValueError(f"the Table 4 ablation exists for {ABLATION_DATASETS} (the paper's), not {dataset!r}")
+    d = f"configs/{DATASETS[dataset]}"
+    steps = [_step(repo, s, f"{d}/{s}.yaml", False, output_root)
+             for s in ("stage1_detector", "stage2_triplet", "stage3_selection")]
+    final = steps[-1]
+    if proposals:
+        steps += [_step(repo, s, f"{d}/{s}.yaml", False, output_root)
+                  for s in ("stage2_triplet_proposals", "stage4_selection")]
+        final = steps[-1]
+    for mode in EVAL_MODES:
+        if proposals:
+            steps.append(_step(repo, f"eval_{mode}", f"{d}/eval_{mode}.yaml", True, output_root, label=mode,
+                               weights=os.path.join(final.output_dir, "model_final.pth"),
+                               output_dir=os.path.join(output_root, DATASETS[dataset], f"eval_{mode}_proposals")))
+        else:
+            steps.append(_step(repo, f"eval_{mode}", f"{d}/eval_{mode}.yaml", True, output_root, label=mode))
+    if ablation:
+        a = f"{d}/ablations"
+        for r in RANKS:
+            steps += [_step(repo, f"ablations/rank{r}", f"{a}/rank{r}.yaml", False, output_root),
+                      _step(repo, f"ablations/rank{r}_selection", f"{a}/rank{r}_selection.yaml", False, output_root),
+                      _step(repo, f"ablations/rank{r}_eval", f"{a}/rank{r}_eval.yaml", True, output_root,
+                            label=f"rank {r}")]
+        steps += [_step(repo, f"ablations/{n}", f"{a}/{n}.yaml", True, output_root, label=label)
+                  for n, label in ABLATION_ROWS]
+    return steps
+
+
+def step_command(step: Step, *, num_gpus: int = 1, python: str = sys.executable,
+                 extra_opts: Sequence[str] = ()) -> List[str]:
+    """``tools/train_net.py`` argv of ``step``: training with ``--resume`` (continues an
+    interrupted stage from its last checkpoint, else starts from MODEL.WEIGHTS), evaluation
+    with ``--eval-only``."""
+    return [python, "tools/train_net.py", "--config-file", step.config, "--num-gpus", str(num_gpus),
+            "--eval-only" if step.eval_only else "--resume", *step.opts, *extra_opts]
+
+
+def format_command(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def evaluation_file(step: Step, test_dataset: str) -> str:
+    return os.path.join(step.output_dir, "inference", test_dataset, "vrd_evaluation.json")
+
+
+def is_finished(step: Step, test_dataset: str, repo: str = ".") -> bool:
+    """A training step is finished when its ``model_final.pth`` exists, an evaluation step when
+    its ``vrd_evaluation.json`` exists (relative paths: under ``repo``)."""
+    if step.eval_only:
+        return os.path.isfile(os.path.join(repo, evaluation_file(step, test_dataset)))
+    return os.path.isfile(os.path.join(repo, step.output_dir, "model_final.pth"))
+
+
+def missing_dataset_files(dataset: str, datasets_root: str) -> List[str]:
+    """Every file or folder the builtin registration of ``dataset`` reads, that is absent."""
+    if dataset == "vrd":
+        root = os.path.join(datasets_root, "vrd")
+        need = ["annotations_train.json", "annotations_test.json", "objects.json", "predicates.json",
+                "sg_train_images/", "sg_test_images/"]
+    elif dataset == "vg150":
+        root = os.path.join(datasets_root, "vg")
+        need = ["VG-SGG-dicts-with-attri.json", "image_data.json", "VG_100K/"]
+        if not os.path.isfile(os.path.join(root, "VG-SGG.h5")):
+            need.insert(0, "VG-SGG-with-attri.h5")
+    elif dataset == "vg200":
+        root = os.path.join(datasets_root, "vg200")
+        need = ["vg1_2_meta.h5", "images/"]
+    else:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, found {dataset!r}")
+    out = []
+    for n in need:
+        p = os.path.join(root, n)
+        if not (os.path.isdir(p) if n.endswith("/") else os.path.isfile(p)):
+            out.append(p)
+    return out
+
+
+def collect_results(steps: Sequence[Step], test_dataset: str, repo: str = ".") -> Dict[str, dict]:
+    """``{label: results}`` of the finished evaluation steps (``vrd_evaluation.json``)."""
+    out = {}
+    for s in steps:
+        f = os.path.join(repo, evaluation_file(s, test_dataset))
+        if s.eval_only and os.path.isfile(f):
+            with open(f) as fh:
+                out[s.label] = json.load(fh)["results"]
+    return out
+
+
+_MODE_NAMES = {"sgdet": "detected boxes", "phrase_cls": "phrase classification", "predcls": "predicate classification"}
+
+
+def format_table(title: str, results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@100"),
+                 ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k"))) -> str:
+    """A markdown table: one row per (evaluation, task), columns ``metric`` at each k."""
+    header = ["evaluation", "task"] + [f"{m} {kl}" for _, kl in ks for m in metrics]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, res in results.items():
+        for task, vals in res.items():
+            cells = []
+            for k, _ in ks:
+                for m in metrics:
+                    v = vals.get(f"{m}_{k}")
+                    cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}")
+            lines.append(f"| {_MODE_NAMES.get(label, label)} | {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(path_stem: str, title: str, results: Dict[str, dict]) -> Tuple[str, str]:
+    """Write ``<stem>.md`` and ``<stem>.json``; returns both paths."""
+    os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
+    md, js = path_stem + ".md", path_stem + ".json"
+    with open(md, "w") as f:
+        f.write(format_table(title, results))
+    with open(js, "w") as f:
+        json.dump({"title": title, "results": results}, f, indent=2)
+    return md, js
+
+
+def eval_dataset_of(step: Step, repo: str = ".") -> Optional[str]:
+    cfg = _load(repo, step.config, step.opts)
+    return cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+
+
+def reproduce(dataset: str, *, proposals: bool = False, ablation: bool = False, num_gpus: int = 1,
+              output_root: str = DEFAULT_OUTPUT_ROOT, dry_run: bool = False, opts: Sequence[str] = (),
+              repo: str = ".", datasets_root: str = "datasets", run=None, out=sys.stdout) -> List[List[str]]:
+    """Run (or with ``dry_run`` print) the steps of :func:`plan_steps` that are not finished,
+    each through ``run(argv)`` with the working directory ``repo``, then write the tables under
+    ``<output_root>/<DATASET>/``. Returns the commands run (printed, for a dry run).
+
+    Missing dataset files (and the ImageNet VGG16 weights, while stage 1 is not finished) raise one
+    FileNotFoundError listing every missing path, before anything runs."""
+    from ..utils.checks import check_int
+
+    check_int(num_gpus, "--num-gpus", low=1, where="tools/reproduce.py")
+    steps = plan_steps(dataset, proposals=proposals, ablation=ablation, repo=repo, output_root=output_root)
+    test_dataset = eval_dataset_of(steps[-1], repo)
+    commands = []
+    if not dry_run:
+        missing = missing_dataset_files(dataset, datasets_root)
+        first = steps[0]
+        weights = os.path.join(repo, first.weights)
+        if first.weights and "://" not in first.weights and not is_finished(first, test_dataset, repo) \
+                and not os.path.isfile(weights):
+            missing.append(f"{weights} (ImageNet VGG16: tools/convert_torchvision_vgg.py)")
+        if missing:
+            raise FileNotFoundError(f"tools/reproduce.py --dataset {dataset}: {len(missing)} missing file(s) "
+                                    f"(datasets under $DETECTRON2_DATASETS={datasets_root}):\n  " + "\n  ".join(missing))
+    for s in steps:
+        argv = step_command(s, num_gpus=num_gpus, extra_opts=opts)
+        if is_finished(s, test_dataset, repo):
+            print(f"# {s.name}: finished, skipped ({s.output_dir})", file=out)
+            continue
+        print(format_command(argv), file=out, flush=True)
+        commands.append(argv)
+        if not dry_run:
+            run(argv)
+    if not dry_run:
+        results = collect_results(steps, test_dataset, repo)
+        base = os.path.join(repo, output_root, DATASETS[dataset])
+        main = {k: v for k, v in results.items() if k in EVAL_MODES}
+        for path in write_tables(os.path.join(base, "table"), TABLE_TITLES[dataset], main):
+            print(f"wrote {path}", file=out)
+        if ablation:
+            rows = {k: v for k, v in results.items() if k not in EVAL_MODES}
+            for path in write_tables(os.path.join(base, "table4"), f"Table 4 ({DATASETS[dataset]}): phrase "
+                                     "classification", rows):
+                print(f"wrote {path}", file=out)
+    return commands
