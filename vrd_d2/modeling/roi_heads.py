@@ -88,6 +88,11 @@ class VRDROIHeads(StandardROIHeads):
     def train_stage(self) -> str:
         return self.relation_loss.train_stage
 
+    @property
+    def use_prior(self) -> bool:
+        """Whether test-time scores use psi_u (VRDCheckpointer refuses an empty prior then)."""
+        return self.relation_inference.use_prior
+
     # ------------------------------------------------------------------------------ prior, checkpoints
     def set_triplet_counts(self, counts) -> None:
         """Replace the counts (Tensor/ndarray [S, P, S]) and the prior psi_u built from them."""
