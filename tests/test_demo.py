@@ -13,6 +13,8 @@ from detectron2.modeling import build_model
 
 import vrd_d2  # noqa: F401
 from vrd_d2 import add_vrd_config
+from vrd_d2.demo import expand_inputs
+from vrd_d2.utils.given_boxes import GivenBoxes, check_boxes_fit, load_given_boxes
 
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -54,8 +56,9 @@ def test_demo_writes_json_and_png_and_reports_bad_images(tmp_path, weights):
                     "--k-per-pair", "1"])
     assert rc == 1  # two images failed
     written = sorted(os.listdir(out))
-    assert written == ["many.json", "many.png", "none.json", "none.png", "one.json", "one.png"]
-    graphs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("none", "one", "many")}
+    # output names keep the input's extension (#14): pic.png -> pic.png.json, .png, .graph.png
+    assert written == [f"{n}.png{s}" for n in ("many", "none", "one") for s in (".graph.png", ".json", ".png")]
+    graphs = {n: json.loads((out / f"{n}.png.json").read_text()) for n in ("none", "one", "many")}
     assert graphs["none"]["objects"] == [] and graphs["none"]["relations"] == []
     assert len(graphs["one"]["objects"]) == 1 and graphs["one"]["relations"] == []
     rels = graphs["many"]["relations"]
@@ -66,23 +69,22 @@ def test_demo_writes_json_and_png_and_reports_bad_images(tmp_path, weights):
     for r in rels:
         assert r["subject"] != r["object"] and 0 <= r["predicate_id"] < 10
     for n in ("none", "one", "many"):
-        png = cv2.imread(str(out / f"{n}.png"))
+        png = cv2.imread(str(out / f"{n}.png.png"))
         assert png is not None and png.shape[0] >= 90 and png.shape[1] > 120
 
 
 def test_demo_refuses_boxes_file_errors(tmp_path):
-    demo = load_tool("demo")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
-        demo.load_given_boxes(str(bad), ["a", "b"])
+        load_given_boxes(str(bad), ["a", "b"])
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"x.png": {"boxes": [[0, 0, 1, 1]], "labels": ["zebra"]}}))
     with pytest.raises(ValueError, match="zebra"):
-        demo.load_given_boxes(str(unknown), ["a", "b"])
+        load_given_boxes(str(unknown), ["a", "b"])
     with pytest.raises(ValueError, match="x.png: box 0"):
-        demo.check_boxes("x.png", (10, 10, 3), [[5, 5, 3, 8]], None, None, 2)
+        check_boxes_fit("x.png", (10, 10, 3), GivenBoxes(np.array([[5.0, 5, 3, 8]])), 2)
     with pytest.raises(ValueError, match="2 boxes but 1 labels"):
-        demo.check_boxes("x.png", (10, 10, 3), [[1, 1, 3, 8], [2, 2, 5, 5]], [0], None, 2)
+        check_boxes_fit("x.png", (10, 10, 3), GivenBoxes(np.array([[1.0, 1, 3, 8], [2, 2, 5, 5]]), np.array([0])), 2)
     with pytest.raises(FileNotFoundError, match="no image file matches"):
-        demo.expand_inputs([str(tmp_path / "*.jpg")])
+        expand_inputs([str(tmp_path / "*.jpg")])
