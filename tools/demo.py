@@ -21,6 +21,7 @@ Weights in a pickle (.pkl) file are refused unless --trust-pickle (unpickling ca
 """
 import argparse
 import logging
+import pickle
 import sys
 
 import tqdm
@@ -78,7 +79,7 @@ def main(argv=None):
         protected = list(paths) + [f for f in (args.boxes, args.config_file, cfg.MODEL.WEIGHTS) if f]
         output = OutputFolder(args.output, protected=protected, overwrite=args.overwrite)
         predictor = VRDPredictor(cfg, trust_pickle=args.trust_pickle)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, pickle.UnpicklingError) as e:
         parser.exit(2, f"demo: error: {e}\n")
     report = run_demo(predictor, paths, output, options, meta.thing_classes, meta.predicate_classes,
                       given=given, needs_boxes=needs_given_boxes(cfg),

@@ -1,6 +1,6 @@
 """Single-image inference for demos: Detectron2's DefaultPredictor plus given boxes, with weights
 loaded safely (no pickle unless trusted; a checkpoint without the relation head is an error)."""
-import logging
+import pickle
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,8 +13,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 __all__ = ["VRDPredictor", "load_weights", "given_instances", "select_relations"]
-
-logger = logging.getLogger(__name__)
 
 
 class VRDPredictor(DefaultPredictor):
@@ -97,7 +95,10 @@ def load_weights(model: torch.nn.Module, path: str, trust_pickle: bool = False):
         if path.endswith(".pkl") and not trust_pickle:
             raise ValueError(f"{path}: refusing to unpickle a .pkl file (it can run code); pass "
                              "--trust-pickle only for a file from a source you trust") from None
-        return DetectionCheckpointer(model).load(path)
+        try:
+            return DetectionCheckpointer(model).load(path)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{path}: not a plain weights file: {e}") from None
     return VRDCheckpointer(model, trust_pickle=trust_pickle, require_relation_head=True).load(path)
 
 
