@@ -347,3 +347,12 @@ def test_weights_without_the_relation_head_are_an_error(tmp_path, weights):
     torch.save(state, headless)
     with pytest.raises(ValueError, match="relation"):
         VRDPredictor(setup_demo_cfg(CONFIG, ["MODEL.DEVICE", "cpu"], str(headless)))
+
+
+def test_expand_inputs_skips_earlier_outputs_and_repeats(tmp_path):
+    for name in ("a.jpg", "a.jpg.png", "a.jpg.graph.png", "b.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = expand_inputs([str(tmp_path), str(tmp_path / "b.png"), str(tmp_path / "*.jpg")])
+    assert found == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    # named explicitly, an earlier output is an input like any other
+    assert expand_inputs([str(tmp_path / "a.jpg.png")]) == [str(tmp_path / "a.jpg.png")]
