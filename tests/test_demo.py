@@ -208,6 +208,9 @@ def test_output_folder_writes_all_files_or_none(tmp_path):
     assert os.listdir(tmp_path / "out") == []  # no a.jpg.json, no temporary part left
     assert folder.write("a.jpg", {".json": b"{}", ".png": b"png"}) == [
         str(tmp_path / "out" / "a.jpg.json"), str(tmp_path / "out" / "a.jpg.png")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "out" / "a.jpg.json").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("h,w,box", [(1, 1, [0, 0, 1, 1]), (6000, 6000, [100, 200, 3000, 5000]),
@@ -356,3 +359,18 @@ def test_expand_inputs_skips_earlier_outputs_and_repeats(tmp_path):
     assert found == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
     # named explicitly, an earlier output is an input like any other
     assert expand_inputs([str(tmp_path / "a.jpg.png")]) == [str(tmp_path / "a.jpg.png")]
+
+
+def test_graph_format_both_writes_the_graph_picture_and_the_dot_file(tmp_path, weights):
+    demo = load_tool("demo")
+    pic = write_image(tmp_path / "p.jpg")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"p.jpg": {"boxes": [[5, 5, 40, 40], [30, 20, 80, 70]], "labels": [0, 1]}}))
+    rc = demo.main(["--config-file", CONFIG, "--weights", weights, "--input", str(pic), "--output",
+                    str(tmp_path / "out"), "--boxes", str(boxes), "--graph-format", "both", "--top-n", "2",
+                    "MODEL.DEVICE", "cpu"])
+    assert rc == 0
+    assert sorted(os.listdir(tmp_path / "out")) == [f"p.jpg{s}" for s in (".dot", ".graph.png", ".json", ".png")]
+    dot = (tmp_path / "out" / "p.jpg.dot").read_text()
+    rels = json.loads((tmp_path / "out" / "p.jpg.json").read_text())["relations"]
+    assert dot.count(" -> ") == len(rels) == 2

@@ -2,7 +2,7 @@
 """
 Run a vrd_d2 model on images and write, per image <name> (e.g. pic.jpg), <name>.json (the scene
 graph), <name>.png (the drawing on the image) and <name>.graph.png (the scene graph as a graph;
---graph-format dot writes <name>.dot for Graphviz instead, "png dot" both, "none" neither).
+--graph-format dot writes <name>.dot for Graphviz instead, "both" both, "none" neither).
 
     python tools/demo.py --config-file configs/VRD/geometry_only.yaml --weights model_final.pth \
         --input path/to/images/ --output demo_out/ --boxes-from-dataset vrd_test --top-n 10
@@ -51,7 +51,7 @@ def get_parser():
     p.add_argument("--top-n", type=int, default=10, help="relations drawn and written per image (>= 1)")
     p.add_argument("--score-thresh", type=float, default=0.0, help="minimum relation score, in [0, 1]")
     p.add_argument("--k-per-pair", type=int, default=1, help="relations per box pair (0 = any)")
-    p.add_argument("--graph-format", nargs="+", default=["png"], choices=GRAPH_FORMATS,
+    p.add_argument("--graph-format", default="png", choices=sorted(GRAPH_FORMATS),
                    help="the scene graph as <image>.graph.png (png), <image>.dot (dot), both, or none")
     p.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return p
@@ -62,7 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         options = DemoOptions(top_n=args.top_n, score_thresh=args.score_thresh, k_per_pair=args.k_per_pair,
-                              graph_formats=args.graph_format, overwrite=args.overwrite)
+                              graph_formats=GRAPH_FORMATS[args.graph_format], overwrite=args.overwrite)
     except ValueError as e:
         parser.error(str(e))
     setup_logger(name="vrd_d2")

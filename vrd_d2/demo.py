@@ -29,7 +29,8 @@ __all__ = ["DemoOptions", "DemoReport", "setup_demo_cfg", "needs_given_boxes", "
            "render_outputs", "run_demo", "IMAGE_EXTS", "GRAPH_FORMATS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-GRAPH_FORMATS = ("png", "dot", "none")
+# --graph-format -> the graph files written: <name>.graph.png and/or <name>.dot
+GRAPH_FORMATS = {"png": ("png",), "dot": ("dot",), "both": ("png", "dot"), "none": ()}
 logger = logging.getLogger(__name__)
 
 
@@ -41,8 +42,8 @@ class DemoOptions:
         top_n: relations kept per image (>= 1), best first.
         score_thresh: minimum relation score, in [0, 1].
         k_per_pair: relations per box pair (>= 0; 0 = any number).
-        graph_formats: any of ``"png"`` (``<name>.graph.png``), ``"dot"`` (``<name>.dot``), or
-            ``("none",)`` for no graph file.
+        graph_formats: the graph files to write: ``"png"`` (``<name>.graph.png``) and/or
+            ``"dot"`` (``<name>.dot``); empty for none (see ``GRAPH_FORMATS``).
         overwrite: replace outputs of an earlier run (input files are never replaced).
     """
 
@@ -57,10 +58,8 @@ class DemoOptions:
         self.score_thresh = check_float(self.score_thresh, "--score-thresh", low=0.0, high=1.0, where="demo")
         self.k_per_pair = check_int(self.k_per_pair, "--k-per-pair", low=0, where="demo")
         self.graph_formats = tuple(self.graph_formats)
-        bad = [f for f in self.graph_formats if f not in GRAPH_FORMATS]
-        if bad or not self.graph_formats or ("none" in self.graph_formats and len(self.graph_formats) > 1):
-            raise ValueError(f"demo: --graph-format must be one or both of png, dot, or none alone; "
-                             f"found {list(self.graph_formats)}")
+        if not set(self.graph_formats) <= {"png", "dot"}:
+            raise ValueError(f"demo: graph_formats must hold only 'png' and 'dot', found {self.graph_formats}")
 
 
 @dataclass

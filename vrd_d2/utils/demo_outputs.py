@@ -68,6 +68,7 @@ class OutputFolder:
                 staged.append((tmp, targets[suffix]))
                 with os.fdopen(fd, "wb") as f:
                     f.write(content)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
             for tmp, path in staged:
                 os.replace(tmp, path)
                 done.append(path)
@@ -91,6 +92,12 @@ class OutputFolder:
                                   "(two inputs with the same file name); run them into separate folders")
         if os.path.lexists(path) and not self.overwrite:
             raise FileExistsError(f"{input_path}: output {path} exists; pass --overwrite to replace it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _inode(path: str) -> Tuple[int, int]:

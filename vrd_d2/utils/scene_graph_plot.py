@@ -21,6 +21,7 @@ from .visualizer import MAX_SIDE, MIN_SIDE, relation_colour, text_size
 __all__ = ["GraphLayout", "layout_scene_graph", "plot_scene_graph", "scene_graph_dot"]
 
 FONT_SIZE = 11.0  # points; the layout unit is the point, so text sizes and positions agree
+REPULSION_RANGE, GRAVITY = 2.0, 0.1  # in units of the ideal edge length: keeps a graph compact
 PIXELS_PER_POINT = 1.5  # the drawing's resolution when that fits in [min_side, max_side]
 
 
@@ -184,12 +185,13 @@ def _force_directed(pos: np.ndarray, springs: np.ndarray, ideal: float, iteratio
     for step in range(iterations):
         delta = pos[:, None, :] - pos[None, :, :]
         dist = np.maximum(np.linalg.norm(delta, axis=2), 1e-3 * ideal)
-        force = (delta * (ideal**2 / dist**2)[:, :, None]).sum(axis=1)
+        repel = np.where(dist < REPULSION_RANGE * ideal, ideal**2 / dist**2, 0.0)
+        force = (delta * repel[:, :, None]).sum(axis=1)
         d = pos[springs[:, 0]] - pos[springs[:, 1]]
         pull = d * (np.linalg.norm(d, axis=1, keepdims=True) / ideal)
         np.add.at(force, springs[:, 0], -pull)
         np.add.at(force, springs[:, 1], pull)
-        force -= 0.05 * (pos - pos.mean(axis=0)) * len(pos) / max(len(springs), 1)
+        force -= GRAVITY * (pos - pos.mean(axis=0))
         length = np.maximum(np.linalg.norm(force, axis=1, keepdims=True), 1e-12)
         pos += force / length * np.minimum(length, temperature * (1 - step / iterations) + 1e-3 * ideal)
     return pos - pos.mean(axis=0)
