@@ -111,7 +111,7 @@ def run(predictor, paths, out, given, protected=(), overwrite=False, **options):
 
     meta = MetadataCatalog.get("shapes_test")
     folder = OutputFolder(str(out), protected=list(map(str, paths)) + list(protected), overwrite=overwrite)
-    return run_demo(predictor, [str(p) for p in paths], folder, DemoOptions(overwrite=overwrite, **options),
+    return run_demo(predictor, [str(p) for p in paths], folder, DemoOptions(**options),
                     meta.thing_classes, meta.predicate_classes, given=given, needs_boxes=True)
 
 

@@ -62,7 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         options = DemoOptions(top_n=args.top_n, score_thresh=args.score_thresh, k_per_pair=args.k_per_pair,
-                              graph_formats=GRAPH_FORMATS[args.graph_format], overwrite=args.overwrite)
+                              graph_formats=GRAPH_FORMATS[args.graph_format])
     except ValueError as e:
         parser.error(str(e))
     setup_logger(name="vrd_d2")

@@ -44,14 +44,14 @@ class DemoOptions:
         k_per_pair: relations per box pair (>= 0; 0 = any number).
         graph_formats: the graph files to write: ``"png"`` (``<name>.graph.png``) and/or
             ``"dot"`` (``<name>.dot``); empty for none (see ``GRAPH_FORMATS``).
-        overwrite: replace outputs of an earlier run (input files are never replaced).
+
+    Whether earlier outputs may be replaced is the output folder's rule (:class:`OutputFolder`).
     """
 
     top_n: int = 10
     score_thresh: float = 0.0
     k_per_pair: int = 1
     graph_formats: Tuple[str, ...] = ("png",)
-    overwrite: bool = False
 
     def __post_init__(self):
         self.top_n = check_int(self.top_n, "--top-n", low=1, where="demo")

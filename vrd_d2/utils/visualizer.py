@@ -127,8 +127,8 @@ class RelationVisualizer:
         title = "relations (subject predicate object, score)"
         text_px = 0.85 * font_px
         longest = max(text_size(t, text_px)[0] for t in lines + [title])
-        panel_w = int(min(longest + 2 * font_px, panel_max))
-        lines = [_fit(t, panel_w - 2 * font_px, text_px) for t in lines]
+        panel_w = int(np.ceil(min(longest + 2 * font_px, panel_max)))
+        title, *lines = [_fit(t, panel_w - 2 * font_px, text_px) for t in [title] + lines]
         canvas_h = min(max(dh, int((len(lines) + 2.4) * line_px)), self.max_side)
         canvas = np.full((canvas_h, dw + panel_w, 3), 255, dtype=np.uint8)
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -144,7 +144,7 @@ class RelationVisualizer:
             vis.draw_text("{}:{}".format(obj["id"], obj["label"]), (x0 + 2, y0 + 2),
                           font_size=0.8 * font_px * pt, color=colour, horizontal_alignment="left")
         ax = vis.output.ax
-        vis.draw_text(title, (dw + font_px, 0.6 * font_px), font_size=0.9 * font_px * pt, color="black",
+        vis.draw_text(title, (dw + font_px, 0.6 * font_px), font_size=text_px * pt, color="black",
                       horizontal_alignment="left")
         for i, rel in enumerate(rels):
             colour = relation_colour(i)
