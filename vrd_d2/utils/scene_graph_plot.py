@@ -21,7 +21,7 @@ from .visualizer import MAX_SIDE, MIN_SIDE, relation_colour, text_size
 __all__ = ["GraphLayout", "layout_scene_graph", "plot_scene_graph", "scene_graph_dot"]
 
 FONT_SIZE = 11.0  # points; the layout unit is the point, so text sizes and positions agree
-REPULSION_RANGE, GRAVITY = 2.0, 0.1  # in units of the ideal edge length: keeps a graph compact
+REPULSION_RANGE, GRAVITY = 2.0, 0.05  # in units of the ideal edge length: keeps a graph compact
 PIXELS_PER_POINT = 1.5  # the drawing's resolution when that fits in [min_side, max_side]
 
 
