@@ -71,6 +71,7 @@ def layout_scene_graph(graph: Dict, font_size: float = FONT_SIZE, iterations: in
     ideal = 1.5 * float(np.median(sizes[:, 0])) if len(sizes) else 1.0
     centres = _initial_positions(n, edges, ideal)
     centres = _force_directed(centres, _split_edges(n, edges), ideal, iterations)
+    centres = _centre_parallel_labels(centres, n, edges)
     centres = _remove_overlaps(centres, sizes, margin=font_size)
     return GraphLayout(node_ids, node_texts, edge_texts, edges, centres, sizes)
 
@@ -195,6 +196,25 @@ def _force_directed(pos: np.ndarray, springs: np.ndarray, ideal: float, iteratio
         length = np.maximum(np.linalg.norm(force, axis=1, keepdims=True), 1e-12)
         pos += force / length * np.minimum(length, temperature * (1 - step / iterations) + 1e-3 * ideal)
     return pos - pos.mean(axis=0)
+
+
+def _centre_parallel_labels(pos: np.ndarray, n: int, edges: np.ndarray) -> np.ndarray:
+    """Labels of relations on the same pair of nodes moved to the middle of the pair, each keeping
+    its distance from the line through the nodes: their curves then nest instead of crossing."""
+    pos = pos.copy()
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for k, (s, o) in enumerate(edges.tolist()):
+        groups.setdefault((min(s, o), max(s, o)), []).append(k)
+    for (a, b), ks in groups.items():
+        if len(ks) < 2:
+            continue
+        axis = pos[b] - pos[a]
+        axis /= max(np.hypot(*axis), 1e-9)
+        middle = (pos[a] + pos[b]) / 2
+        for k in ks:
+            offset = pos[n + k] - middle
+            pos[n + k] = middle + offset - axis * (offset @ axis)
+    return pos
 
 
 def _remove_overlaps(pos: np.ndarray, sizes: np.ndarray, margin: float, max_rounds: int = 2000) -> np.ndarray:
