@@ -1,12 +1,18 @@
-"""Single-image inference for demos: Detectron2's DefaultPredictor plus given boxes."""
+"""Single-image inference for demos: Detectron2's DefaultPredictor plus given boxes, with weights
+loaded safely (no pickle unless trusted; a checkpoint without the relation head is an error)."""
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["VRDPredictor", "select_relations"]
+from .checkpoint import VRDCheckpointer
+
+__all__ = ["VRDPredictor", "load_weights", "given_instances", "select_relations"]
 
 
 class VRDPredictor(DefaultPredictor):
@@ -15,7 +21,23 @@ class VRDPredictor(DefaultPredictor):
     ``INPUT.MIN/MAX_SIZE_TEST``), and optionally takes the boxes of the image from the caller
     (gold boxes or another detector's), for the gold-box modes ``MODEL.VRD.MODE`` =
     ``"phrase_cls"`` / ``"predcls"`` and the geometry-only head.
+
+    The weights go through :func:`load_weights`: a pickle file is refused unless
+    ``trust_pickle``, and weights without the relation head are an error, not a random head.
     """
+
+    def __init__(self, cfg, trust_pickle: bool = False):
+        # DefaultPredictor.__init__ minus its unchecked DetectionCheckpointer.load
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        load_weights(self.model, cfg.MODEL.WEIGHTS, trust_pickle=trust_pickle)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"VRDPredictor: INPUT.FORMAT must be RGB or BGR, found {self.input_format!r}")
 
     def __call__(
         self,
@@ -53,6 +75,21 @@ class VRDPredictor(DefaultPredictor):
                     transform, resized.shape[:2], boxes, labels, scores
                 )
             return self.model([inputs])[0]
+
+
+def load_weights(model: torch.nn.Module, path: str, trust_pickle: bool = False):
+    """
+    Load ``path`` into ``model`` for inference.
+
+    Raises:
+        ValueError: ``path`` is empty (the relation head would be random), or a ``.pkl`` file
+            while ``trust_pickle`` is False (unpickling runs code from the file), or the
+            checkpoint holds no (or mismatched) relation-head weights.
+    """
+    if not path:
+        raise ValueError("no weights given (MODEL.WEIGHTS / --weights is empty): the relation head "
+                         "would be random; pass the model_final.pth of a trained model")
+    return VRDCheckpointer(model, trust_pickle=trust_pickle, require_relation_head=True).load(path)
 
 
 def given_instances(transform, image_size, boxes, labels=None, scores=None) -> Instances:
