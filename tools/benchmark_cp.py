@@ -21,9 +21,8 @@ import time
 
 import torch
 
-from vrd_d2.modeling import decode
 from vrd_d2.modeling.cp_triplet import TripletPrior, cp_nll_loss, dense_log_prob
-from vrd_d2.modeling.decode import dense_topk_triplets, topk_triplets_per_pair
+from vrd_d2.modeling.decode import DecodeStats, dense_topk_triplets, topk_triplets_per_pair
 
 SIZES = {"vrd": (100, 70, 100), "vg150": (151, 51, 151)}
 
@@ -164,10 +163,11 @@ def bench_decode(args, device, gen, rows, results):
                 n = args.decode_pairs
                 f = make_factors(n, r, sizes, kind, gen, device)
                 pr = prior if use_prior else None
+                paths = DecodeStats()
                 t_fast, (v, t) = timed(
-                    lambda: topk_triplets_per_pair(*f, 100, prior=pr), device, repeat=5
+                    lambda: topk_triplets_per_pair(*f, 100, prior=pr, stats=paths), device, repeat=5
                 )
-                stats = dict(decode.last_decode_stats)
+                stats = paths.as_dict()
                 nd = min(n, args.dense_pairs_decode)
                 t_dense, (rv, rt) = timed(
                     lambda: dense_topk_triplets(*[x[:nd] for x in f], 100, prior=pr),

@@ -38,6 +38,10 @@ __all__ = [
     "TripletPrior",
     "crf_log_normalizer",
     "unravel_triplets",
+    "describe_shape",
+    "check_labels",
+    "check_prior",
+    "dense_log_unnormalized",
 ]
 
 _FILE = "vrd_d2/modeling/cp_triplet.py"
@@ -52,7 +56,8 @@ def unravel_triplets(flat: Tensor, P: int, O: int) -> Tuple[Tensor, Tensor, Tens
 # --------------------------------------------------------------------------------------------
 # input validation: every public entry checks its arguments and names them in the error
 # --------------------------------------------------------------------------------------------
-def _shape(t) -> str:
+def describe_shape(t) -> str:
+    """The shape of a tensor as a tuple string, or the type name of anything else (for errors)."""
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
@@ -74,23 +79,23 @@ def check_factors(
                 f"{ctx}: {name} must be a torch.Tensor [N, R, C], found {type(t).__name__}"
             )
         if t.dim() != 3:
-            raise ValueError(f"{ctx}: {name} must be 3-D [N, R, C], found shape {_shape(t)}")
+            raise ValueError(f"{ctx}: {name} must be 3-D [N, R, C], found shape {describe_shape(t)}")
         if not t.is_floating_point():
             raise ValueError(f"{ctx}: {name} must be a floating tensor, found dtype {t.dtype}")
     if not (s_s.shape[0] == s_p.shape[0] == s_o.shape[0]):
         raise ValueError(
             f"{ctx}: s_s, s_p, s_o must have the same number of pairs N (dim 0), found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
+            f"{describe_shape(s_s)}, {describe_shape(s_p)}, {describe_shape(s_o)}"
         )
     if not (s_s.shape[1] == s_p.shape[1] == s_o.shape[1]):
         raise ValueError(
             f"{ctx}: s_s, s_p, s_o must have the same rank R (dim 1), found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
+            f"{describe_shape(s_s)}, {describe_shape(s_p)}, {describe_shape(s_o)}"
         )
     if s_s.shape[1] < 1 or min(s_s.shape[2], s_p.shape[2], s_o.shape[2]) < 1:
         raise ValueError(
             f"{ctx}: rank R and class counts must be >= 1, found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
+            f"{describe_shape(s_s)}, {describe_shape(s_p)}, {describe_shape(s_o)}"
         )
     if not (s_s.dtype == s_p.dtype == s_o.dtype):
         raise ValueError(
@@ -102,7 +107,7 @@ def check_factors(
         )
     for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
         if t.numel() and not bool(torch.isfinite(t.detach()).all()):
-            raise ValueError(f"{ctx}: {name} {_shape(t)} contains NaN or inf logits")
+            raise ValueError(f"{ctx}: {name} {describe_shape(t)} contains NaN or inf logits")
     n, r, s = s_s.shape
     return n, r, s, s_p.shape[2], s_o.shape[2]
 
@@ -117,7 +122,7 @@ def _check_index(name: str, t, shape_desc: str, ndim: int, last: Optional[int], 
             f"{ctx}: {name} must be an integer (long) tensor {shape_desc}, found dtype {t.dtype}"
         )
     if t.dim() != ndim or (last is not None and t.shape[-1] != last):
-        raise ValueError(f"{ctx}: {name} must have shape {shape_desc}, found {_shape(t)}")
+        raise ValueError(f"{ctx}: {name} must have shape {shape_desc}, found {describe_shape(t)}")
 
 
 def _check_range(name: str, t: Tensor, high: int, what: str, ctx: str) -> None:
@@ -135,7 +140,7 @@ def _check_triplets(triplets, pair_index, n, s, p, o, device, ctx) -> None:
     _check_index("pair_index", pair_index, "[M]", 1, None, ctx)
     if pair_index.shape[0] != triplets.shape[0]:
         raise ValueError(
-            f"{ctx}: pair_index {_shape(pair_index)} must have one entry per row of triplets {_shape(triplets)}"
+            f"{ctx}: pair_index {describe_shape(pair_index)} must have one entry per row of triplets {describe_shape(triplets)}"
         )
     for name, t in (("triplets", triplets), ("pair_index", pair_index)):
         if t.device != device:
@@ -146,14 +151,15 @@ def _check_triplets(triplets, pair_index, n, s, p, o, device, ctx) -> None:
     _check_range("pair_index", pair_index, n, "pairs N", ctx)
 
 
-def _check_labels(subject, object_, n, s, o, device, ctx) -> None:
+def check_labels(subject, object_, n, s, o, device, ctx) -> None:
+    """Validate per-pair class ids: ``subject`` LongTensor[n] in [0, s), ``object_`` in [0, o)."""
     for name, t, high, what in (
         ("subject", subject, s, "subject classes S"),
         ("object", object_, o, "object classes O"),
     ):
         _check_index(name, t, f"[N={n}]", 1, None, ctx)
         if t.shape[0] != n:
-            raise ValueError(f"{ctx}: {name} must have shape [N={n}], found {_shape(t)}")
+            raise ValueError(f"{ctx}: {name} must have shape [N={n}], found {describe_shape(t)}")
         if t.device != device:
             raise ValueError(f"{ctx}: {name} is on {t.device} but the factors are on {device}")
         _check_range(name, t, high, what, ctx)
@@ -231,7 +237,7 @@ def triplet_log_score(
     lp = triplet_log_prob(s_s, s_p, s_o, triplets, pair_index)
     if prior is None:
         return lp
-    _check_prior(
+    check_prior(
         prior, tuple(s_s.shape[2:]) + (s_p.shape[2], s_o.shape[2]), f"{_FILE}:triplet_log_score"
     )
     return lp + prior.log_prob(triplets).to(lp)
@@ -319,14 +325,14 @@ def predicate_log_conditional(
         Tensor[N, P], rows summing to 1 after exp.
     """
     n, _, s, _, o = check_factors(s_s, s_p, s_o, where="predicate_log_conditional")
-    _check_labels(subject, object, n, s, o, s_s.device, f"{_FILE}:predicate_log_conditional")
+    check_labels(subject, object, n, s, o, s_s.device, f"{_FILE}:predicate_log_conditional")
     ar = torch.arange(n, device=s_s.device)
     c = s_s[ar, :, subject.long()] + s_o[ar, :, object.long()]  # [N, R]
     joint = (c[..., None] + s_p).logsumexp(1)  # [N, P]
     return joint - joint.logsumexp(-1, keepdim=True)
 
 
-def _dense_log_unnormalized(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
+def dense_log_unnormalized(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
     """log sum_r phi_s,r(i) phi_p,r(j) phi_o,r(k) for every triplet: Tensor[N, S, P, O].
 
     Accumulates over r with logaddexp so memory is O(N S P O), not O(N R S P O).
@@ -350,14 +356,15 @@ def dense_log_prob(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
         Tensor[N, S, P, O].
     """
     check_factors(s_s, s_p, s_o, where="dense_log_prob")
-    lu = _dense_log_unnormalized(s_s, s_p, s_o)
+    lu = dense_log_unnormalized(s_s, s_p, s_o)
     return lu - lu.flatten(1).logsumexp(-1)[:, None, None, None]
 
 
 # --------------------------------------------------------------------------------------------
 # the triplet prior psi_u
 # --------------------------------------------------------------------------------------------
-def _check_prior(prior, shape: Tuple[int, int, int], ctx: str) -> None:
+def check_prior(prior, shape: Tuple[int, int, int], ctx: str) -> None:
+    """Validate that ``prior`` is a :class:`TripletPrior` of shape ``(S, P, O)``."""
     if not isinstance(prior, TripletPrior):
         raise ValueError(
             f"{ctx}: prior must be a TripletPrior or None, found {type(prior).__name__}"
