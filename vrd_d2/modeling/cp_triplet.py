@@ -49,7 +49,23 @@ _FILE = "vrd_d2/modeling/cp_triplet.py"
 
 def unravel_triplets(flat: Tensor, P: int, O: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Flat triplet ids (any shape; id = (subject P + predicate) O + object) -> (subject,
-    predicate, object) ids of the same shape: the inverse of :meth:`TripletPrior.flat_index`."""
+    predicate, object) ids of the same shape: the inverse of :meth:`TripletPrior.flat_index`.
+
+    Raises:
+        ValueError if ``P`` or ``O`` is not a positive int, ``flat`` not an integer tensor, or an
+        id is negative (floor division would silently wrap it to another triplet).
+    """
+    ctx = f"{_FILE}:unravel_triplets"
+    for name, size in (("P", P), ("O", O)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"{ctx}: {name} must be a positive int, found {size!r}")
+    if not isinstance(flat, Tensor) or flat.is_floating_point() or flat.is_complex():
+        raise ValueError(
+            f"{ctx}: flat must be an integer tensor of triplet ids, found "
+            f"{flat.dtype if isinstance(flat, Tensor) else type(flat).__name__}"
+        )
+    if flat.numel() and int(flat.min()) < 0:
+        raise ValueError(f"{ctx}: flat triplet ids must be >= 0, found {int(flat.min())}")
     return flat // (P * O), (flat // O) % P, flat % O
 
 
@@ -108,8 +124,31 @@ def check_factors(
     for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
         if t.numel() and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{ctx}: {name} {describe_shape(t)} contains NaN or inf logits")
+    if s_s.numel():
+        _check_log_partition_finite(s_s.detach(), s_p.detach(), s_o.detach(), ctx)
     n, r, s = s_s.shape
     return n, r, s, s_p.shape[2], s_o.shape[2]
+
+
+def _check_log_partition_finite(s_s: Tensor, s_p: Tensor, s_o: Tensor, ctx: str) -> None:
+    """Finite logits can still overflow log Z (eq. 6): e.g. float32 logits of 3e38 give
+    logsumexp sums of inf, then NaN probabilities. Refuse them, naming the largest factor."""
+    sums = _log_factor_sums(s_s, s_p, s_o)
+    terms = sums[0] + sums[1] + sums[2]  # [N, R]
+    bad = ~torch.isfinite(terms)
+    if not bool(bad.any()):
+        return
+    n, r = (int(x) for x in bad.nonzero()[0])
+    values = {name: float(a[n, r]) for name, a in zip(("s_s", "s_p", "s_o"), sums)}
+    # a sum of three overflows only if one term reaches a third of the largest float
+    third = torch.finfo(s_s.dtype).max / 3
+    worst = [name for name, v in values.items() if not abs(v) < third]
+    found = ", ".join(f"{name} {v:.3g}" for name, v in values.items())
+    raise ValueError(
+        f"{ctx}: log Z (eq. 6) is not finite in {s_s.dtype} at pair {n}, rank {r}: the logits of "
+        f"{', '.join(worst)} are too large (logsumexp per factor: {found}); scale the logits "
+        "down or use float64"
+    )
 
 
 def _check_index(name: str, t, shape_desc: str, ndim: int, last: Optional[int], ctx: str) -> None:
@@ -375,6 +414,20 @@ def check_prior(prior, shape: Tuple[int, int, int], ctx: str) -> None:
         )
 
 
+def _checked_counts(counts: Tensor, ctx: str) -> Tensor:
+    """``counts`` as float64, or a ValueError naming the first entry that is not a finite,
+    non-negative integer (a fractional count has no add-1 reading)."""
+    c = counts.to(torch.float64)
+    bad = ~torch.isfinite(c) | (c < 0) | (c != c.floor())
+    if c.numel() and bool(bad.any()):
+        at = tuple(int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"{ctx}: counts {tuple(c.shape)} must be finite non-negative integers, found "
+            f"counts{list(at)} = {float(c[at])!r}"
+        )
+    return c
+
+
 class TripletPrior(nn.Module):
     """The language/statistics prior psi_u over (subject, predicate, object).
 
@@ -422,20 +475,21 @@ class TripletPrior(nn.Module):
         )
         if c.dim() != 3:
             raise ValueError(f"{ctx}: counts must have shape [S, P, O], found {tuple(c.shape)}")
-        c = c.to(torch.float64)
-        if c.numel() and (not bool(torch.isfinite(c).all()) or float(c.min()) < 0):
-            raise ValueError(f"{ctx}: counts {tuple(c.shape)} must be finite and >= 0")
+        c = _checked_counts(c, ctx)
         prior = cls(*c.shape)
         prior.set_counts(c)
         return prior
 
     def set_counts(self, counts: Tensor) -> None:
-        """Replace the prior by the add-1 smoothed, normalized ``counts`` [S, P, O]."""
-        c = torch.as_tensor(counts, dtype=torch.float64).detach().cpu()
+        """Replace the prior by the add-1 smoothed, normalized ``counts`` [S, P, O] (finite,
+        non-negative integers)."""
+        ctx = f"{_FILE}:TripletPrior.set_counts"
+        c = torch.as_tensor(counts).detach().cpu()
         if tuple(c.shape) != self._sizes:
             raise ValueError(
-                f"{_FILE}:TripletPrior.set_counts: counts shape {tuple(c.shape)} != prior shape {self._sizes}"
+                f"{ctx}: counts shape {tuple(c.shape)} != prior shape {self._sizes}"
             )
+        c = _checked_counts(c, ctx)
         flat = c.reshape(-1)
         support = flat.nonzero().squeeze(1)  # ascending: searchsorted needs it
         log_denom = math.log(float(flat.sum()) + self.numel)
@@ -541,9 +595,13 @@ def crf_log_normalizer(
         Tensor[N] in the dtype of the factors.
     """
     n, _, S, P, O = check_factors(s_s, s_p, s_o, where="crf_log_normalizer")
-    if tuple(prior.shape) != (S, P, O):
-        raise ValueError(f"{_FILE}:crf_log_normalizer: prior has shape {tuple(prior.shape)}, the factors "
-                         f"give {(S, P, O)}")
+    ctx = f"{_FILE}:crf_log_normalizer"
+    if not isinstance(prior, TripletPrior):
+        raise ValueError(
+            f"{ctx}: prior must be a TripletPrior (the normalizer sums psi_c psi_u), found "
+            f"{type(prior).__name__}"
+        )
+    check_prior(prior, (S, P, O), ctx)
     dt = s_s.dtype
     log_floor = prior.log_floor.to(s_s.device, dt)
     sup = prior.support_index.to(s_s.device)
