@@ -28,7 +28,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..cp_triplet import TripletPrior, check_labels
+from ..cp_checks import check_labels
+from ..triplet_prior import TripletPrior
 from .certified import certified_topk
 from .checks import (
     check_decode_arguments,

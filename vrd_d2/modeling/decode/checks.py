@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..cp_triplet import check_factors, check_prior, describe_shape
+from ..cp_checks import check_factors, describe_shape
+from ..triplet_prior import check_prior
 
 __all__ = [
     "METHODS",

@@ -15,7 +15,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..cp_triplet import TripletPrior, unravel_triplets
+from ..cp_checks import unravel_triplets
+from ..triplet_prior import TripletPrior
 
 __all__ = [
     "CHUNK_ELEMENTS",

@@ -13,7 +13,8 @@ import weakref
 import torch
 from torch import Tensor
 
-from ..cp_triplet import TripletPrior, unravel_triplets
+from ..cp_checks import unravel_triplets
+from ..triplet_prior import TripletPrior
 from .common import row_positions
 
 __all__ = ["PriorTables", "cached_prior_tables", "prior_on_device", "DENSE_PRIOR_MAX"]

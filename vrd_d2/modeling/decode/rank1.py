@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cp_triplet import TripletPrior, unravel_triplets
+from ..cp_checks import unravel_triplets
+from ..triplet_prior import TripletPrior
 
 __all__ = ["dominance_positions", "rank1_topk"]
 
