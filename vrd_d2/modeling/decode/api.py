@@ -39,7 +39,7 @@ from .checks import (
     where,
 )
 from .common import pair_chunks, rescore_sorted, triplet_rows
-from .dense import linear_dense_topk, log_dense_topk
+from .dense import linear_dense_topk, log_dense_topk, selected_dense_topk
 from .prior_tables import cached_prior_tables, prior_on_device
 from .rank1 import dominance_positions, rank1_topk
 
@@ -55,7 +55,7 @@ __all__ = [
 class DecodeStats:
     """Pairs decoded by each path in one call of :func:`topk_triplets_per_pair` (benchmarks,
     tests): ``bound`` the certified path (and the rank-1 dominance path), ``linear`` the
-    float64 linear-space dense fallback, ``log`` the log-space dense fallback."""
+    linear-space dense fallback (float32 selection or float64), ``log`` the log-space one."""
 
     bound: int = 0
     linear: int = 0
@@ -138,6 +138,19 @@ def topk_triplets_per_pair(
         prior_dense = (
             prior.to_dense().reshape(-1).to(dev, torch.float64) if prior is not None else None
         )
+        # float32 first (half the memory traffic of float64), candidates rescored exactly
+        prior_scaled = (
+            (prior_dense / prior_dense.max()).float() if prior_dense is not None else None
+        )
+        for a, b in pair_chunks(todo.numel(), total + r * S * P + 2 * kk * O):
+            idx = todo[a:b]
+            f, ok = selected_dense_topk(s_s[idx], s_p[idx], s_o[idx], kk, prior_scaled)
+            if not bool(ok.any()):
+                continue
+            sel = idx[ok]
+            sc, fs = rescore_sorted(s_s[sel], s_p[sel], s_o[sel], f[ok], prior)
+            scores[sel], flat_ids[sel], done[sel] = sc[:, :kk], fs[:, :kk], True
+        todo = (~done).nonzero().squeeze(1)
         for a, b in pair_chunks(todo.numel(), 2 * total + r * (S * P + S + P + O)):
             idx = todo[a:b]
             f, ok = linear_dense_topk(s_s[idx], s_p[idx], s_o[idx], kk, prior_dense)
