@@ -1,7 +1,8 @@
 """Certified bounds of the exact decoder (:mod:`.certified`).
 
-* :func:`seed_lower_bound`: tau, a lower bound on each pair's true K-th best score, from the
-  scores of K distinct triplets (the peaks of each rank, the prior's strongest cells and entries).
+* :func:`peak_lower_bound`, :func:`prior_lower_bound`: tau, a lower bound on each pair's true
+  K-th best score, from the scores of K distinct triplets (the peaks of each rank; the prior's
+  strongest cells and entries).
 * :func:`pairwise_upper_bounds`: u(i, j, k) <= min(h_ik, h_ij, h_kj), three tables of pairwise
   bounds, each one batched matrix product.
 """
@@ -17,31 +18,32 @@ from torch import Tensor
 from .common import exact_log_numerator
 from .prior_tables import SEED_TOP_PRIOR, PriorTables
 
-__all__ = ["seed_lower_bound", "pairwise_upper_bounds"]
+__all__ = ["block_side", "peak_lower_bound", "prior_lower_bound", "pairwise_upper_bounds"]
 
 
-def seed_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]):
-    """A lower bound tau [c] on the true kk-th best score (log u + log psi_u): the kk-th largest
-    of lower estimates of the scores of kk distinct triplets. Each source below lists distinct
-    triplets with lower estimates of their scores; tau is the largest of their kk-th values.
+def block_side(kk: int, sizes) -> int:
+    """The side m of each rank's seed block: its top-m classes of each factor, m^3 >= kk."""
+    S, P, O = sizes
+    m = max(1, math.ceil(kk ** (1.0 / 3.0)) + 1)
+    while min(m, S) * min(m, P) * min(m, O) < kk and m < max(S, P, O):
+        m += 1
+    return m
+
+
+def peak_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]) -> Tensor:
+    """A lower bound tau [c] on the true kk-th best score (log u + log psi_u) from the peaks of
+    each rank: the kk-th largest of lower estimates of the scores of kk distinct triplets.
     term_r(t) = s_s,r(i) + s_p,r(j) + s_o,r(k) <= log u(t), so term_r + log psi_u <= score.
 
-    * block: for each rank r, the block of its top-m classes of each factor (m^3 >= kk,
-      m ~ 2 kk^1/3), estimated by term_r + the smallest log psi_u;
-    * cells (with a prior): for each rank, its top-m subjects x top-m objects with the support
-      predicates of largest psi_u of each cell (``PriorTables.cell_top_predicates``), estimated by
-      term_r + log psi_u: strong prior entries whose predicate is not among the rank's top ones;
-    * top prior (with a prior): the ``SEED_TOP_PRIOR * kk`` support triplets of largest psi_u,
-      scored exactly (flat factors: the prior decides the winners);
+    * block: for each rank r, the block of its top-m classes of each factor (:func:`block_side`),
+      estimated by term_r + the smallest log psi_u;
     * R > 1: the kk triplets of largest term_r of every rank's block, merged, deduplicated and
       scored exactly (+ log psi_u), so the seed follows every rank's peaks together.
     Rounding of the estimates is covered by the margin the caller subtracts from tau.
     """
     c, r, S = s_s.shape
     P, O = s_p.shape[2], s_o.shape[2]
-    m = max(1, 2 * math.ceil(kk ** (1.0 / 3.0)))
-    while min(m, S) * min(m, P) * min(m, O) < kk:
-        m += 1
+    m = block_side(kk, (S, P, O))
     v_s, i_s = s_s.topk(min(m, S), dim=2)  # [c, R, ms]
     v_p, i_p = s_p.topk(min(m, P), dim=2)
     v_o, i_o = s_o.topk(min(m, O), dim=2)
@@ -50,10 +52,45 @@ def seed_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]):
         c, r, -1
     )
     # the smallest psi_u stands in for each triplet's own (the exact merge below adds it; a
-    # per-triplet lookup costs more than it gains: the cells below hold the prior's peaks)
+    # per-triplet lookup costs more than it gains: prior_lower_bound covers the prior's peaks)
     low_est = term + tables.min_log_prior if tables is not None else term
     top_v, best = low_est.topk(kk, dim=2)  # [c, R, kk] in each rank's block
     tau = top_v[..., -1].amax(1)
+    if r > 1:
+        ci = i_s.gather(2, best // (mp * mo)).reshape(c, -1)
+        cj = i_p.gather(2, (best // mo) % mp).reshape(c, -1)
+        ck = i_o.gather(2, best % mo).reshape(c, -1)
+        fid = (ci * P + cj) * O + ck
+        # blocks of different ranks overlap: a duplicate would overstate tau
+        fid, perm = fid.sort(dim=1)
+        ci, cj, ck = ci.gather(1, perm), cj.gather(1, perm), ck.gather(1, perm)
+        score = exact_log_numerator(s_s, s_p, s_o, ci, cj, ck)
+        if tables is not None:
+            score = score + tables.lookup(fid)
+        dup = torch.zeros_like(fid, dtype=torch.bool)
+        dup[:, 1:] = fid[:, 1:] == fid[:, :-1]
+        score = score.masked_fill(dup, -math.inf)
+        tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
+    return tau
+
+
+def prior_lower_bound(s_s, s_p, s_o, kk: int, tables: PriorTables) -> Tensor:
+    """A lower bound tau [c] on the true kk-th best score from the prior's strongest entries,
+    for pairs whose peaks leave too many candidates (-inf where a source has < kk triplets):
+
+    * cells: for each rank, its top-m subjects x top-m objects with the support predicates of
+      largest psi_u of each cell (``PriorTables.cell_top_predicates``), estimated by
+      term_r + log psi_u: strong prior entries whose predicate is not among the rank's top ones;
+    * top prior: the ``SEED_TOP_PRIOR * kk`` support triplets of largest psi_u, scored exactly
+      (flat factors: the prior decides the winners).
+    """
+    c, r, S = s_s.shape
+    P, O = s_p.shape[2], s_o.shape[2]
+    m = block_side(kk, (S, P, O))
+    v_s, i_s = s_s.topk(min(m, S), dim=2)  # [c, R, ms]
+    v_o, i_o = s_o.topk(min(m, O), dim=2)
+    ms, mo = i_s.shape[2], i_o.shape[2]
+    tau = torch.full((c,), -math.inf, dtype=s_s.dtype, device=s_s.device)
     if tables is not None and ms * mo * tables.cell_top_predicates.shape[1] >= kk:
         cells = (i_s * O)[..., :, None] + i_o[..., None, :]  # [c, R, ms, mo]
         flat_cells = cells.reshape(-1)
@@ -74,21 +111,6 @@ def seed_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]):
         lu = (rows(s_s, i) + rows(s_p, j) + rows(s_o, k)).view(-1, c, r)
         lu = lu.logsumexp(2) if r > 1 else lu[..., 0]
         score = (lu + tables.by_prior_log_prior[:t, None]).t()
-        tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
-    if r > 1:
-        ci = i_s.gather(2, best // (mp * mo)).reshape(c, -1)
-        cj = i_p.gather(2, (best // mo) % mp).reshape(c, -1)
-        ck = i_o.gather(2, best % mo).reshape(c, -1)
-        fid = (ci * P + cj) * O + ck
-        # blocks of different ranks overlap: a duplicate would overstate tau
-        fid, perm = fid.sort(dim=1)
-        ci, cj, ck = ci.gather(1, perm), cj.gather(1, perm), ck.gather(1, perm)
-        score = exact_log_numerator(s_s, s_p, s_o, ci, cj, ck)
-        if tables is not None:
-            score = score + tables.lookup(fid)
-        dup = torch.zeros_like(fid, dtype=torch.bool)
-        dup[:, 1:] = fid[:, 1:] == fid[:, :-1]
-        score = score.masked_fill(dup, -math.inf)
         tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
     return tau
 

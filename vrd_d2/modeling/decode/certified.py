@@ -2,7 +2,7 @@
 
 Let u(i, j, k) = sum_r phi_s,r(i) phi_p,r(j) phi_o,r(k) (numerator of eq. 5).
 
-a. tau, a lower bound on the true K-th best score (:func:`~.bounds.seed_lower_bound`).
+a. tau, a lower bound on the true K-th best score (:mod:`.bounds`).
 b. Pairwise bounds by three small matmuls (:func:`~.bounds.pairwise_upper_bounds`):
    u(i, j, k) <= h_ik(i, k) = sum_r phi_s,r(i) max(phi_p,r) phi_o,r(k), and likewise h_ij, h_kj.
    The prior psi_u equals floor = 1/(total + S P O) off its support, so an off-support triplet can
@@ -18,24 +18,107 @@ c. Those candidates are scored exactly (log space); they contain every triplet s
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor
 
 from . import common
-from .bounds import pairwise_upper_bounds, seed_lower_bound
+from .bounds import block_side, pairwise_upper_bounds, peak_lower_bound, prior_lower_bound
 from .common import pair_chunks, row_positions
 from .prior_tables import SEED_CELL_WIDTH, SEED_TOP_PRIOR, PriorTables
 
-__all__ = ["certified_topk"]
+__all__ = ["certified_topk", "PRIOR_SEED_CANDIDATES"]
+
+# pairs whose CP peaks leave more than this many candidates per wanted triplet (a quick upper
+# bound) also seed tau from the prior's strongest entries (prior_lower_bound), then re-prune
+PRIOR_SEED_CANDIDATES = 16
+
+
+class _OpenCells(NamedTuple):
+    """The pruning of one chunk of pairs at thresholds tau (see :func:`_open_cells`)."""
+
+    low: Tensor  # [c] tau minus the rounding margin, float64
+    need: Tensor  # [c] the same relative to exp(top) and the prior's floor, linear
+    open_pair: Tensor  # [Q] pair of each open (subject, object) cell
+    open_cell: Tensor  # [Q] its flat cell id (subject O + object)
+    mask_ij: Tensor  # [c, S, P] (subject, predicate) passing h_ij
+    mask_kj: Tensor  # [c, O, P] (object, predicate) passing h_kj
+    in_list_a: Tensor  # [Q] open cells whose off-support triplets may pass (list A)
+    in_list_b: Tensor  # [Q] open cells whose support entries may pass (list B)
+    support_start: Tensor  # [Q] the open cell's support entries: [start, end) in the tables
+    support_end: Tensor
+    cells_a: Tensor  # [c] cells of list A per pair
+    entries_b: Tensor  # [c] support entries of list B per pair
+    num_candidates: Tensor  # [c] quick upper bound on list A + entries_b
+
+
+def _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables) -> _OpenCells:
+    """The cells and masks a triplet must pass to reach tau (the pruning of step b)."""
+    c = tau.shape[0]
+    S, P = h_ij.shape[1], h_ij.shape[2]
+    dev = tau.device
+    log_floor = tables.log_floor if tables is not None else 0.0
+    low = (tau - eps * scale).to(torch.float64)  # margin: rounding must not drop a tie with tau
+    # relative to exp(top) and to the floor; 0 if tau = -inf
+    need = (low - top - log_floor).clamp(max=700.0).exp().to(h_ik.dtype)
+    h_cell = h_ik * tables.cell_bound_ratio if tables is not None else h_ik
+    open_pair, open_cell = (h_cell >= need[:, None]).nonzero().unbind(1)  # for A or B
+    mask_ij = h_ij >= need[:, None, None]
+    mask_kj = h_kj >= need[:, None, None]
+    open_bound = h_ik.view(-1).index_select(0, open_pair * h_ik.shape[1] + open_cell)
+    open_need = need.index_select(0, open_pair)
+    in_list_a = open_bound >= open_need
+    entries_b = torch.zeros(c, dtype=torch.long, device=dev)
+    if tables is not None:
+        # support entries of the cell with w h_ik >= need: a prefix (w descending in a cell)
+        support_start = tables.cell_ptr.index_select(0, open_cell)
+        min_log_ratio = open_need.to(torch.float64).log() - open_bound.to(torch.float64).log()
+        support_end = tables.support_prefix_end(open_cell, min_log_ratio)
+        in_list_b = support_end > support_start
+        entries_b.index_add_(0, open_pair, (support_end - support_start) * in_list_b)
+    else:
+        in_list_b = support_start = support_end = None
+    cells_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
+        0, open_pair, in_list_a.long()
+    )
+    # list A of a cell (i, k) holds at most min(#j passing h_ij(i, .), #j passing h_kj(k, .))
+    O = mask_kj.shape[1]
+    per_subject = mask_ij.sum(2).view(-1)
+    per_object = mask_kj.sum(2).view(-1)
+    subject, obj = torch.div(open_cell, O, rounding_mode="floor"), open_cell % O
+    width_a = torch.minimum(
+        per_subject.index_select(0, open_pair * S + subject),
+        per_object.index_select(0, open_pair * O + obj),
+    )
+    entries_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
+        0, open_pair, width_a * in_list_a
+    )
+    return _OpenCells(
+        low,
+        need,
+        open_pair,
+        open_cell,
+        mask_ij,
+        mask_kj,
+        in_list_a,
+        in_list_b,
+        support_start,
+        support_end,
+        cells_a,
+        entries_b,
+        entries_a + entries_b,
+    )
 
 
 def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fraction: float):
     """Certified top-kk for all pairs. Returns (scores [N,kk] (unnormalized: log u + log psi_u),
     flat ids [N,kk], certified [N]).
 
-    1. tau: a lower bound on the kk-th best score (:func:`_seed_tau`).
-    2. u(i, j, k) <= exp(top) min(h_ik(i, k), h_ij(i, j), h_kj(k, j)) (:func:`_pair_bound`). A
+    1. tau: a lower bound on the kk-th best score (:func:`~.bounds.peak_lower_bound`, and
+       :func:`~.bounds.prior_lower_bound` where the peaks leave many candidates).
+    2. u(i, j, k) <= exp(top) min(h_ik(i, k), h_ij(i, j), h_kj(k, j))
+       (:func:`~.bounds.pairwise_upper_bounds`). A
        triplet off the prior's support scores log floor + log u, so it can reach tau only if all
        three bounds reach need = exp(tau - top) / floor (list A: the passing (subject, object)
        cells crossed with the predicates passing the two other bounds); a support triplet t
@@ -57,7 +140,7 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
     flat_ids = torch.zeros((n, kk), dtype=torch.long, device=dev)
     certified = torch.zeros(n, dtype=torch.bool, device=dev)
     max_candidates = max_fraction * S * P * O
-    m = 2 * math.ceil(kk ** (1.0 / 3.0)) + 1  # the seed's block side (see seed_lower_bound)
+    m = block_side(kk, (S, P, O))
     seed_cost = 2 * r * min(m**3, S * P * O) + 3 * r * r * kk
     if tables is not None:
         seed_cost += r * (m * m * SEED_CELL_WIDTH + SEED_TOP_PRIOR * kk)
@@ -65,35 +148,21 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
     for a, b in pair_chunks(n, per_pair):
         xs, xp, xo = s_s[a:b], s_p[a:b], s_o[a:b]
         c = b - a
-        tau = seed_lower_bound(xs, xp, xo, kk, tables)
         h_ik, h_ij, h_kj, top = pairwise_upper_bounds(xs, xp, xo)
         scale = (xs.amax(2) + xp.amax(2) + xo.amax(2)).abs().amax(1) + 1.0 - tables_min_log
-        low = (tau - eps * scale).to(torch.float64)  # margin: rounding must not drop a tie with tau
-        # relative to exp(top) and to the floor; 0 if tau = -inf
-        need = (low - top - log_floor).clamp(max=700.0).exp().to(h_ik.dtype)
-        h_cell = h_ik * tables.cell_bound_ratio if tables is not None else h_ik
-        open_pair, open_cell = (
-            (h_cell >= need[:, None]).nonzero().unbind(1)
-        )  # cells open for A or B
-        mask_ij = h_ij >= need[:, None, None]  # [c, S, P]
-        mask_kj = h_kj >= need[:, None, None]  # [c, O, P]
-        open_bound = h_ik.view(-1).index_select(0, open_pair * (S * O) + open_cell)
-        open_need = need.index_select(0, open_pair)
-        in_list_a = open_bound >= open_need  # cells of list A
+        tau = peak_lower_bound(xs, xp, xo, kk, tables)
+        opened = _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables)
         if tables is not None:
-            in_list_b = open_bound * tables.cell_max_ratio.index_select(0, open_cell) >= open_need
-            support_start, support_end = tables.cell_ptr.index_select(
-                0, open_cell
-            ), tables.cell_ptr.index_select(0, open_cell + 1)
-            entries_b = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
-                0, open_pair, (support_end - support_start) * in_list_b
-            )
-        else:
-            entries_b = torch.zeros(c, dtype=torch.long, device=dev)
-        cells_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
-            0, open_pair, in_list_a.long()
-        )
-        num_candidates = cells_a * P + entries_b  # quick upper bound on the candidates
+            # the prior's own peaks, only where the CP peaks leave many candidates
+            weak = (opened.num_candidates > PRIOR_SEED_CANDIDATES * kk).nonzero().squeeze(1)
+            if weak.numel():
+                tau[weak] = torch.maximum(
+                    tau[weak], prior_lower_bound(xs[weak], xp[weak], xo[weak], kk, tables)
+                )
+                opened = _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables)
+        low, need, open_pair, open_cell, mask_ij, mask_kj = opened[:6]
+        in_list_a, in_list_b, support_start, support_end, cells_a, entries_b = opened[6:12]
+        num_candidates = opened.num_candidates
         big = (num_candidates > max_candidates).nonzero().squeeze(1)
         if big.numel():
             # exact count of (i, j, k) passing all three bounds, a boolean "triangle count":

@@ -55,7 +55,8 @@ class PriorTables:
       support when S P O > ``DENSE_PRIOR_MAX``).
     * ``cell_top_predicates``, ``cell_top_log_prior [S O, W]``: the (up to) W support predicates of largest psi_u of
       each cell and their log psi_u (-inf padded), and ``by_prior_flat_id``: the support triplets of
-      largest psi_u first (:func:`~.bounds.seed_lower_bound`).
+      largest psi_u first (:func:`~.bounds.prior_lower_bound`); ``cell_key`` and
+      :meth:`support_prefix_end`: a cell's entries with w above a threshold, by one search.
     """
 
     def __init__(self, prior: TripletPrior, bound_dtype: torch.dtype, dt: torch.dtype):
@@ -91,6 +92,12 @@ class PriorTables:
             .to(bound_dtype)
         )
         self.cell_bound_ratio = self.cell_max_ratio.clamp(min=1.0)  # off-support entries have w = 1
+        # search keys: cell * stride + (max log w - log w), ascending (w descending in a cell), so
+        # the entries of a cell with w >= a threshold are a prefix found by one searchsorted
+        log_w = w[order].log()
+        self.max_log_ratio = float(log_w.max()) if log_w.numel() else 0.0
+        self.key_stride = self.max_log_ratio + 2.0
+        self.cell_key = cell.to(torch.float64) * self.key_stride + (self.max_log_ratio - log_w)
         width = SEED_CELL_WIDTH
         self.cell_top_predicates = torch.zeros((S * O, width), dtype=torch.long, device=dev)
         self.cell_top_log_prior = torch.full((S * O, width), -math.inf, dtype=dt, device=dev)
@@ -104,6 +111,14 @@ class PriorTables:
             self.dense_log = prior.to_dense(log=True).reshape(-1).to(dt)
             self.dense_flag = torch.zeros(S * P * O, dtype=torch.bool, device=dev)
             self.dense_flag[idx] = True
+
+    def support_prefix_end(self, cell: Tensor, min_log_ratio: Tensor) -> Tensor:
+        """For cells [Q] and thresholds [Q] (float64): the end of each cell's support entries
+        with log w >= the threshold (widened by 1e-4: a superset), as an index into the
+        by-cell tables; the entries are [cell_ptr[cell], end)."""
+        offset = (self.max_log_ratio - min_log_ratio + 1e-4).clamp(-0.5, self.max_log_ratio + 0.5)
+        query = cell.to(torch.float64) * self.key_stride + offset
+        return torch.searchsorted(self.cell_key, query, right=True)
 
     def is_support(self, flat: Tensor) -> Tensor:
         """Whether flat ids (any shape) are in the support."""
