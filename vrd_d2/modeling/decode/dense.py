@@ -1,10 +1,14 @@
 """Dense decoding: the fallbacks for the pairs the certified path leaves, and the reference.
 
-* :func:`linear_dense_topk`: u = sum_r phi_s,r (x) phi_p,r (x) phi_o,r as one batched matmul (a
-  Khatri-Rao product [S P, R] @ [R, O]) in float64, with factors shifted by their maxima. Its
-  ranks are reliable when its K-th value is far above float64 underflow (e^-600 relative to the
-  maximum); the caller rescores the K winners exactly in log space.
-* :func:`log_dense_topk`: the same in log space (never underflows; slower).
+* :func:`linear_dense_tensor`: u = sum_r phi_s,r (x) phi_p,r (x) phi_o,r for a chunk of pairs as
+  one batched matrix product (a Khatri-Rao product [S P, R] @ [R, O]), factors shifted by their
+  maxima.
+* :func:`selected_dense_topk` (first fallback): that tensor in float32, the winners found among
+  the rows of largest maxima (no full sort), with proven rounding margins; the caller rescores
+  the candidates exactly in log space. Near-ties or underflow mark a pair unreliable, then
+* :func:`linear_dense_topk`: the same tensor in float64 and a full top-K (reliable when its K-th
+  value is far above float64 underflow, e^-600 relative to the maximum), then
+* :func:`log_dense_topk`: the same in log space (never underflows; slowest).
 * :func:`dense_topk_triplets`: the public reference, the dense log-space tensor of every pair.
 """
 
