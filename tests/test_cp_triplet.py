@@ -293,3 +293,81 @@ def test_crf_log_normalizer_matches_dense_sum(r):
     empty = TripletPrior.from_counts(torch.zeros(5, 4, 6))
     uniform = torch.full((6,), -torch.log(torch.tensor(120.0, dtype=torch.float64)).item(), dtype=torch.float64)
     torch.testing.assert_close(crf_log_normalizer(*s, empty), uniform)
+
+
+def test_overflowing_log_partition_is_an_error_naming_the_argument():
+    """Finite float32 logits of 3e38 overflow eq. 6 (logsumexp sums reach inf): every entry point
+    refuses them, naming the factor, instead of returning NaN."""
+    from vrd_d2.modeling.cp_triplet import crf_log_normalizer
+    from vrd_d2.modeling.decode import topk_predicates_given_labels, topk_triplets_per_pair
+
+    s_s, s_p, s_o = rand_factors(2, 2, 4, 3, 5, dtype=torch.float32)
+    huge, big_o = s_p.clone(), s_o.clone()
+    huge[1, 0, 2], big_o[1, 0, 3] = 3e38, 1e38  # log Z = 4e38: inf in float32
+    assert bool(torch.isfinite(huge).all())
+    trip, pair = torch.tensor([[0, 1, 2]]), torch.tensor([1])
+    prior = TripletPrior.from_counts(np.ones((4, 3, 5), dtype=np.int64))
+    calls = [
+        lambda: log_partition(s_s, huge, big_o),
+        lambda: triplet_log_prob(s_s, huge, big_o, trip, pair),
+        lambda: cp_nll_loss(s_s, huge, big_o, trip, pair),
+        lambda: log_marginals(s_s, huge, big_o),
+        lambda: dense_log_prob(s_s, huge, big_o),
+        lambda: crf_log_normalizer(s_s, huge, big_o, prior),
+        lambda: topk_triplets_per_pair(s_s, huge, big_o, 5),
+        lambda: topk_predicates_given_labels(s_s, huge, big_o, pair.repeat(2), pair.repeat(2), 2),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"log Z.*pair 1, rank 0: the logits of s_p are too"):
+            call()
+    # large but representable: still finite and equal to the float64 value
+    big = s_p.clone()
+    big[1, 0, 2] = 1e30
+    torch.testing.assert_close(
+        log_partition(s_s, big, s_o).double(),
+        log_partition(s_s.double(), big.double(), s_o.double()),
+    )
+    # the sum of three large logsumexps overflows, each one finite: all three named
+    third = [torch.full((1, 1, 2), 1.5e38) for _ in range(3)]
+    with pytest.raises(ValueError, match="log Z.*logits of s_s, s_p, s_o are too large"):
+        log_partition(*third)
+
+
+def test_crf_log_normalizer_without_prior_is_a_value_error():
+    from vrd_d2.modeling.cp_triplet import crf_log_normalizer
+
+    s = rand_factors(2, 2, 4, 3, 5)
+    with pytest.raises(ValueError, match="prior must be a TripletPrior.*NoneType"):
+        crf_log_normalizer(*s, None)
+    with pytest.raises(ValueError, match=r"prior has shape \(4, 3, 6\)"):
+        crf_log_normalizer(*s, TripletPrior(4, 3, 6))
+
+
+def test_unravel_triplets_refuses_negative_ids_and_empty_sizes():
+    from vrd_d2.modeling.cp_triplet import unravel_triplets
+
+    flat = torch.tensor([0, 5, 23])  # S, P, O = 2, 3, 4
+    subj, pred, obj = unravel_triplets(flat, 3, 4)
+    assert subj.tolist() == [0, 0, 1] and pred.tolist() == [0, 1, 2] and obj.tolist() == [0, 1, 3]
+    with pytest.raises(ValueError, match=">= 0, found -1"):
+        unravel_triplets(torch.tensor([3, -1]), 3, 4)
+    for p, o in ((0, 4), (3, 0), (-2, 4), (3, True), (3.0, 4)):
+        with pytest.raises(ValueError, match="must be a positive int"):
+            unravel_triplets(flat, p, o)
+    with pytest.raises(ValueError, match="integer tensor"):
+        unravel_triplets(flat.float(), 3, 4)
+    empty = unravel_triplets(torch.zeros(0, dtype=torch.long), 3, 4)
+    assert all(x.shape == (0,) for x in empty)
+
+
+def test_prior_counts_must_be_finite_non_negative_integers():
+    good = np.zeros((2, 3, 2))
+    good[1, 2, 0] = 4.0  # integral floats load as before
+    assert TripletPrior.from_counts(good).num_support == 1
+    for value, shown in ((0.5, "0.5"), (-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf")):
+        bad = good.copy()
+        bad[1, 0, 1] = value
+        with pytest.raises(ValueError, match=rf"counts\[1, 0, 1\] = {shown}"):
+            TripletPrior.from_counts(bad)
+        with pytest.raises(ValueError, match=r"set_counts.*counts\[1, 0, 1\]"):
+            TripletPrior(2, 3, 2).set_counts(torch.as_tensor(bad))

@@ -1,4 +1,4 @@
-"""Exactness of vrd_d2/modeling/decode.py against brute-force dense scoring (ties handled:
+"""Exactness of vrd_d2/modeling/decode/ against brute-force dense scoring (ties handled:
 scores must match the dense top-k, and every returned triplet must carry its own dense score)."""
 
 import math
@@ -8,10 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vrd_d2.modeling import decode
 from vrd_d2.modeling.cp_triplet import TripletPrior
 from vrd_d2.modeling.decode import (
+    DecodeStats,
+    common,
     dense_topk_triplets,
+    prior_tables,
     topk_per_image,
     topk_predicates_given_labels,
     topk_triplets_per_pair,
@@ -106,11 +108,18 @@ def test_topk_matches_dense(n, r, sizes, k, method, use_prior, use_weight, kind,
     counts = rand_counts(sizes, 0.1, g) if use_prior else None
     prior = TripletPrior.from_counts(counts).to(dtype) if use_prior else None
     w = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) if use_weight else None
+    stats = DecodeStats()
     scores, trip = topk_triplets_per_pair(
-        *f, k, prior=prior, pair_log_weight=w, method=method, max_enumerate_fraction=frac
+        *f,
+        k,
+        prior=prior,
+        pair_log_weight=w,
+        method=method,
+        max_enumerate_fraction=frac,
+        stats=stats,
     )
     if method == "bound" and frac == 2.0:  # candidates never exceed 2 S P O: all certified
-        assert decode.last_decode_stats["bound"] == n
+        assert stats.bound == n
     assert scores.dtype == dtype and trip.dtype == torch.long
     assert_exact(scores, trip, brute_scores(*f, counts, w), k, TOL[dtype])
     ref_s, ref_t = dense_topk_triplets(*f, k, prior=prior, pair_log_weight=w)
@@ -124,8 +133,9 @@ def test_peaked_outputs_are_certified_by_the_bound_without_dense(use_prior):
     f = peaked(6, 4, sizes, gen=g, dtype=torch.float32)
     counts = rand_counts(sizes, 0.01, g) if use_prior else None
     prior = TripletPrior.from_counts(counts) if use_prior else None
-    scores, trip = topk_triplets_per_pair(*f, 100, prior=prior)
-    assert decode.last_decode_stats == {"bound": 6, "linear": 0, "log": 0}
+    stats = DecodeStats()
+    scores, trip = topk_triplets_per_pair(*f, 100, prior=prior, stats=stats)
+    assert stats.as_dict() == {"bound": 6, "linear": 0, "log": 0}
     assert_exact(scores, trip, brute_scores(*f, counts), 100, TOL[torch.float32])
 
 
@@ -134,21 +144,25 @@ def test_extreme_peaked_logits_certify_and_linear_underflow_falls_back_to_log():
     sizes = (20, 9, 20)
     f = peaked(3, 3, sizes, big=80.0, n_big=1, gen=g)
     f = [torch.where(x > 50, x, x - 300) for x in f]  # all other logits near -300
-    scores, trip = topk_triplets_per_pair(*f, 20, method="bound", max_enumerate_fraction=1.0)
-    assert decode.last_decode_stats["bound"] == 3
+    stats = DecodeStats()
+    scores, trip = topk_triplets_per_pair(
+        *f, 20, method="bound", max_enumerate_fraction=1.0, stats=stats
+    )
+    assert stats.bound == 3
     assert_exact(scores, trip, brute_scores(*f), 20, TOL[torch.float64])
     # the 200th value lies ~760 below the top: float64's linear range underflows, so the
     # forced linear path must hand these pairs to the log-space path
-    scores2, trip2 = topk_triplets_per_pair(*f, 200, method="linear")
-    assert decode.last_decode_stats["log"] == 3
+    scores2, trip2 = topk_triplets_per_pair(*f, 200, method="linear", stats=stats)
+    assert stats.log == 3
     assert_exact(scores2, trip2, brute_scores(*f), 200, TOL[torch.float64])
 
 
 def test_random_logits_fall_back_and_stay_exact():
     g = torch.Generator().manual_seed(2)
     f = [torch.randn(5, 5, c, generator=g) for c in (25, 10, 25)]
-    scores, trip = topk_triplets_per_pair(*f, 100)
-    assert decode.last_decode_stats["bound"] < 5  # the bound cannot certify flat logits
+    stats = DecodeStats()
+    scores, trip = topk_triplets_per_pair(*f, 100, stats=stats)
+    assert stats.bound < 5  # the bound cannot certify flat logits
     assert_exact(scores, trip, brute_scores(*f), 100, TOL[torch.float32])
 
 
@@ -252,7 +266,7 @@ def test_prior_on_another_device_is_not_moved():
     counts = torch.zeros(3, 2, 3)
     counts[1, 1, 2] = 4
     prior = TripletPrior.from_counts(counts)
-    moved = decode._prior_on(prior, torch.device("meta"))
+    moved = prior_tables.prior_on_device(prior, torch.device("meta"))
     assert moved.support_index.device.type == "meta" and moved.num_support == 1
     assert prior.support_index.device.type == "cpu"
 
@@ -306,15 +320,16 @@ def test_prior_pruning_never_drops_a_true_winner(n, r, k, kind, dtype, dense_tab
     counts = _prior_holding(f, k, sizes, g)
     f = [x.to(dtype) for x in f]
     prior = TripletPrior.from_counts(counts)
-    old = decode._DENSE_PRIOR_MAX
-    decode._DENSE_PRIOR_MAX = old if dense_tables else 0
+    old = prior_tables.DENSE_PRIOR_MAX
+    prior_tables.DENSE_PRIOR_MAX = old if dense_tables else 0
+    stats = DecodeStats()
     try:
         scores, trip = topk_triplets_per_pair(
-            *f, k, prior=prior, method="bound", max_enumerate_fraction=2.0
+            *f, k, prior=prior, method="bound", max_enumerate_fraction=2.0, stats=stats
         )
     finally:
-        decode._DENSE_PRIOR_MAX = old
-    assert decode.last_decode_stats["bound"] == n
+        prior_tables.DENSE_PRIOR_MAX = old
+    assert stats.bound == n
     assert_exact(scores, trip, brute_scores(*f, counts), k, TOL[dtype])
 
 
@@ -326,26 +341,27 @@ def test_prior_tables_follow_count_changes_and_small_chunks(monkeypatch):
     f = peaked(6, 2, sizes, gen=g, dtype=torch.float32)
     counts = rand_counts(sizes, 0.02, g)
     prior = TripletPrior.from_counts(counts)
-    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior)
-    assert decode.last_decode_stats["bound"] == 6
+    stats = DecodeStats()
+    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior, stats=stats)
+    assert stats.bound == 6
     assert_exact(scores, trip, brute_scores(*f, counts), 50, TOL[torch.float32])
     counts2 = _prior_holding([x.double() for x in f], 50, sizes, g)
     prior.set_counts(counts2)
-    monkeypatch.setattr(decode, "_CHUNK_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(decode, "_GROUP_ELEMENTS", 1 << 10)
-    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior)
-    assert decode.last_decode_stats["bound"] == 6
+    monkeypatch.setattr(common, "CHUNK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(common, "GROUP_ELEMENTS", 1 << 10)
+    scores, trip = topk_triplets_per_pair(*f, 50, prior=prior, stats=stats)
+    assert stats.bound == 6
     assert_exact(scores, trip, brute_scores(*f, counts2), 50, TOL[torch.float32])
     # flat logits, every pair certified: many candidates, scored in several groups per chunk
     flat = [torch.randn(6, 2, c, generator=g) * 0.1 for c in sizes]
     for pr, cnt in ((None, None), (prior, counts2)):
         scores, trip = topk_triplets_per_pair(
-            *flat, 50, prior=pr, method="bound", max_enumerate_fraction=2.0
+            *flat, 50, prior=pr, method="bound", max_enumerate_fraction=2.0, stats=stats
         )
-        assert decode.last_decode_stats["bound"] == 6
+        assert stats.bound == 6
         assert_exact(scores, trip, brute_scores(*flat, cnt), 50, TOL[torch.float32])
     prior.support_log_prob.add_(0.0)  # an in-place edit also invalidates (version counter)
-    assert decode._prior_tables(prior, torch.device("cpu"), torch.float32) is not None
+    assert prior_tables.cached_prior_tables(prior, torch.device("cpu"), torch.float32) is not None
 
 
 def test_prior_tables_cache_does_not_keep_the_prior_alive():
@@ -369,8 +385,6 @@ def test_prior_tables_cache_does_not_keep_the_prior_alive():
 def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
     """R = 1 uses the dominance candidates (plus the prior's support): the same scores as
     dense, and each returned triplet carries its own dense score (ties may swap triplets)."""
-    from vrd_d2.modeling.decode import dense_topk_triplets, last_decode_stats, topk_triplets_per_pair
-
     g = torch.Generator().manual_seed(k)
     shape = [(5, 1, 20), (5, 1, 15), (5, 1, 20)]
     if kind == "ties":  # few distinct values: many exact ties
@@ -380,10 +394,13 @@ def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
     weight = torch.randn(5, generator=g, dtype=torch.float64)
     prior = None
     if with_prior:  # ~3% support, counts skewed
-        counts = (torch.rand(20, 15, 20, generator=g) < 0.03).long() * torch.randint(1, 50, (20, 15, 20), generator=g)
+        counts = (torch.rand(20, 15, 20, generator=g) < 0.03).long() * torch.randint(
+            1, 50, (20, 15, 20), generator=g
+        )
         prior = TripletPrior.from_counts(counts)
-    v, t = topk_triplets_per_pair(*s, k, prior=prior, pair_log_weight=weight)
-    assert last_decode_stats["bound"] == 5 and last_decode_stats["log"] == 0
+    stats = DecodeStats()
+    v, t = topk_triplets_per_pair(*s, k, prior=prior, pair_log_weight=weight, stats=stats)
+    assert stats.bound == 5 and stats.log == 0
     dv, _ = dense_topk_triplets(*s, k, prior=prior, pair_log_weight=weight)
     torch.testing.assert_close(v, dv, rtol=0, atol=1e-10)
     ls = [x[:, 0].log_softmax(-1) for x in s]
@@ -393,3 +410,63 @@ def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
         own = own + prior.log_prob(t.reshape(-1, 3)).reshape(own.shape).to(own)
     torch.testing.assert_close(v, own, rtol=0, atol=1e-10)
     assert len({tuple(x) for x in t[0].tolist()}) == t.shape[1]  # no triplet twice
+
+
+@FAST
+@given(
+    n=st.integers(1, 4),
+    r=st.integers(1, 5),
+    sizes=st.tuples(st.integers(2, 12), st.integers(1, 8), st.integers(1, 12)),
+    k=st.integers(1, 120),
+    margin=st.sampled_from([0, 2, 32]),
+    kind=st.sampled_from(["flat", "random", "peaked", "ties"]),
+    use_prior=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 10**6),
+)
+def test_float32_dense_selection_holds_the_exact_top_k(
+    n, r, sizes, k, margin, kind, use_prior, dtype, seed
+):
+    """The float32 fallback (one batched matmul, rows of largest maxima, rounding margins): for
+    every pair it calls reliable, its candidates rescored exactly give the brute-force top-k."""
+    from vrd_d2.modeling.decode.common import rescore_sorted
+    from vrd_d2.modeling.decode.dense import selected_dense_topk
+
+    g = torch.Generator().manual_seed(seed)
+    if kind == "flat":
+        f = [torch.randn(n, r, c, generator=g, dtype=torch.float64) * 0.1 for c in sizes]
+    elif kind == "random":
+        f = [torch.randn(n, r, c, generator=g, dtype=torch.float64) * 2 for c in sizes]
+    elif kind == "peaked":
+        f = peaked(n, r, sizes, gen=g)
+    else:
+        f = [torch.randint(0, 2, (n, r, c), generator=g).double() for c in sizes]
+    f = [x.to(dtype) for x in f]
+    counts = rand_counts(sizes, 0.1, g) if use_prior else None
+    prior = TripletPrior.from_counts(counts) if use_prior else None
+    kk = min(k, sizes[0] * sizes[1] * sizes[2])
+    scaled = None
+    if prior is not None:
+        dense_prior = prior.to_dense().reshape(-1)
+        scaled = (dense_prior / dense_prior.max()).float()
+    flat, ok = selected_dense_topk(*f, kk, scaled, margin=margin)
+    assert flat.shape[0] == n and flat.shape[1] >= kk
+    if kind in ("flat", "random") and not use_prior and margin == 32:
+        assert bool(ok.all()), "continuous logits: no near-tie should defeat the margins"
+    if not bool(ok.any()):
+        return
+    sel = ok.nonzero().squeeze(1)
+    sub = [x[sel] for x in f]
+    scores, ids = rescore_sorted(*sub, flat[sel], prior.to(dtype) if prior is not None else None)
+    trip = torch.stack(unravel(ids[:, :kk], sizes), -1)
+    # the rescored scores are log u + log psi_u; the dense reference is normalized by its sum
+    a, b, c = (x.double() for x in sub)
+    terms = a[:, :, :, None, None] + b[:, :, None, :, None] + c[:, :, None, None, :]
+    log_z = terms.logsumexp(1).flatten(1).logsumexp(1)
+    normalized = (scores[:, :kk].double() - log_z[:, None]).to(dtype)
+    assert_exact(normalized, trip, brute_scores(*sub, counts), kk, TOL[dtype])
+
+
+def unravel(flat, sizes):
+    _, P, O = sizes
+    return flat // (P * O), (flat // O) % P, flat % O

@@ -5,7 +5,12 @@
    log-space tensor (dense_log_prob, normalized by its own sum, gathered, backpropagated),
    at VRD (100x70x100) and VG150 (151x51x151) sizes, R in {1, 5, 10}.
 2. Exact top-100 decoding (vrd_d2.modeling.decode.topk_triplets_per_pair) vs dense
-   (dense_topk_triplets) on peaked (trained-like) and random logits, with and without a prior.
+   (dense_topk_triplets) on peaked (trained-like), random and flat logits, with and without a
+   prior, at VG150 size (151x51x151), and peaked logits at VRD size (``--vrd-pairs`` pairs).
+3. The dense fallback at VG200 size (200x100x200), flat logits without prior (no bound can
+   certify them), R = 5: our exact decode against one batched matrix product per chunk of pairs
+   that builds the same float32 S x P x O tensors (``fallback_vs_gemm_vg200_flat``; also against
+   the float64 tensors), on ``--vg200-pairs`` pairs, and against dense.
 
 Dense timings at large N are expensive; the dense side is measured on ``--dense-pairs`` pairs
 (chunked) and scaled linearly to N when that is smaller than N (dense cost is exactly linear in
@@ -21,11 +26,13 @@ import time
 
 import torch
 
-from vrd_d2.modeling import decode
 from vrd_d2.modeling.cp_triplet import TripletPrior, cp_nll_loss, dense_log_prob
-from vrd_d2.modeling.decode import dense_topk_triplets, topk_triplets_per_pair
+from vrd_d2.modeling.decode import DecodeStats, dense_topk_triplets, topk_triplets_per_pair
+from vrd_d2.modeling.decode.common import pair_chunks
+from vrd_d2.modeling.decode.dense import linear_dense_tensor
 
 SIZES = {"vrd": (100, 70, 100), "vg150": (151, 51, 151)}
+VG200 = (200, 100, 200)
 
 
 def sync(device):
@@ -154,6 +161,49 @@ def same_as_dense(v, t, rv, rt, rtol):
     return bool((t == rt).all(-1)[distinct].all())
 
 
+def decode_row(label, sizes, kind, prior, r, n, nd, device, gen, rows):
+    """Time our exact top-100 and dense on the same logits; append a table row and a record."""
+    f = make_factors(n, r, sizes, kind, gen, device)
+    paths = DecodeStats()
+    t_fast, (v, t) = timed(
+        lambda: topk_triplets_per_pair(*f, 100, prior=prior, stats=paths), device, repeat=5
+    )
+    stats = paths.as_dict()
+    nd = min(n, nd)
+    t_dense, (rv, rt) = timed(
+        lambda: dense_topk_triplets(*[x[:nd] for x in f], 100, prior=prior), device, repeat=2
+    )
+    t_dense_n = t_dense * n / nd
+    ok = same_as_dense(v[:nd], t[:nd], rv, rt, 1e-4)
+    rows.append(
+        (
+            "top100",
+            label,
+            r,
+            n,
+            f"b{stats['bound']}/l{stats['linear']}/g{stats['log']}",
+            f"{t_fast * 1e3:.1f}",
+            f"{t_dense_n * 1e3:.1f}",
+            nd,
+            f"{t_dense_n / t_fast:.1f}x",
+            "exact" if ok else "MISMATCH",
+        )
+    )
+    record = dict(
+        kind=kind,
+        prior=prior is not None,
+        R=r,
+        pairs=n,
+        fast_s=t_fast,
+        dense_s=t_dense_n,
+        dense_pairs_measured=nd,
+        speedup=t_dense_n / t_fast,
+        exact=ok,
+        paths=stats,
+    )
+    return f, record
+
+
 def bench_decode(args, device, gen, rows, results):
     sizes = SIZES["vg150"]
     prior = make_prior(sizes, gen).to(device)
@@ -161,58 +211,86 @@ def bench_decode(args, device, gen, rows, results):
     for kind in ("peaked", "random", "flat"):
         for use_prior in (True, False):
             for r in args.decode_ranks:
-                n = args.decode_pairs
-                f = make_factors(n, r, sizes, kind, gen, device)
-                pr = prior if use_prior else None
-                t_fast, (v, t) = timed(
-                    lambda: topk_triplets_per_pair(*f, 100, prior=pr), device, repeat=5
-                )
-                stats = dict(decode.last_decode_stats)
-                nd = min(n, args.dense_pairs_decode)
-                t_dense, (rv, rt) = timed(
-                    lambda: dense_topk_triplets(*[x[:nd] for x in f], 100, prior=pr),
-                    device,
-                    repeat=2,
-                )
-                t_dense_n = t_dense * n / nd
-                ok = same_as_dense(v[:nd], t[:nd], rv, rt, 1e-4)
-                exact &= ok
                 label = f"{kind}{'+prior' if use_prior else ''}"
-                rows.append(
-                    (
-                        "top100",
-                        label,
-                        r,
-                        n,
-                        f"b{stats['bound']}/l{stats['linear']}/g{stats['log']}",
-                        f"{t_fast * 1e3:.1f}",
-                        f"{t_dense_n * 1e3:.1f}",
-                        nd,
-                        f"{t_dense_n / t_fast:.1f}x",
-                        "exact" if ok else "MISMATCH",
-                    )
+                _, record = decode_row(
+                    label,
+                    sizes,
+                    kind,
+                    prior if use_prior else None,
+                    r,
+                    args.decode_pairs,
+                    args.dense_pairs_decode,
+                    device,
+                    gen,
+                    rows,
                 )
-                results["decode"].append(
-                    dict(
-                        kind=kind,
-                        prior=use_prior,
-                        R=r,
-                        pairs=n,
-                        fast_s=t_fast,
-                        dense_s=t_dense_n,
-                        dense_pairs_measured=nd,
-                        speedup=t_dense_n / t_fast,
-                        exact=ok,
-                        paths=stats,
-                    )
-                )
+                results["decode"].append(record)
+                exact &= record["exact"]
     for key, kinds in (("peaked", ("peaked",)), ("random", ("random", "flat"))):
         sp = [d["speedup"] for d in results["decode"] if d["kind"] in kinds]
         results[f"decode_speedup_{key}"] = min(sp)  # the worst configuration of that kind
+    # VRD size, trained-like logits: the common case of a VRD image
+    sizes = SIZES["vrd"]
+    prior = make_prior(sizes, gen).to(device)
+    results["decode_vrd"] = []
+    for use_prior in (True, False):
+        for r in args.decode_ranks:
+            label = f"vrd peaked{'+prior' if use_prior else ''}"
+            _, record = decode_row(
+                label,
+                sizes,
+                "peaked",
+                prior if use_prior else None,
+                r,
+                args.vrd_pairs,
+                args.dense_pairs_decode,
+                device,
+                gen,
+                rows,
+            )
+            results["decode_vrd"].append(record)
+            exact &= record["exact"]
+            if use_prior and r == 5:
+                results["decode_speedup_peaked_prior_vrd_r5"] = record["speedup"]
     results["decode_exact"] = exact
 
 
-def main():
+def build_dense_tensors(f, dtype):
+    """The baseline: the S x P x O tensors of every pair, one batched matmul per chunk."""
+    total = f[0].shape[2] * f[1].shape[2] * f[2].shape[2]
+    for a, b in pair_chunks(f[0].shape[0], total):
+        linear_dense_tensor(*[x[a:b] for x in f], dtype)
+
+
+def bench_fallback(args, device, gen, rows, results):
+    """Flat logits, no prior, VG200 size, R = 5: every pair takes the dense fallback."""
+    n = args.vg200_pairs
+    f, record = decode_row(
+        "vg200 flat",
+        VG200,
+        "flat",
+        None,
+        5,
+        n,
+        args.dense_pairs_vg200,
+        device,
+        gen,
+        rows,
+    )
+    t_gemm, _ = timed(lambda: build_dense_tensors(f, torch.float32), device, repeat=2)
+    t_gemm64, _ = timed(lambda: build_dense_tensors(f, torch.float64), device, repeat=1)
+    record.update(gemm_float32_s=t_gemm, gemm_float64_s=t_gemm64)
+    results["fallback_vg200_flat"] = record
+    results["fallback_vs_gemm_vg200_flat"] = record["fast_s"] / t_gemm
+    results["fallback_vs_gemm64_vg200_flat"] = record["fast_s"] / t_gemm64
+    results["fallback_vs_dense_vg200_flat"] = record["dense_s"] / record["fast_s"]
+    results["decode_exact"] = results.get("decode_exact", True) and record["exact"]
+    for label, t in (("gemm float32", t_gemm), ("gemm float64", t_gemm64)):
+        ratio = f"decode/gemm {record['fast_s'] / t:.2f}"
+        rows.append(("bmm", f"vg200 {label}", 5, n, "-", f"{t * 1e3:.1f}", "-", "-", "-", ratio))
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -238,7 +316,14 @@ def main():
         default=None,
         help="ranks of the decode rows (default: 5 with --quick, else 1 5 10)",
     )
-    args = ap.parse_args()
+    ap.add_argument("--vrd-pairs", type=int, default=256, help="pairs of the VRD-size decode rows")
+    ap.add_argument(
+        "--vg200-pairs",
+        type=int,
+        default=None,
+        help="pairs of the VG200 fallback row (default: 1000, 16 with --quick)",
+    )
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
         args.loss_pairs, args.dense_pairs, args.chunk = [256], 4, 2
@@ -246,6 +331,9 @@ def main():
     else:
         args.loss_pairs, args.dense_pairs, args.chunk = [256, 1024, 4096], 32, 4
         args.decode_pairs, args.dense_pairs_decode, args.decode_ranks = 256, 32, [1, 5, 10]
+    if args.vg200_pairs is None:
+        args.vg200_pairs = 16 if args.quick else 1000
+    args.dense_pairs_vg200 = 2
     if args.decode_ranks_override is not None:
         args.decode_ranks = args.decode_ranks_override
     if args.full:
@@ -258,6 +346,7 @@ def main():
     t0 = time.perf_counter()
     bench_loss(args, device, gen, rows, results)
     bench_decode(args, device, gen, rows, results)
+    bench_fallback(args, device, gen, rows, results)
     results["total_s"] = time.perf_counter() - t0
 
     head = (
@@ -284,6 +373,9 @@ def main():
         f"loss_speedup_vg150={results.get('loss_speedup_vg150', float('nan')):.0f}x  "
         f"decode_speedup_peaked={results['decode_speedup_peaked']:.1f}x  "
         f"decode_speedup_random={results['decode_speedup_random']:.2f}x  "
+        f"decode_speedup_peaked_prior_vrd_r5="
+        f"{results.get('decode_speedup_peaked_prior_vrd_r5', float('nan')):.1f}x  "
+        f"fallback_vs_gemm_vg200_flat={results['fallback_vs_gemm_vg200_flat']:.2f}  "
         f"decode_exact={results['decode_exact']}  total {results['total_s']:.1f}s"
     )
     if args.json:

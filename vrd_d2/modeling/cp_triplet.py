@@ -1,4 +1,5 @@
-"""The non-negative rank-R CP triplet distribution and the triplet prior (pure torch).
+"""The non-negative rank-R CP triplet distribution (pure torch); with the triplet prior
+(:mod:`.triplet_prior`) and the argument checks (:mod:`.cp_checks`) re-exported here.
 
 Dupty, Zhang & Lee, "Visual Relationship Detection with Low Rank Non-Negative Tensor
 Decomposition", AAAI 2020. For a batch of N (subject box, object box) pairs the network predicts
@@ -19,11 +20,19 @@ triplet id is ``(subject * P + predicate) * O + object`` (row-major over ``[S, P
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .cp_checks import (
+    check_factors,
+    check_labels,
+    check_triplets,
+    describe_shape,
+    unravel_triplets,
+)
+from .triplet_prior import TripletPrior, check_prior
 
 __all__ = [
     "check_factors",
@@ -38,125 +47,13 @@ __all__ = [
     "TripletPrior",
     "crf_log_normalizer",
     "unravel_triplets",
+    "describe_shape",
+    "check_labels",
+    "check_prior",
+    "dense_log_unnormalized",
 ]
 
 _FILE = "vrd_d2/modeling/cp_triplet.py"
-
-
-def unravel_triplets(flat: Tensor, P: int, O: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Flat triplet ids (any shape; id = (subject P + predicate) O + object) -> (subject,
-    predicate, object) ids of the same shape: the inverse of :meth:`TripletPrior.flat_index`."""
-    return flat // (P * O), (flat // O) % P, flat % O
-
-
-# --------------------------------------------------------------------------------------------
-# input validation: every public entry checks its arguments and names them in the error
-# --------------------------------------------------------------------------------------------
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def check_factors(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, *, where: str = ""
-) -> Tuple[int, int, int, int, int]:
-    """Validate CP log-factors; return ``(N, R, S, P, O)``.
-
-    Args:
-        s_s: Tensor[N, R, S] subject log-factors; s_p: Tensor[N, R, P]; s_o: Tensor[N, R, O].
-            Same floating dtype and device, finite (no NaN / inf).
-    Raises:
-        ValueError naming the argument, the expected and the found shape / dtype.
-    """
-    ctx = f"{_FILE}:{where or 'check_factors'}"
-    for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
-        if not isinstance(t, Tensor):
-            raise ValueError(
-                f"{ctx}: {name} must be a torch.Tensor [N, R, C], found {type(t).__name__}"
-            )
-        if t.dim() != 3:
-            raise ValueError(f"{ctx}: {name} must be 3-D [N, R, C], found shape {_shape(t)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{ctx}: {name} must be a floating tensor, found dtype {t.dtype}")
-    if not (s_s.shape[0] == s_p.shape[0] == s_o.shape[0]):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o must have the same number of pairs N (dim 0), found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
-        )
-    if not (s_s.shape[1] == s_p.shape[1] == s_o.shape[1]):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o must have the same rank R (dim 1), found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
-        )
-    if s_s.shape[1] < 1 or min(s_s.shape[2], s_p.shape[2], s_o.shape[2]) < 1:
-        raise ValueError(
-            f"{ctx}: rank R and class counts must be >= 1, found shapes "
-            f"{_shape(s_s)}, {_shape(s_p)}, {_shape(s_o)}"
-        )
-    if not (s_s.dtype == s_p.dtype == s_o.dtype):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o dtypes differ: {s_s.dtype}, {s_p.dtype}, {s_o.dtype}"
-        )
-    if not (s_s.device == s_p.device == s_o.device):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o devices differ: {s_s.device}, {s_p.device}, {s_o.device}"
-        )
-    for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
-        if t.numel() and not bool(torch.isfinite(t.detach()).all()):
-            raise ValueError(f"{ctx}: {name} {_shape(t)} contains NaN or inf logits")
-    n, r, s = s_s.shape
-    return n, r, s, s_p.shape[2], s_o.shape[2]
-
-
-def _check_index(name: str, t, shape_desc: str, ndim: int, last: Optional[int], ctx: str) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(
-            f"{ctx}: {name} must be a torch.Tensor {shape_desc}, found {type(t).__name__}"
-        )
-    if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(
-            f"{ctx}: {name} must be an integer (long) tensor {shape_desc}, found dtype {t.dtype}"
-        )
-    if t.dim() != ndim or (last is not None and t.shape[-1] != last):
-        raise ValueError(f"{ctx}: {name} must have shape {shape_desc}, found {_shape(t)}")
-
-
-def _check_range(name: str, t: Tensor, high: int, what: str, ctx: str) -> None:
-    if t.numel() == 0:
-        return
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= high:
-        raise ValueError(
-            f"{ctx}: {name} ids must be in [0, {high}) ({what}), found range [{lo}, {hi}]"
-        )
-
-
-def _check_triplets(triplets, pair_index, n, s, p, o, device, ctx) -> None:
-    _check_index("triplets", triplets, "[M, 3] (subject, predicate, object)", 2, 3, ctx)
-    _check_index("pair_index", pair_index, "[M]", 1, None, ctx)
-    if pair_index.shape[0] != triplets.shape[0]:
-        raise ValueError(
-            f"{ctx}: pair_index {_shape(pair_index)} must have one entry per row of triplets {_shape(triplets)}"
-        )
-    for name, t in (("triplets", triplets), ("pair_index", pair_index)):
-        if t.device != device:
-            raise ValueError(f"{ctx}: {name} is on {t.device} but the factors are on {device}")
-    _check_range("triplets[:, 0]", triplets[:, 0], s, "subject classes S", ctx)
-    _check_range("triplets[:, 1]", triplets[:, 1], p, "predicate classes P", ctx)
-    _check_range("triplets[:, 2]", triplets[:, 2], o, "object classes O", ctx)
-    _check_range("pair_index", pair_index, n, "pairs N", ctx)
-
-
-def _check_labels(subject, object_, n, s, o, device, ctx) -> None:
-    for name, t, high, what in (
-        ("subject", subject, s, "subject classes S"),
-        ("object", object_, o, "object classes O"),
-    ):
-        _check_index(name, t, f"[N={n}]", 1, None, ctx)
-        if t.shape[0] != n:
-            raise ValueError(f"{ctx}: {name} must have shape [N={n}], found {_shape(t)}")
-        if t.device != device:
-            raise ValueError(f"{ctx}: {name} is on {t.device} but the factors are on {device}")
-        _check_range(name, t, high, what, ctx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +103,7 @@ def triplet_log_prob(
         Tensor[M] log probabilities (normalized by Z of eq. 6).
     """
     n, _, s, p, o = check_factors(s_s, s_p, s_o, where="triplet_log_prob")
-    _check_triplets(triplets, pair_index, n, s, p, o, s_s.device, f"{_FILE}:triplet_log_prob")
+    check_triplets(triplets, pair_index, n, s, p, o, s_s.device, f"{_FILE}:triplet_log_prob")
     if triplets.shape[0] == 0:
         return s_s.new_zeros(0)
     a_s, a_p, a_o = _log_factor_sums(s_s, s_p, s_o)
@@ -231,7 +128,7 @@ def triplet_log_score(
     lp = triplet_log_prob(s_s, s_p, s_o, triplets, pair_index)
     if prior is None:
         return lp
-    _check_prior(
+    check_prior(
         prior, tuple(s_s.shape[2:]) + (s_p.shape[2], s_o.shape[2]), f"{_FILE}:triplet_log_score"
     )
     return lp + prior.log_prob(triplets).to(lp)
@@ -319,14 +216,14 @@ def predicate_log_conditional(
         Tensor[N, P], rows summing to 1 after exp.
     """
     n, _, s, _, o = check_factors(s_s, s_p, s_o, where="predicate_log_conditional")
-    _check_labels(subject, object, n, s, o, s_s.device, f"{_FILE}:predicate_log_conditional")
+    check_labels(subject, object, n, s, o, s_s.device, f"{_FILE}:predicate_log_conditional")
     ar = torch.arange(n, device=s_s.device)
     c = s_s[ar, :, subject.long()] + s_o[ar, :, object.long()]  # [N, R]
     joint = (c[..., None] + s_p).logsumexp(1)  # [N, P]
     return joint - joint.logsumexp(-1, keepdim=True)
 
 
-def _dense_log_unnormalized(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
+def dense_log_unnormalized(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
     """log sum_r phi_s,r(i) phi_p,r(j) phi_o,r(k) for every triplet: Tensor[N, S, P, O].
 
     Accumulates over r with logaddexp so memory is O(N S P O), not O(N R S P O).
@@ -350,171 +247,9 @@ def dense_log_prob(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
         Tensor[N, S, P, O].
     """
     check_factors(s_s, s_p, s_o, where="dense_log_prob")
-    lu = _dense_log_unnormalized(s_s, s_p, s_o)
+    lu = dense_log_unnormalized(s_s, s_p, s_o)
     return lu - lu.flatten(1).logsumexp(-1)[:, None, None, None]
 
-
-# --------------------------------------------------------------------------------------------
-# the triplet prior psi_u
-# --------------------------------------------------------------------------------------------
-def _check_prior(prior, shape: Tuple[int, int, int], ctx: str) -> None:
-    if not isinstance(prior, TripletPrior):
-        raise ValueError(
-            f"{ctx}: prior must be a TripletPrior or None, found {type(prior).__name__}"
-        )
-    if tuple(prior.shape) != tuple(shape):
-        raise ValueError(
-            f"{ctx}: prior has shape {tuple(prior.shape)} but the factors give (S, P, O) = {tuple(shape)}"
-        )
-
-
-class TripletPrior(nn.Module):
-    """The language/statistics prior psi_u over (subject, predicate, object).
-
-    psi_u(i, j, k) = (count(i, j, k) + 1) / (total + S P O): the training counts add-1 smoothed and
-    normalized (the paper's prior). Only ~1% of triplets are ever seen, so the prior is stored
-    sparse: the sorted flat ids of the seen triplets (``support_index``, LongTensor[U]) with their
-    log-probabilities (``support_log_prob``, Tensor[U]) and the constant off-support value
-    ``log_floor = -log(total + S P O)``. All three are buffers, so they follow ``.to(device)`` and
-    are saved in checkpoints; loading resizes the data-dependent buffers, so a freshly constructed
-    (empty) prior of the same shape can load any saved prior of that shape.
-
-    An empty prior (no counts) is uniform: psi_u = 1 / (S P O).
-    """
-
-    def __init__(self, num_subjects: int, num_predicates: int, num_objects: int):
-        super().__init__()
-        sizes = (num_subjects, num_predicates, num_objects)
-        if any(
-            (not isinstance(x, (int, np.integer))) or isinstance(x, bool) or x < 1 for x in sizes
-        ):
-            raise ValueError(
-                f"{_FILE}:TripletPrior: (S, P, O) must be positive ints, found {sizes}"
-            )
-        self._sizes = tuple(int(x) for x in sizes)
-        self.register_buffer("sizes", torch.tensor(self._sizes, dtype=torch.long))
-        self.register_buffer("support_index", torch.zeros(0, dtype=torch.long))
-        # float64 so that decoding float64 logits sees the exact prior; cast to the logits' dtype on use
-        self.register_buffer("support_log_prob", torch.zeros(0, dtype=torch.float64))
-        self.register_buffer("log_floor", torch.tensor(-math.log(self.numel), dtype=torch.float64))
-
-    # ---------------------------------------------------------------- construction
-    @classmethod
-    def from_counts(cls, counts: Union[np.ndarray, Tensor]) -> "TripletPrior":
-        """Build from training counts.
-
-        Args:
-            counts: [S, P, O] non-negative counts (numpy or torch, integer or integral float), e.g.
-                ``vrd_d2.data.get_triplet_counts(name)``.
-        """
-        ctx = f"{_FILE}:TripletPrior.from_counts"
-        c = (
-            torch.as_tensor(np.asarray(counts) if not isinstance(counts, Tensor) else counts)
-            .detach()
-            .cpu()
-        )
-        if c.dim() != 3:
-            raise ValueError(f"{ctx}: counts must have shape [S, P, O], found {tuple(c.shape)}")
-        c = c.to(torch.float64)
-        if c.numel() and (not bool(torch.isfinite(c).all()) or float(c.min()) < 0):
-            raise ValueError(f"{ctx}: counts {tuple(c.shape)} must be finite and >= 0")
-        prior = cls(*c.shape)
-        prior.set_counts(c)
-        return prior
-
-    def set_counts(self, counts: Tensor) -> None:
-        """Replace the prior by the add-1 smoothed, normalized ``counts`` [S, P, O]."""
-        c = torch.as_tensor(counts, dtype=torch.float64).detach().cpu()
-        if tuple(c.shape) != self._sizes:
-            raise ValueError(
-                f"{_FILE}:TripletPrior.set_counts: counts shape {tuple(c.shape)} != prior shape {self._sizes}"
-            )
-        flat = c.reshape(-1)
-        support = flat.nonzero().squeeze(1)  # ascending: searchsorted needs it
-        log_denom = math.log(float(flat.sum()) + self.numel)
-        device, dtype = self.support_log_prob.device, self.support_log_prob.dtype
-        self.support_index = support.to(device)
-        self.support_log_prob = (torch.log1p(flat[support]) - log_denom).to(
-            device=device, dtype=dtype
-        )
-        self.log_floor = torch.tensor(-log_denom, dtype=self.log_floor.dtype, device=device)
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        sizes = state_dict.get(prefix + "sizes")
-        if sizes is not None and tuple(int(x) for x in sizes.tolist()) != self._sizes:
-            raise ValueError(
-                f"{_FILE}:TripletPrior: checkpoint entry {prefix}sizes has shape (S, P, O) = "
-                f"{tuple(int(x) for x in sizes.tolist())}, this prior expects {self._sizes}"
-            )
-        # the support size depends on the training data: resize before the default copy_
-        for name in ("support_index", "support_log_prob"):
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None and incoming.shape != getattr(self, name).shape:
-                cur = getattr(self, name)
-                setattr(self, name, torch.empty(incoming.shape, dtype=cur.dtype, device=cur.device))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-    # ---------------------------------------------------------------- queries
-    @property
-    def shape(self) -> Tuple[int, int, int]:
-        """(S, P, O)."""
-        return self._sizes
-
-    @property
-    def numel(self) -> int:
-        s, p, o = self._sizes
-        return s * p * o
-
-    @property
-    def num_support(self) -> int:
-        """U, the number of triplets seen in training."""
-        return int(self.support_index.numel())
-
-    def flat_index(self, triplets: Tensor) -> Tensor:
-        """LongTensor[M, 3] (subject, predicate, object) -> LongTensor[M] flat ids."""
-        _, p, o = self._sizes
-        t = triplets.long()
-        return (t[:, 0] * p + t[:, 1]) * o + t[:, 2]
-
-    def log_prob_flat(self, flat: Tensor) -> Tensor:
-        """log psi_u for flat triplet ids of any shape (values in [0, S P O)); same shape out."""
-        if self.num_support == 0:
-            return self.log_floor.expand(flat.shape).clone()
-        sup = self.support_index
-        pos = torch.searchsorted(sup, flat.reshape(-1).to(sup.device)).clamp_(max=sup.numel() - 1)
-        hit = sup[pos] == flat.reshape(-1)
-        out = torch.where(hit, self.support_log_prob[pos], self.log_floor)
-        return out.reshape(flat.shape)
-
-    def log_prob(self, triplets: Tensor) -> Tensor:
-        """log psi_u of triplets.
-
-        Args:
-            triplets: LongTensor[M, 3] (subject, predicate, object), 0-based.
-        Returns:
-            Tensor[M] (dtype of the buffers).
-        """
-        ctx = f"{_FILE}:TripletPrior.log_prob"
-        _check_index("triplets", triplets, "[M, 3] (subject, predicate, object)", 2, 3, ctx)
-        for col, (name, high) in enumerate(zip(("subject", "predicate", "object"), self._sizes)):
-            _check_range(
-                f"triplets[:, {col}]", triplets[:, col], high, f"{name} classes of the prior", ctx
-            )
-        return self.log_prob_flat(self.flat_index(triplets.to(self.support_index.device)))
-
-    def to_dense(self, log: bool = False) -> Tensor:
-        """The dense prior psi_u (or its log if ``log``): Tensor[S, P, O]. For tests / fallback."""
-        out = self.log_floor.expand(self.numel).clone()
-        out[self.support_index] = self.support_log_prob
-        out = out.reshape(self._sizes)
-        return out if log else out.exp()
-
-    def extra_repr(self) -> str:
-        return f"shape={self._sizes}, support={self.num_support}, log_floor={float(self.log_floor):.4f}"
 
 
 def crf_log_normalizer(
@@ -534,9 +269,13 @@ def crf_log_normalizer(
         Tensor[N] in the dtype of the factors.
     """
     n, _, S, P, O = check_factors(s_s, s_p, s_o, where="crf_log_normalizer")
-    if tuple(prior.shape) != (S, P, O):
-        raise ValueError(f"{_FILE}:crf_log_normalizer: prior has shape {tuple(prior.shape)}, the factors "
-                         f"give {(S, P, O)}")
+    ctx = f"{_FILE}:crf_log_normalizer"
+    if not isinstance(prior, TripletPrior):
+        raise ValueError(
+            f"{ctx}: prior must be a TripletPrior (the normalizer sums psi_c psi_u), found "
+            f"{type(prior).__name__}"
+        )
+    check_prior(prior, (S, P, O), ctx)
     dt = s_s.dtype
     log_floor = prior.log_floor.to(s_s.device, dt)
     sup = prior.support_index.to(s_s.device)
