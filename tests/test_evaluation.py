@@ -411,8 +411,7 @@ def test_evaluator_both_protocols_from_config(tiny_cfg):
     runs = {}
     for protocol in ("lu", "sgb", "both"):
         cfg = tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.MODE", "sgdet", "MODEL.VRD.TEST.PROTOCOL", protocol)
-        ev = VRDEvaluator(cfg, name,
-                          distributed=False)
+        ev = VRDEvaluator(cfg, name, distributed=False)
         ev.process(inputs, outputs)
         runs[protocol] = ev.evaluate()
     both = runs["both"]
