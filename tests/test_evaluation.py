@@ -424,3 +424,9 @@ def test_evaluator_both_protocols_from_config(tiny_cfg):
     # the hand-worked figures of test_evaluator_sgb_protocol_from_config, side by side
     assert both["relationship"]["sgb/mR@20"] == pytest.approx(57.5)
     assert both["relationship"]["mR@50_k1"] == pytest.approx(100 * (4 / 5 + 2 / 7) / 2)
+    # tools/train_net.py's evaluator reads the protocol (and the SGB zero-shot list) from the config
+    from vrd_d2.engine import Trainer
+
+    cfg = tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.TEST.PROTOCOL", "both", "MODEL.VRD.TEST.K_PER_PAIR", "[1]")
+    ev = Trainer.build_evaluator(cfg, name)
+    assert ev.protocol == "both" and ev._k_values == (1,) and ev._mode == cfg.MODEL.VRD.MODE
