@@ -401,3 +401,32 @@ def test_evaluator_sgb_protocol_from_config(tmp_path, tiny_cfg):
     # "auto" keeps Lu's protocol for this (non-VG) dataset
     auto = VRDEvaluator(tiny_cfg("Shapes/geometry_only.yaml"), name, distributed=False)
     assert auto.protocol == "lu"
+
+
+def test_evaluator_both_protocols_from_config(tiny_cfg):
+    """MODEL.VRD.TEST.PROTOCOL both: the Lu tasks (with Shapes' _complete ones) as under "lu",
+    SGB's metrics under "sgb/" in the tasks SGB reports, numbers as in the single-protocol runs."""
+    name = _register_toy()
+    inputs, outputs = _toy_outputs(name)
+    runs = {}
+    for protocol in ("lu", "sgb", "both"):
+        cfg = tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.MODE", "sgdet", "MODEL.VRD.TEST.PROTOCOL", protocol)
+        ev = VRDEvaluator(cfg, name, distributed=False)
+        ev.process(inputs, outputs)
+        runs[protocol] = ev.evaluate()
+    both = runs["both"]
+    assert list(both) == list(runs["lu"]) == ["relationship", "phrase", "relationship_complete", "phrase_complete"]
+    for task, metrics in runs["lu"].items():
+        assert {m: v for m, v in both[task].items() if not m.startswith("sgb/")} == metrics
+    for task, metrics in runs["sgb"].items():
+        assert {m[4:]: v for m, v in both[task].items() if m.startswith("sgb/")} == metrics
+    assert not any(m.startswith("sgb/") for m in both["relationship_complete"])
+    # the hand-worked figures of test_evaluator_sgb_protocol_from_config, side by side
+    assert both["relationship"]["sgb/mR@20"] == pytest.approx(57.5)
+    assert both["relationship"]["mR@50_k1"] == pytest.approx(100 * (4 / 5 + 2 / 7) / 2)
+    # tools/train_net.py's evaluator reads the protocol (and the SGB zero-shot list) from the config
+    from vrd_d2.engine import Trainer
+
+    cfg = tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.TEST.PROTOCOL", "both", "MODEL.VRD.TEST.K_PER_PAIR", "[1]")
+    ev = Trainer.build_evaluator(cfg, name)
+    assert ev.protocol == "both" and ev._k_values == (1,) and ev._mode == cfg.MODEL.VRD.MODE

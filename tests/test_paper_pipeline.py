@@ -65,6 +65,9 @@ def _run(step, extra, num_images):
         DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
         res = Trainer.test(cfg, model)
         assert res and os.path.isfile(evaluation_file(step, cfg.DATASETS.TEST[0]))
+        if cfg.MODEL.VRD.TEST.PROTOCOL == "both":  # VG: Lu's and SGB's figures in every task
+            assert all(any(m.startswith("sgb/") for m in v) and any(m.endswith("_k1") for m in v)
+                       for v in res.values()), res
         return cfg
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

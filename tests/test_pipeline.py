@@ -12,7 +12,8 @@ import torch
 from detectron2.modeling import build_model
 
 from vrd_d2.engine import Trainer, check_stage_inputs, resolve_schedule, stage_training_dicts
-from vrd_d2.engine.pipeline import missing_dataset_files, plan_steps, reproduce
+from vrd_d2.engine.pipeline import SGB_COLUMNS, format_table, missing_dataset_files, plan_steps, reproduce
+from vrd_d2.evaluation.protocols import merge_protocols
 
 from conftest import REPO, tiny_config
 from tools_loader import load_tool
@@ -164,8 +165,8 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
     assert f"MODEL.WEIGHTS {tmp_path}/o/VG150/stage1_detector/model_final.pth" in lines[1]
 
 
-def _fake_dataset(root):
-    for p in missing_dataset_files("vrd", str(root)):
+def _fake_dataset(root, dataset="vrd"):
+    for p in missing_dataset_files(dataset, str(root)):
         os.makedirs(p, exist_ok=True) if p.endswith("/") else (os.makedirs(os.path.dirname(p), exist_ok=True),
                                                                open(p, "w").close())
 
@@ -215,3 +216,91 @@ def test_reproduce_lists_every_missing_file(tmp_path, monkeypatch):
     imagenet = REPO / "pretrained" / "vgg16_torchvision_d2.pth"
     assert (str(imagenet) in msg) == (not imagenet.is_file())
     assert f"{4 + (not imagenet.is_file())} missing file(s)" in msg
+
+
+def test_reproduce_dry_run_evaluates_vg_with_both_protocols(tmp_path, capsys, monkeypatch):
+    """VG150 / VG200: every evaluation step (Table 4's too) runs with MODEL.VRD.TEST.PROTOCOL both,
+    no training step does; VRD keeps the configs' protocol (auto = Lu) unless overridden."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
+    reproduce_tool = load_tool("reproduce")
+    for dataset, extra in (("vg150", ["--ablation"]), ("vg200", []), ("vrd", []),
+                           ("vrd", ["MODEL.VRD.TEST.PROTOCOL", "both"])):
+        reproduce_tool.main(["--dataset", dataset, "--dry-run", "--output-root", str(tmp_path / "o"), *extra])
+        lines = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
+        evals = [l for l in lines if "--eval-only" in l]
+        assert len(evals) == (3 + 5 + 3 if "--ablation" in extra else 3)
+        both = [l.endswith("MODEL.VRD.TEST.PROTOCOL both") for l in lines]
+        if dataset == "vrd" and not extra:
+            assert not any("PROTOCOL" in l for l in lines)
+        elif dataset == "vrd":  # the override goes to every step
+            assert all(both)
+        else:
+            assert [l for l, b in zip(lines, both) if b] == evals
+    for dataset in ("vg150", "vg200"):  # the evaluation config as tools/train_net.py merges it
+        last = plan_steps(dataset, repo=str(REPO))[-1]
+        cfg = tiny_config(os.path.relpath(last.config, "configs"), *last.opts)
+        assert cfg.MODEL.VRD.TEST.PROTOCOL == "both" and cfg.DATASETS.TEST[0] == f"{dataset}_test"
+
+
+def _lu_sgb(lu_r50_k1, sgb_r20):
+    """A synthetic results dict as VRDEvaluator(protocol="both") returns it (sgdet tasks)."""
+    lu = {t: {"R@50_k1": lu_r50_k1, "R@100_k1": lu_r50_k1 + 1, "R@50_kfree": lu_r50_k1 + 2,
+              "R@100_kfree": lu_r50_k1 + 3, "mR@50_k1": 1.0} for t in ("relationship", "phrase")}
+    sgb = {t: dict({f"{m}@{k}": sgb_r20 + i for i, (m, k) in enumerate((m, k) for m in ("R", "ngR", "mR")
+                                                                          for k in (20, 50, 100))},
+                   **{"zR@20": 0.5, "ng-mR@20": 0.25}) for t in ("relationship", "phrase")}
+    return merge_protocols(lu, sgb)
+
+
+def test_table_shows_lu_and_sgb_columns_side_by_side():
+    res = {"sgdet": _lu_sgb(10.0, 20.0), "predcls": {"predcls": merge_protocols(
+        {"predcls": {"R@50_k1": 50.0, "R@50_kfree": float("nan")}}, {"predcls": {"R@20": 60.0}})["predcls"]}}
+    md = format_table("Table 3 (VG150)", res)
+    header = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
+    assert header == ["evaluation", "task", "Lu R@50 k=1", "Lu R@100 k=1", "Lu R@50 free k", "Lu R@100 free k",
+                      "SGB R@20", "SGB R@50", "SGB R@100", "SGB ngR@20", "SGB ngR@50", "SGB ngR@100",
+                      "SGB mR@20", "SGB mR@50", "SGB mR@100"]
+    lu_cells = "10.00 | 11.00 | 12.00 | 13.00"
+    sgb_cells = " | ".join(f"{20.0 + i:.2f}" for i in range(9))  # R@20..100, ngR@20..100, mR@20..100 in order
+    assert f"| detected boxes (SGDet) | relationship | {lu_cells} | {sgb_cells} |" in md
+    assert f"| detected boxes (SGDet) | phrase | {lu_cells} | {sgb_cells} |" in md
+    assert "| predicate classification (PredCls) | predcls | 50.00 | – | – | – | 60.00 | " + " | ".join(["–"] * 8) + " |" in md
+    assert "per-image mean" in md  # the note naming both protocols
+    # an SGB-only evaluation (protocol sgb / auto on VG) fills the SGB columns, Lu's stay empty
+    sgb_only = format_table("t", {"sgdet": {"relationship": {"R@20": 5.0, "R@50": 6.0, "ngR@100": 7.0}}})
+    assert "| detected boxes (SGDet) | relationship | – | – | – | – | 5.00 | 6.00 | – | – | – | 7.00 |" in sgb_only
+    # Lu only (VRD): no SGB column, no SGB name
+    lu_only = format_table("Table 1 (VRD)", {"sgdet": {"relationship": {"R@50_k1": 1.0}}})
+    assert "SGB" not in lu_only and "| detected boxes | relationship | 1.00 | – | – | – |" in lu_only
+    assert len(SGB_COLUMNS) == 9
+
+
+def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
+    out = str(tmp_path / "out")
+    _fake_dataset(tmp_path / "data", "vg150")
+    for s in ("stage1_detector", "stage2_triplet", "stage3_selection"):
+        os.makedirs(os.path.join(out, "VG150", s))
+        open(os.path.join(out, "VG150", s, "model_final.pth"), "w").close()
+    ran = []
+
+    def run(argv):  # tools/train_net.py --eval-only under protocol "both"
+        ran.append(argv)
+        assert argv[-2:] == ["MODEL.VRD.TEST.PROTOCOL", "both"]
+        d = os.path.join(argv[argv.index("OUTPUT_DIR") + 1], "inference", "vg150_test")
+        os.makedirs(d)
+        with open(os.path.join(d, "vrd_evaluation.json"), "w") as f:
+            json.dump({"protocol": "both", "results": _lu_sgb(10.0 * len(ran), 20.0)}, f)
+
+    reproduce("vg150", output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run,
+              out=io.StringIO())
+    assert len(ran) == 3
+    md = open(os.path.join(out, "VG150", "table.md")).read()
+    assert "Table 3 (VG150)" in md and "SGB R@20" in md and "Lu R@50 k=1" in md
+    assert "| detected boxes (SGDet) | phrase | 10.00 | 11.00 | 12.00 | 13.00 | 20.00 |" in md
+    assert "| phrase classification (SGCls) | relationship | 20.00 | 21.00 | 22.00 | 23.00 | 20.00 |" in md
+    table = json.load(open(os.path.join(out, "VG150", "table.json")))
+    assert table["columns"][6] == "SGB R@20" and len(table["rows"]) == 6
+    row = table["rows"][4]  # predcls, relationship
+    assert row[:2] == ["predicate classification (PredCls)", "relationship"]
+    assert row[2:6] == [30.0, 31.0, 32.0, 33.0] and row[6:] == [20.0 + i for i in range(9)]
+    assert table["results"]["predcls"]["relationship"]["sgb/mR@100"] == 28.0

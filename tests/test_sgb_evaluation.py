@@ -1,6 +1,7 @@
 """The Scene-Graph-Benchmark protocol (vrd_d2.evaluation.sgb): hand-worked cases for each rule, and
 every place where SGB and Lu et al. differ shown with both numbers on the same input."""
 
+import copy
 import json
 
 import numpy as np
@@ -20,6 +21,8 @@ from vrd_d2.evaluation import (
     write_results_json,
     zeroshot_rows,
 )
+from vrd_d2.evaluation import VRDEvaluator
+from vrd_d2.evaluation.protocols import SGB_PREFIX, format_protocol_table, split_protocols
 
 A = [0.0, 0.0, 9.0, 9.0]  # 10 x 10 pixels (inclusive convention)
 B = [20.0, 20.0, 29.0, 29.0]
@@ -277,12 +280,14 @@ def test_real_vrd_lu_mat_results_under_sgb(shared_vrd, tmp_path):
     assert 50.0 < scores["relationship_R@100"] < 100.0
 
 
-def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
-    """No shared data needed: a registered two-image dataset, image 0 with 4 relations (1 found),
-    image 1 with 1 relation (found): SGB 62.5 per image, Lu 40 over the split."""
+def _two_image_dataset(tmp_path):
+    """A registered two-image dataset, image 0 with 4 relations (1 found), image 1 with 1
+    relation (found), and a results file finding them: SGB 62.5 per image, Lu 40 over the split.
+    Returns (dataset name, results path, the evaluator entries of the results)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode
-    from tools_loader import load_tool
+
+    from vrd_d2.evaluation.offline import load_predictions
 
     name = "vrd_d2_test_sgb_tool"
     boxes = [A, B, C, FAR]
@@ -300,6 +305,14 @@ def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
               {"image_id": 1, "file_name": "im1.jpg", "relations": [dict(row, predicate=1)]}]
     res = tmp_path / "res.json"
     res.write_text(json.dumps({"images": images}))
+    return name, res, load_predictions(str(res), None, DatasetCatalog.get(name), name)
+
+
+def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
+    """No shared data needed: see _two_image_dataset."""
+    from tools_loader import load_tool
+
+    name, res, _ = _two_image_dataset(tmp_path)
     eval_results = load_tool("eval_results")
     for protocol, expected in (("sgb", 62.5), ("lu", 40.0)):
         out = str(tmp_path / f"{protocol}.json")
@@ -310,3 +323,37 @@ def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
         assert scores["phrase_R@100"] == pytest.approx(expected)
     assert {f"{t}_R@{k}" for t in ("relationship", "phrase") for k in (20, 50, 100)} <= set(
         json.load(open(tmp_path / "sgb.json")))
+
+
+def test_both_protocols_in_one_pass_equal_the_single_protocol_runs(tmp_path):
+    """protocol "both": Lu's results unchanged, SGB's under "sgb/", each equal to its own run."""
+    from tools_loader import load_tool
+
+    name, res, entries = _two_image_dataset(tmp_path)
+    single = {}
+    for protocol in ("lu", "sgb", "both"):
+        ev = VRDEvaluator(name, distributed=False, protocol=protocol, output_dir=str(tmp_path / protocol))
+        assert ev.protocol == protocol
+        single[protocol] = ev.evaluate_predictions(copy.deepcopy(entries))
+    both = single["both"]
+    assert split_protocols(both) == (single["lu"], single["sgb"])
+    assert set(both) == {"relationship", "phrase"}
+    for task in both:  # Lu's names first, unprefixed; then every SGB name with its prefix
+        assert list(both[task]) == list(single["lu"][task]) + [SGB_PREFIX + m for m in single["sgb"][task]]
+    # the hand-worked numbers: Lu 2/5 over the split, SGB (1/4 + 1)/2 per image; K of each protocol
+    assert both["relationship"]["R@50_k1"] == pytest.approx(40.0)
+    assert both["relationship"]["sgb/R@20"] == pytest.approx(62.5)
+    assert both["phrase"]["sgb/ngR@100"] == pytest.approx(62.5)
+    assert "R@20_k1" not in both["relationship"] and "sgb/R@20_k1" not in both["relationship"]
+    saved = json.load(open(tmp_path / "both" / "vrd_evaluation.json"))
+    assert saved["protocol"] == "both" and saved["results"] == json.loads(json.dumps(both))
+    assert saved["topk_values"] == [50, 100] and saved["sgb_topk_values"] == [20, 50, 100]
+    assert saved["sgb_images"]["relationship"] == {"images": 2, "skipped_no_gt": 0, "skipped_no_pred": 0}
+    table = format_protocol_table(both, "both")
+    assert "R@50_k1" not in table and "k/pair" in table and "constraint" in table
+    # the tool: Lu's flat scores, then SGB's prefixed "sgb_"
+    out = str(tmp_path / "both.json")
+    scores = load_tool("eval_results").main([str(res), "--dataset", name, "--protocol", "both", "--json", out])
+    assert scores["relationship_R@50"] == pytest.approx(40.0)
+    assert scores["sgb_relationship_R@50"] == pytest.approx(62.5)
+    assert json.load(open(out))["k_per_pair"] == 0

@@ -17,7 +17,8 @@ Lu's .mat (``rlp_labels_ours`` [n,3] 1-based, ``rlp_confs_ours``, ``sub_bboxes_o
 ``phrase_R@50``, ``phrase_R@100`` and the same with a ``zeroshot_`` prefix, for the k per pair
 given by ``--k`` (default 0: every row of the file); with ``--protocol sgb``,
 ``relationship_R@20/50/100`` and ``phrase_R@20/50/100`` (graph constraint) and every other SGB
-metric as ``<task>_<metric>`` (``relationship_ngR@50``, ``relationship_mR@50``, ...).
+metric as ``<task>_<metric>`` (``relationship_ngR@50``, ``relationship_mR@50``, ...); with
+``--protocol both``, Lu's scores and SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``).
 """
 
 import argparse
@@ -39,7 +40,8 @@ def get_parser():
     p.add_argument("--image-path-mat", help="imagePath.mat (default: <gt.mat>/../../data/)")
     p.add_argument("--zeroshot-mat", help="zeroShot.mat (default: beside gt.mat)")
     p.add_argument("--protocol", default="auto", choices=PROTOCOLS,
-                   help="lu (Lu et al.), sgb (Scene-Graph-Benchmark) or auto (SGB for VG150/VG200)")
+                   help="lu (Lu et al.), sgb (Scene-Graph-Benchmark), auto (SGB for VG150/VG200) "
+                   "or both (Lu's scores, then SGB's as sgb_<task>_<metric>)")
     p.add_argument("--sgb-zeroshot-triplets", help="SGB's zeroshot_triplet.pytorch (zero-shot rows of zR@K)")
     p.add_argument("--mode", default="sgdet", choices=["sgdet", "phrase_cls", "predcls"])
     p.add_argument("--k", type=int, default=0, help="k per pair for --json under Lu (0 = free k)")
@@ -69,7 +71,7 @@ def main(argv=None):
     print(json.dumps(scores, indent=1))
     if args.json:
         extra = {"protocol": protocol}
-        if protocol == "lu":
+        if protocol in ("lu", "both"):
             extra.update(k_per_pair=args.k, denominator=args.denominator)
         with open(args.json, "w") as f:
             json.dump(dict(scores, **extra), f, indent=1)

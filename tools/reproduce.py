@@ -4,10 +4,14 @@ Reproduce the paper's tables for one dataset: stage 1 -> 2 -> 3 (-> 4 with --pro
 evaluation in sgdet, phrase_cls and predcls, each stage from the previous stage's
 model_final.pth; finished stages are skipped (run it again to resume). Writes the dataset's table
 (Table 1 for VRD, 2 for VG200, 3 for VG150) as <output-root>/<DATASET>/table.{md,json}, and with
---ablation the Table 4 rows (VRD, VG150) as table4.{md,json}.
+--ablation the Table 4 rows (VRD, VG150) as table4.{md,json}. VG150 and VG200 are evaluated with
+both protocols (MODEL.VRD.TEST.PROTOCOL both): Lu et al.'s columns (R@50/100 at k=1 and free k)
+beside the Scene-Graph-Benchmark's (R@20/50/100, ngR@K, mR@K; PredCls/SGCls/SGDet); VRD with Lu's
+only, or both with the trailing override MODEL.VRD.TEST.PROTOCOL both.
 
     python tools/reproduce.py --dataset vrd --num-gpus 1
     python tools/reproduce.py --dataset vg150 --ablation --dry-run
+    python tools/reproduce.py --dataset vrd MODEL.VRD.TEST.PROTOCOL both
 """
 import argparse
 import os

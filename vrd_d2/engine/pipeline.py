@@ -1,18 +1,21 @@
 """The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 (-> 4) -> evaluation in
 sgdet, phrase_cls and predcls; the Table 4 ablation with one stage 2 -> 3 chain per CP rank), the
 ``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
-they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it."""
+they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it.
+
+VG150 / VG200 evaluations report both protocols (``MODEL.VRD.TEST.PROTOCOL both``): Lu et al.'s
+columns and the Scene-Graph-Benchmark's side by side in one table (docs/EVALUATION.md)."""
 import json
 import math
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["Step", "DATASETS", "EVAL_MODES", "plan_steps", "step_command", "is_finished", "missing_dataset_files",
            "collect_results", "format_table", "TABLE_TITLES", "format_command", "evaluation_file", "write_tables",
-           "eval_dataset_of", "reproduce"]
+           "eval_dataset_of", "reproduce", "table_rows", "BOTH_PROTOCOL_DATASETS", "SGB_COLUMNS"]
 
 DATASETS = {"vrd": "VRD", "vg150": "VG150", "vg200": "VG200"}
 ABLATION_DATASETS = ("vrd", "vg150")
@@ -23,6 +26,9 @@ TABLE_TITLES = {"vrd": "Table 1 (VRD)", "vg200": "Table 2 (VG200)", "vg150": "Ta
 ABLATION_ROWS = (("no_prior", "rank 5 + X_sel"), ("full", "rank 5 + X_sel + prior"),
                  ("no_selection", "rank 5 + prior (no X_sel; not in the paper)"))
 DEFAULT_OUTPUT_ROOT = "output"
+# evaluated with Lu's and SGB's protocol (the VG community's; the paper's Tables 2 and 3 stand beside it)
+BOTH_PROTOCOL_DATASETS = ("vg150", "vg200")
+BOTH_PROTOCOL_OPTS = ("MODEL.VRD.TEST.PROTOCOL", "both")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ def plan_steps(dataset: str, *, proposals: bool = False, ablation: bool = False,
                             label=f"rank {r}")]
         steps += [_step(repo, f"ablations/{n}", f"{a}/{n}.yaml", True, output_root, label=label)
                   for n, label in ABLATION_ROWS]
+    if dataset in BOTH_PROTOCOL_DATASETS:
+        steps = [replace(s, opts=s.opts + BOTH_PROTOCOL_OPTS) if s.eval_only else s for s in steps]
     return steps
 
 
@@ -174,32 +182,65 @@ def collect_results(steps: Sequence[Step], test_dataset: str, repo: str = ".") -
 
 
 _MODE_NAMES = {"sgdet": "detected boxes", "phrase_cls": "phrase classification", "predcls": "predicate classification"}
+_SGB_MODE_NAMES = {"sgdet": "SGDet", "phrase_cls": "SGCls", "predcls": "PredCls"}
+#: the SGB columns of the tables: graph constraint (k = 1) R@K, no graph constraint ngR@K, mR@K
+SGB_COLUMNS = tuple(f"{m}@{k}" for m in ("R", "ngR", "mR") for k in (20, 50, 100))
+_SGB_NOTE = ("Lu: Lu et al.'s protocol (hits over all ground truth of the split, k triplets per pair); "
+             "SGB: the Scene-Graph-Benchmark's (per-image mean; R@K with graph constraint = k 1, ngR@K "
+             "without = free k; mR@K over all predicates); see docs/EVALUATION.md.")
+
+
+def _sgb_value(metrics: dict, name: str):
+    """SGB's figure: ``sgb/<name>`` under protocol "both", ``<name>`` from an SGB-only evaluation
+    (Lu's names always end in a k suffix, so they cannot be mistaken for it)."""
+    from ..evaluation.protocols import SGB_PREFIX
+
+    return metrics.get(SGB_PREFIX + name, metrics.get(name))
+
+
+def table_rows(results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@100"),
+               ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k"))):
+    """(header, rows) of a table: one row per (evaluation, task), Lu's ``metric`` at each k, then,
+    when some result has SGB's figures, the :data:`SGB_COLUMNS` (evaluations named also by SGB's
+    PredCls / SGCls / SGDet). Cells are floats, None where a figure is absent (or NaN)."""
+    with_sgb = any(_sgb_value(vals, m) is not None for res in results.values() for vals in res.values()
+                   for m in SGB_COLUMNS)
+    header = ["evaluation", "task"] + [f"Lu {m} {kl}" for _, kl in ks for m in metrics]
+    header += [f"SGB {m}" for m in SGB_COLUMNS] if with_sgb else []
+    rows = []
+    for label, res in results.items():
+        name = _MODE_NAMES.get(label, label)
+        if with_sgb and label in _SGB_MODE_NAMES:
+            name += f" ({_SGB_MODE_NAMES[label]})"
+        for task, vals in res.items():
+            cells = [vals.get(f"{m}_{k}") for k, _ in ks for m in metrics]
+            cells += [_sgb_value(vals, m) for m in SGB_COLUMNS] if with_sgb else []
+            rows.append([name, task] + [None if v is None or math.isnan(v) else float(v) for v in cells])
+    return header, rows
 
 
 def format_table(title: str, results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@100"),
                  ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k"))) -> str:
-    """A markdown table: one row per (evaluation, task), columns ``metric`` at each k."""
-    header = ["evaluation", "task"] + [f"{m} {kl}" for _, kl in ks for m in metrics]
+    """A markdown table of :func:`table_rows`."""
+    header, rows = table_rows(results, metrics, ks)
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, res in results.items():
-        for task, vals in res.items():
-            cells = []
-            for k, _ in ks:
-                for m in metrics:
-                    v = vals.get(f"{m}_{k}")
-                    cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}")
-            lines.append(f"| {_MODE_NAMES.get(label, label)} | {task} | " + " | ".join(cells) + " |")
+    for row in rows:
+        lines.append("| " + " | ".join(row[:2] + ["–" if v is None else f"{v:.2f}" for v in row[2:]]) + " |")
+    if any(h.startswith("SGB ") for h in header):
+        lines += ["", _SGB_NOTE]
     return "\n".join(lines) + "\n"
 
 
 def write_tables(path_stem: str, title: str, results: Dict[str, dict]) -> Tuple[str, str]:
-    """Write ``<stem>.md`` and ``<stem>.json``; returns both paths."""
+    """Write ``<stem>.md`` and ``<stem>.json`` (title, the table's columns and rows, the
+    evaluations' results dicts); returns both paths."""
     os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
     md, js = path_stem + ".md", path_stem + ".json"
     with open(md, "w") as f:
         f.write(format_table(title, results))
+    header, rows = table_rows(results)
     with open(js, "w") as f:
-        json.dump({"title": title, "results": results}, f, indent=2)
+        json.dump({"title": title, "columns": header, "rows": rows, "results": results}, f, indent=2)
     return md, js
 
 

@@ -155,8 +155,8 @@ class Trainer(DefaultTrainer):
         from vrd_d2.evaluation import VRDEvaluator
 
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return VRDEvaluator(dataset_name, mode=cfg.MODEL.VRD.MODE, output_dir=output_folder,
-                            k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR))
+        # from the config (VRDEvaluator.from_config): mode, k per pair, protocol, SGB zero-shot list
+        return VRDEvaluator(cfg, dataset_name, output_dir=output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

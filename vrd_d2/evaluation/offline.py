@@ -11,11 +11,10 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from ..data.datasets.lu2016 import load_image_paths
-from .protocols import format_results_table
+from .protocols import format_protocol_table, split_protocols
 from .recall import k_label
 from .results_io import image_key, load_lu_results_mat
 from .results_json import load_results_json
-from .sgb import format_sgb_table
 from .vrd_evaluation import VRDEvaluator
 
 __all__ = ["lu_class_counts", "load_predictions", "flat_scores", "evaluate_results_file"]
@@ -91,7 +90,13 @@ def flat_scores(results, protocol: str = "lu", k: int = 0, topk_values=(50, 100)
     Lu: ``<task>_R@K`` and ``zeroshot_<task>_R@K`` for one k per pair (K of ``topk_values``).
     SGB: ``<task>_<metric>`` for every metric (``relationship_R@20`` is graph-constrained,
     ``relationship_ngR@20`` not, ``_mR@K``, ``_ng-mR@K``, ``_zR@K``, ``_ng-zR@K``).
+    Both: Lu's, then SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``).
     """
+    if protocol == "both":
+        lu, sgb = split_protocols(results)
+        out = flat_scores(lu, "lu", k, topk_values)
+        out.update((f"sgb_{name}", v) for name, v in flat_scores(sgb, "sgb").items())
+        return out
     out = {}
     if protocol == "sgb":
         for task, metrics in results.items():
@@ -147,5 +152,5 @@ def evaluate_results_file(
         evaluator = VRDEvaluator(dataset, num_objects=num_objects, num_predicates=num_predicates, **kwargs)
     predictions = load_predictions(results, gt_names, dataset_dicts, dataset)
     out = evaluator.evaluate_predictions(predictions)
-    table = format_sgb_table(out) if evaluator.protocol == "sgb" else format_results_table(out)
+    table = format_protocol_table(out, evaluator.protocol)
     return out, table, evaluator.protocol

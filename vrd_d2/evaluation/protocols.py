@@ -3,6 +3,7 @@
 * :data:`PROTOCOLS` and :func:`resolve_protocol`: "lu" (Lu et al. 2016, total hits over total
   ground truth, one-to-one greedy matching; :mod:`.recall`) or "sgb" (Scene-Graph-Benchmark,
   per-image averages, many-to-one hits; :mod:`.sgb`); "auto" = Lu for VRD, SGB for VG150 / VG200;
+  "both" = Lu's and SGB's results in one dict (:func:`merge_protocols`, :func:`split_protocols`);
 * :func:`tasks_for_mode`: the tasks (and matching criteria) a model mode reports;
 * :func:`evaluate_records` / :func:`format_results_table`: Lu's protocol for every k per pair.
 
@@ -16,22 +17,60 @@ from tabulate import tabulate
 
 from ..config import MODES
 from .recall import count_recall_hits, k_label, recall_metrics
+from .sgb import format_sgb_table
 
-__all__ = ["PROTOCOLS", "resolve_protocol", "tasks_for_mode", "evaluate_records", "format_results_table"]
+__all__ = ["PROTOCOLS", "SGB_PREFIX", "resolve_protocol", "merge_protocols", "split_protocols",
+           "format_protocol_table", "tasks_for_mode", "evaluate_records", "format_results_table"]
 
 #: values of MODEL.VRD.TEST.PROTOCOL / ``--protocol``
-PROTOCOLS = ("lu", "sgb", "auto")
+PROTOCOLS = ("lu", "sgb", "auto", "both")
 #: dataset-name prefixes that "auto" scores with SGB's protocol (the VG community's)
 SGB_DATASET_PREFIXES = ("vg150", "vg200")
+#: under "both", SGB's metric names carry this prefix inside each task (``sgb/R@20``, ``sgb/ngR@50``)
+SGB_PREFIX = "sgb/"
 
 
 def resolve_protocol(protocol: str, dataset_name: str = "") -> str:
-    """"lu" or "sgb": ``protocol`` itself, or for "auto" SGB on VG150 / VG200 and Lu elsewhere."""
+    """"lu", "sgb" or "both": ``protocol`` itself, or for "auto" SGB on VG150 / VG200 and Lu
+    elsewhere."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"evaluation protocol must be one of {PROTOCOLS}, found {protocol!r}")
     if protocol != "auto":
         return protocol
     return "sgb" if str(dataset_name).startswith(SGB_DATASET_PREFIXES) else "lu"
+
+def merge_protocols(lu: Dict[str, dict], sgb: Dict[str, dict]) -> "OrderedDict[str, dict]":
+    """One results dict task -> metric: Lu's metrics under their names (``R@50_k1``, ...), then
+    SGB's with :data:`SGB_PREFIX` (``sgb/R@20``, ...), so a task's row holds both protocols."""
+    out = OrderedDict((task, OrderedDict(metrics)) for task, metrics in lu.items())
+    for task, metrics in sgb.items():
+        out.setdefault(task, OrderedDict()).update((SGB_PREFIX + m, v) for m, v in metrics.items())
+    return out
+
+
+def split_protocols(results: Dict[str, dict]):
+    """Inverse of :func:`merge_protocols`: (Lu's results, SGB's results without the prefix);
+    tasks with no metric of a protocol are left out of its dict."""
+    lu, sgb = OrderedDict(), OrderedDict()
+    for task, metrics in results.items():
+        for m, v in metrics.items():
+            if m.startswith(SGB_PREFIX):
+                sgb.setdefault(task, OrderedDict())[m[len(SGB_PREFIX):]] = v
+            else:
+                lu.setdefault(task, OrderedDict())[m] = v
+    return lu, sgb
+
+
+def format_protocol_table(results: Dict[str, dict], protocol: str) -> str:
+    """The printable table of a results dict of the resolved ``protocol`` ("both": Lu's, then SGB's)."""
+    if protocol == "sgb":
+        return format_sgb_table(results)
+    if protocol == "both":
+        lu, sgb = split_protocols(results)
+        return (f"Lu et al.:\n{format_results_table(lu)}\n(k=0 is free k)\n"
+                f"Scene-Graph-Benchmark:\n{format_sgb_table(sgb)}")
+    return format_results_table(results)
+
 
 def tasks_for_mode(mode: str):
     """[(task name, matching criterion)]: sgdet reports relationship and phrase detection; the

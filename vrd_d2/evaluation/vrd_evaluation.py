@@ -1,6 +1,6 @@
 """VRDEvaluator: relationship / phrase detection recall as a Detectron2 DatasetEvaluator, with
-Lu et al.'s protocol (VRD) or the Scene-Graph-Benchmark's (VG). Protocols and result names:
-docs/EVALUATION.md."""
+Lu et al.'s protocol (VRD), the Scene-Graph-Benchmark's (VG), or both from one pass. Protocols
+and result names: docs/EVALUATION.md."""
 
 import copy
 import itertools
@@ -16,7 +16,13 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..config import MODES
-from .protocols import evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
+from .protocols import (
+    evaluate_records,
+    format_results_table,
+    merge_protocols,
+    resolve_protocol,
+    tasks_for_mode,
+)
 from .recall import DENOMINATORS
 from .results_io import (
     dataset_ground_truth,
@@ -39,7 +45,9 @@ class VRDEvaluator(DatasetEvaluator):
     Reads ``outputs[i]["relations"]`` (DESIGN.md "Model output"). Lu: for each k of ``k_values``
     it keeps the rows with ``pair_rank < k`` (all rows for k = 0, free k), sorts them by score and
     takes the top K (K = 50, 100). SGB: graph constraint = the rows with ``pair_rank == 0``, no
-    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). Ground truth comes from
+    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). "both": Lu's results and SGB's
+    (prefixed ``sgb/``, :func:`~.protocols.merge_protocols`) from the same predictions. Ground
+    truth comes from
     ``DatasetCatalog.get(dataset_name)`` matched by ``image_id``, or from Lu et al.'s gt.mat
     (matched by image file name) if ``gt_mat`` is given.
     """
@@ -77,7 +85,7 @@ class VRDEvaluator(DatasetEvaluator):
                 the main one.
             k_values: triplets per pair to evaluate; 0 = free k.
             topk_values: the K of R@K (predictions per image); default (50, 100) for Lu,
-                (20, 50, 100) for SGB.
+                (20, 50, 100) for SGB (each its own under "both").
             best_k: k chosen on a validation split (``best_k_from_results``), reported as
                 ``*_kbest`` plus ``best_k``.
             gt_mat: Lu et al.'s gt.mat: use it as ground truth instead of the dataset dicts
@@ -89,7 +97,8 @@ class VRDEvaluator(DatasetEvaluator):
             save_predictions: write our JSON results file to output_dir.
             num_objects, num_predicates: class-list sizes for the input checks (default: the
                 metadata's thing_classes / predicate_classes).
-            protocol: "lu", "sgb" or "auto" (SGB for VG150 / VG200 datasets, Lu otherwise);
+            protocol: "lu", "sgb", "auto" (SGB for VG150 / VG200 datasets, Lu otherwise) or
+                "both" (Lu's metrics, then SGB's as ``sgb/<metric>`` in the same task);
                 ``k_values``, ``best_k`` and ``denominator`` are Lu's only.
             sgb_zeroshot_triplets: SGB's ``zeroshot_triplet.pytorch``: its triplets are the
                 zero-shot rows of zR@K (default: training count 0, or zeroShot.mat).
@@ -107,9 +116,9 @@ class VRDEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._k_values = tuple(int(k) for k in k_values)
         self._protocol = resolve_protocol(protocol, dataset_name)
-        if topk_values is None:
-            topk_values = SGB_TOPK if self._protocol == "sgb" else (50, 100)
-        self._topk_values = tuple(int(k) for k in topk_values)
+        given = None if topk_values is None else tuple(int(k) for k in topk_values)
+        self._topk_values = given or (SGB_TOPK if self._protocol == "sgb" else (50, 100))
+        self._sgb_topk_values = given or SGB_TOPK
         self._sgb_zeroshot = (
             load_sgb_zeroshot_triplets(sgb_zeroshot_triplets) if sgb_zeroshot_triplets else None
         )
@@ -147,7 +156,7 @@ class VRDEvaluator(DatasetEvaluator):
 
     @property
     def protocol(self) -> str:
-        """The resolved protocol, "lu" or "sgb"."""
+        """The resolved protocol, "lu", "sgb" or "both"."""
         return self._protocol
 
     def reset(self):
@@ -235,7 +244,7 @@ class VRDEvaluator(DatasetEvaluator):
         if self._sgb_zeroshot is not None:
             gts = [dict(g, zeroshot=zeroshot_rows(g["labels"], self._sgb_zeroshot)) for g in gts]
         results, counts = evaluate_records_sgb(
-            records, gts, tasks_for_mode(self._mode), self._topk_values, num_predicates,
+            records, gts, tasks_for_mode(self._mode), self._sgb_topk_values, num_predicates,
             self._iou_threshold,
         )
         c = next(iter(counts.values()))
@@ -280,17 +289,20 @@ class VRDEvaluator(DatasetEvaluator):
         else:
             gts, complete = self._load_dataset_ground_truth(predictions)
         records = [p["record"] for p in predictions]
-        if self._protocol == "sgb":
-            results, table, counts = self._score_sgb(records, gts, num_predicates)
-        else:
-            counts = None
+        results, tables, counts = None, [], None
+        if self._protocol in ("lu", "both"):
             results = evaluate_records(
                 records, gts, mode=self._mode, k_values=self._k_values,
                 topk_values=self._topk_values, num_predicates=num_predicates,
                 complete_ground_truths=complete, best_k=self._best_k,
                 iou_threshold=self._iou_threshold, denominator=self._denominator,
             )
-            table = format_results_table(results) + "\n(k=0 is free k)"
+            tables.append(format_results_table(results) + "\n(k=0 is free k)")
+        if self._protocol in ("sgb", "both"):
+            sgb, table, counts = self._score_sgb(records, gts, num_predicates)
+            results = sgb if results is None else merge_protocols(results, sgb)
+            tables.append(table)
+        table = "\n".join(tables)
         elapsed = time.perf_counter() - start
         num_gt = sum(len(g["labels"]) for g in gts)
         logger.info(
@@ -309,6 +321,7 @@ class VRDEvaluator(DatasetEvaluator):
                         "mode": self._mode,
                         "k_values": list(self._k_values),
                         "topk_values": list(self._topk_values),
+                        "sgb_topk_values": list(self._sgb_topk_values) if counts else None,
                         "best_k": self._best_k,
                         "ground_truth": self._gt_mat or "dataset",
                         "denominator": self._denominator,
