@@ -35,10 +35,10 @@ def peak_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]) -> T
     each rank: the kk-th largest of lower estimates of the scores of kk distinct triplets.
     term_r(t) = s_s,r(i) + s_p,r(j) + s_o,r(k) <= log u(t), so term_r + log psi_u <= score.
 
-    * block: for each rank r, the block of its top-m classes of each factor (:func:`block_side`),
-      estimated by term_r + the smallest log psi_u;
-    * R > 1: the kk triplets of largest term_r of every rank's block, merged, deduplicated and
-      scored exactly (+ log psi_u), so the seed follows every rank's peaks together.
+    Each rank r's block is its top-m classes of each factor (:func:`block_side`).
+    * R = 1: the kk-th largest term of the block + the smallest log psi_u;
+    * R > 1: the 2 kk triplets of largest term_r over all ranks' blocks, deduplicated and scored
+      exactly (+ log psi_u), so the seed follows every rank's peaks together.
     Rounding of the estimates is covered by the margin the caller subtracts from tau.
     """
     c, r, S = s_s.shape
@@ -51,26 +51,38 @@ def peak_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]) -> T
     term = (v_s[..., :, None, None] + v_p[..., None, :, None] + v_o[..., None, None, :]).reshape(
         c, r, -1
     )
-    # the smallest psi_u stands in for each triplet's own (the exact merge below adds it; a
-    # per-triplet lookup costs more than it gains: prior_lower_bound covers the prior's peaks)
-    low_est = term + tables.min_log_prior if tables is not None else term
-    top_v, best = low_est.topk(kk, dim=2)  # [c, R, kk] in each rank's block
-    tau = top_v[..., -1].amax(1)
-    if r > 1:
-        ci = i_s.gather(2, best // (mp * mo)).reshape(c, -1)
-        cj = i_p.gather(2, (best // mo) % mp).reshape(c, -1)
-        ck = i_o.gather(2, best % mo).reshape(c, -1)
-        fid = (ci * P + cj) * O + ck
-        # blocks of different ranks overlap: a duplicate would overstate tau
-        fid, perm = fid.sort(dim=1)
-        ci, cj, ck = ci.gather(1, perm), cj.gather(1, perm), ck.gather(1, perm)
-        score = exact_log_numerator(s_s, s_p, s_o, ci, cj, ck)
-        if tables is not None:
-            score = score + tables.lookup(fid)
-        dup = torch.zeros_like(fid, dtype=torch.bool)
-        dup[:, 1:] = fid[:, 1:] == fid[:, :-1]
-        score = score.masked_fill(dup, -math.inf)
-        tau = torch.maximum(tau, score.topk(kk, dim=1).values[:, -1])
+    if r == 1:
+        # the smallest psi_u stands in for each triplet's own (prior_lower_bound covers the
+        # prior's peaks)
+        low_est = term[:, 0] + tables.min_log_prior if tables is not None else term[:, 0]
+        return low_est.topk(kk, dim=1).values[:, -1]
+    # the 2 kk largest terms over all ranks' blocks hold each rank's kk largest (a rank alone
+    # gives kk triplets above its kk-th), with room for the triplets two ranks share
+    block = term.shape[2]
+    best = term.reshape(c, -1).topk(min(2 * kk, r * block), dim=1).indices
+    rank, pos = torch.div(best, block, rounding_mode="floor"), best % block
+    ci = i_s.reshape(c, -1).gather(1, rank * ms + torch.div(pos, mp * mo, rounding_mode="floor"))
+    cj = i_p.reshape(c, -1).gather(1, rank * mp + torch.div(pos, mo, rounding_mode="floor") % mp)
+    ck = i_o.reshape(c, -1).gather(1, rank * mo + pos % mo)
+    fid = (ci * P + cj) * O + ck
+    # blocks of different ranks overlap: a duplicate would overstate tau
+    fid, perm = fid.sort(dim=1)
+    ci, cj, ck = ci.gather(1, perm), cj.gather(1, perm), ck.gather(1, perm)
+    score = exact_log_numerator(s_s, s_p, s_o, ci, cj, ck)
+    if tables is not None:
+        score = score + tables.lookup(fid)
+    dup = torch.zeros_like(fid, dtype=torch.bool)
+    dup[:, 1:] = fid[:, 1:] == fid[:, :-1]
+    score = score.masked_fill(dup, -math.inf)
+    tau = score.topk(min(kk, score.shape[1]), dim=1).values[:, -1]
+    if score.shape[1] < kk:
+        tau = torch.full_like(tau, -math.inf)
+    short = (~torch.isfinite(tau)).nonzero().squeeze(1)
+    if short.numel():
+        # ranks sharing their peaks left fewer than kk distinct triplets: the kk-th term of the
+        # best single rank's block (kk distinct triplets) + the smallest log psi_u
+        est = term.index_select(0, short).topk(kk, dim=2).values[..., -1].amax(1)
+        tau[short] = est + tables.min_log_prior if tables is not None else est
     return tau
 
 

@@ -33,6 +33,8 @@ __all__ = ["certified_topk", "PRIOR_SEED_CANDIDATES"]
 # pairs whose CP peaks leave more than this many candidates per wanted triplet (a quick upper
 # bound) also seed tau from the prior's strongest entries (prior_lower_bound), then re-prune
 PRIOR_SEED_CANDIDATES = 16
+# cells with more support entries than this are cut to the prefix that can pass, by a search
+_PREFIX_SEARCH_MIN = 4
 
 
 class _OpenCells(NamedTuple):
@@ -73,8 +75,22 @@ def _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables) -> _OpenCells:
     if tables is not None:
         # support entries of the cell with w h_ik >= need: a prefix (w descending in a cell)
         support_start = tables.cell_ptr.index_select(0, open_cell)
-        min_log_ratio = open_need.to(torch.float64).log() - open_bound.to(torch.float64).log()
-        support_end = tables.support_prefix_end(open_cell, min_log_ratio)
+        some = open_bound * tables.cell_max_ratio.index_select(0, open_cell) >= open_need
+        support_end = torch.where(
+            some, tables.cell_ptr.index_select(0, open_cell + 1), support_start
+        )
+        # a search only where some but not all entries may pass (w >= 1: all pass if h_ik >=
+        # need) and the cell holds enough entries to be worth it (list B tests each one anyway)
+        partial = some & (open_bound < open_need)
+        partial &= support_end - support_start > _PREFIX_SEARCH_MIN
+        partial = partial.nonzero().squeeze(1)
+        min_log_ratio = (
+            open_need.index_select(0, partial).to(torch.float64).log()
+            - open_bound.index_select(0, partial).to(torch.float64).log()
+        )
+        support_end[partial] = tables.support_prefix_end(
+            open_cell.index_select(0, partial), min_log_ratio
+        )
         in_list_b = support_end > support_start
         entries_b.index_add_(0, open_pair, (support_end - support_start) * in_list_b)
     else:
