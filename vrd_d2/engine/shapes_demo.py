@@ -11,7 +11,12 @@ classification, against the annotated and the complete ground truth, plus relati
 (sgdet) for the full model. Seeds are fixed (``cfg.SEED`` before every stage), so a run repeats.
 
 ``options`` below is any object with the attributes of ``tools/shapes_demo.py``'s arguments:
-``output, reuse, quick, prefix, opts`` (and ``readme, update_readme`` for :func:`run`).
+``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy`` for
+:func:`run`).
+
+After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
+the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
+``min_detector_accuracy`` percent (default :data:`MIN_DETECTOR_ACCURACY`; 0 with --quick).
 """
 import json
 import logging
@@ -26,6 +31,7 @@ from ..config import add_vrd_config
 from ..utils.readme import replace_readme_section
 from . import ablation
 from .ablation import CONFIG_ROOT, Variant
+from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 
 __all__ = ["VARIANTS", "FULL", "COLUMNS", "RANKS", "register_quick_subsets", "build_cfg", "train_stage",
            "run", "format_table"]
@@ -59,6 +65,7 @@ COLUMNS = [
     ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
 ]
 QUICK_SIZES = {"train": 8, "val": 4, "test": 4}
+MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
 
 
 def register_quick_subsets(prefix: str = "shapes_quick") -> str:
@@ -105,11 +112,25 @@ def train_stage(cfg, reuse: bool):
     return ablation.train_stage(cfg, reuse=reuse, seed=True)
 
 
+def check_detector(options, det: str):
+    """Gold-box accuracy of the stage-1 weights ``det`` on ``<prefix>_val``, printed; raises
+    DetectorAccuracyError below the minimum. Returns the accuracy dict (gold_box_accuracy)."""
+    dataset = f"{options.prefix}_val"
+    acc = gold_box_accuracy(build_cfg(options, "detector", RANKS[0]), det, dataset)
+    print(format_accuracy(acc, dataset), flush=True)
+    minimum = getattr(options, "min_detector_accuracy", None)
+    if minimum is None:
+        minimum = 0.0 if options.quick else MIN_DETECTOR_ACCURACY
+    check_accuracy(acc, dataset, minimum)
+    return acc
+
+
 def train_all(options):
-    """Stages 1-3 for every rank of :data:`RANKS`. Returns ({rank: final weights}, detector
-    weights, timings)."""
+    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1. Returns
+    ({rank: final weights}, detector accuracy, timings)."""
     timings = OrderedDict()
     det, timings["stage 1 detector"] = train_stage(build_cfg(options, "detector", RANKS[0]), options.reuse)
+    accuracy = check_detector(options, det)
     weights = {}
     for rank in RANKS:
         trip, timings[f"stage 2 triplet rank {rank}"] = train_stage(
@@ -117,7 +138,7 @@ def train_all(options):
         sel, timings[f"stage 3 selection rank {rank}"] = train_stage(
             build_cfg(options, "selection", rank, trip), options.reuse)
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
-    return weights, det, timings
+    return weights, accuracy, timings
 
 
 def evaluate_all(options, weights, splits, timings):
@@ -145,13 +166,14 @@ def run(options):
     wall = time.perf_counter()
     if options.quick:
         options.prefix = register_quick_subsets()
-    weights, _, timings = train_all(options)
+    weights, accuracy, timings = train_all(options)
     # val: where settings are compared; skipped by --quick (its numbers mean nothing anyway)
     splits = ("test",) if options.quick else ("test", "val")
     results = evaluate_all(options, weights, splits, timings)
     timings["total"] = time.perf_counter() - wall
     n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
-    table = format_table(results["test"], timings, n_test, quick=options.quick)
+    table = format_table(results["test"], timings, n_test, quick=options.quick,
+                         detector=format_accuracy(accuracy, f"{options.prefix}_val"))
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
@@ -159,6 +181,8 @@ def run(options):
         json.dump({"test": results["test"], "val": results.get("val", {}), "seconds": timings,
                    "variants": {k: v.as_dict() for k, v in VARIANTS.items()},
                    "columns": [{"header": h, "task": t, "metric": m} for h, t, m in COLUMNS],
+                   "detector_accuracy": {k: accuracy[k] for k in ("visible_accuracy", "per_class",
+                                                                  "shadowed_accuracy", "accuracy")},
                    "quick": bool(options.quick)}, f, indent=1)
     if options.update_readme:
         replace_readme_section(options.readme, README_MARKER, table)
@@ -166,8 +190,9 @@ def run(options):
     return results, timings
 
 
-def format_table(results, timings, n_test, quick=False) -> str:
-    """The markdown table: one row per variant (test split), then sgdet and the timings."""
+def format_table(results, timings, n_test, quick=False, detector: str = "") -> str:
+    """The markdown table: one row per variant (test split), then sgdet, the detector's accuracy
+    line ``detector`` (format_accuracy) and the timings."""
     cell = ablation.cell
     lines = ablation.markdown_rows(["variant"] + [h for h, _, _ in COLUMNS], (
         [variant] + [cell(res, t, m) for _, t, m in COLUMNS] for variant, res in results.items()))
@@ -176,6 +201,8 @@ def format_table(results, timings, n_test, quick=False) -> str:
                   f"{cell(full, 'relationship', 'R@50_kfree')}, R@100 {cell(full, 'relationship', 'R@100_kfree')}; "
                   f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
                   f"R@100 {cell(full, 'phrase', 'R@100_kfree')}."]
+    if detector:
+        lines.append(detector)
     stages = ", ".join(f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items()
                        if k.startswith("stage"))
     evals = sum(v for k, v in timings.items() if k.startswith("eval"))
