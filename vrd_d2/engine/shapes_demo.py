@@ -28,6 +28,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..config import add_vrd_config
+from ..data.datasets.shapes_oracle import format_oracle_line, oracle_of_dataset
 from ..utils.readme import replace_readme_section
 from . import ablation
 from .ablation import CONFIG_ROOT, Variant
@@ -172,8 +173,10 @@ def run(options):
     results = evaluate_all(options, weights, splits, timings)
     timings["total"] = time.perf_counter() - wall
     n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
+    oracle = oracle_of_dataset(f"{options.prefix}_test")
     table = format_table(results["test"], timings, n_test, quick=options.quick,
-                         detector=format_accuracy(accuracy, f"{options.prefix}_val"))
+                         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
+                         ceilings=format_oracle_line(oracle, "this test split"))
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
@@ -183,16 +186,17 @@ def run(options):
                    "columns": [{"header": h, "task": t, "metric": m} for h, t, m in COLUMNS],
                    "detector_accuracy": {k: accuracy[k] for k in ("visible_accuracy", "per_class",
                                                                   "shadowed_accuracy", "accuracy")},
-                   "quick": bool(options.quick)}, f, indent=1)
+                   "oracle": oracle, "quick": bool(options.quick)}, f, indent=1)
     if options.update_readme:
         replace_readme_section(options.readme, README_MARKER, table)
         logger.info("updated %s", options.readme)
     return results, timings
 
 
-def format_table(results, timings, n_test, quick=False, detector: str = "") -> str:
-    """The markdown table: one row per variant (test split), then sgdet, the detector's accuracy
-    line ``detector`` (format_accuracy) and the timings."""
+def format_table(results, timings, n_test, quick=False, detector: str = "", ceilings: str = "") -> str:
+    """The markdown table: one row per variant (test split), then sgdet, the oracle's ceilings
+    (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy)
+    and the timings."""
     cell = ablation.cell
     lines = ablation.markdown_rows(["variant"] + [h for h, _, _ in COLUMNS], (
         [variant] + [cell(res, t, m) for _, t, m in COLUMNS] for variant, res in results.items()))
@@ -201,8 +205,7 @@ def format_table(results, timings, n_test, quick=False, detector: str = "") -> s
                   f"{cell(full, 'relationship', 'R@50_kfree')}, R@100 {cell(full, 'relationship', 'R@100_kfree')}; "
                   f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
                   f"R@100 {cell(full, 'phrase', 'R@100_kfree')}."]
-    if detector:
-        lines.append(detector)
+    lines += [line for line in (ceilings, detector) if line]
     stages = ", ".join(f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items()
                        if k.startswith("stage"))
     evals = sum(v for k, v in timings.items() if k.startswith("eval"))
