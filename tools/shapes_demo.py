@@ -3,6 +3,7 @@
 ``make demo``: train every stage on the embedded shapes data and print the recall table.
 
     python tools/shapes_demo.py [--output output/shapes_demo] [--reuse] [--update-readme]
+    python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --update-readme   # the README band
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
 rank 5 and rank 1 from the same detector, stage 3 the selection head of each; then every variant
@@ -14,7 +15,11 @@ Outputs under ``--output``: one folder per stage (``--reuse`` skips a stage whos
 exists), results.md, results.json; ``--update-readme`` replaces the README section between
 ``<!-- shapes-demo:begin -->`` and ``<!-- shapes-demo:end -->``. ``--quick`` runs the pipeline
 with a few iterations on a few images (for the tests; its numbers mean nothing). Seeds are fixed
-(cfg.SEED before every stage), so a run is repeatable. After stage 1 the detector's gold-box
+(cfg.SEED before every stage), so a run is repeatable. A single run is printed beside the band
+stored in configs/Shapes/demo_band.json (``make demo``). ``--seeds``/``--threads`` run the demo
+once per (seed, thread count) into <output>/seed<S>_threads<T> and print each headline figure's
+mean (min–max) over the runs (bands.md, bands.json); with ``--update-readme`` that table goes to
+the README and the band to configs/Shapes/demo_band.json. After stage 1 the detector's gold-box
 classification accuracy on shapes_val is printed; below --min-detector-accuracy (95%) the run
 stops with exit code 2. Exits 1 on any other failure.
 """
@@ -26,8 +31,9 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers the shapes datasets, VGG16, the heads)
-from vrd_d2.engine import shapes_demo
+from vrd_d2.engine import shapes_bands, shapes_demo
 from vrd_d2.engine.detector_check import DetectorAccuracyError
+from vrd_d2.utils.checks import check_int
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("vrd_d2.shapes_demo")
@@ -43,6 +49,9 @@ def get_parser():
     p.add_argument("--min-detector-accuracy", type=float, default=None, metavar="PERCENT",
                    help="stop after stage 1 when the detector classifies fewer of the visible gold boxes of "
                    f"shapes_val correctly (default {shapes_demo.MIN_DETECTOR_ACCURACY:g}; 0 with --quick)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (cfg.SEED) ...")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="... and per torch thread count")
+    p.add_argument("--band-file", default=shapes_bands.BAND_FILE, help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="shapes", help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE for every stage")
     return p
@@ -50,11 +59,13 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    for t in args.threads or []:
+        check_int(t, "--threads", low=1, where="shapes_demo")
     os.makedirs(args.output, exist_ok=True)
     setup_logger(output=os.path.join(args.output, "log.txt"), name="detectron2")
     setup_logger(output=os.path.join(args.output, "log.txt"), name="vrd_d2")
     try:
-        shapes_demo.run(args)
+        shapes_bands.run_cli(args)
     except DetectorAccuracyError as e:
         logger.error("shapes_demo stopped: %s", e)
         return 2
