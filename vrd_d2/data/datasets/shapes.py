@@ -55,10 +55,14 @@ __all__ = [
     "expected_labels",
 ]
 
-SHAPES_VERSION = "v3"  # v3: "different colour from" replaces "same shape as"; shadow 0.2
+SHAPES_VERSION = "v4"  # v4: colours differ in luminance; v3 (never released): "different colour
+# from" replaces "same shape as", shadow 0.2
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "blue")
-COLOUR_BGR = {"red": (40, 40, 210), "blue": (200, 80, 30)}
+# Red is brighter than blue (luminance ~121 vs ~55; v3 and before: 91 vs 79, nearly equal): with
+# isoluminant colours the detector's shape features (luminance edges) carry no colour and stage 1
+# learned colour late or never (every blue object called red).
+COLOUR_BGR = {"red": (70, 70, 240), "blue": (200, 50, 10)}
 SHAPE_CLASSES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 CLASS_PROBS = np.array([0.30, 0.20, 0.07, 0.20, 0.15, 0.08])  # skew: red circles common
 SHAPE_PREDICATES = [
