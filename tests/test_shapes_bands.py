@@ -58,7 +58,7 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
         values = [r["test"][variant]["phrase_cls"]["R@50_kfree"] for r in per_run]
         s = stored["band"][f"{variant} | phrase_cls R@50"]
         assert s["mean"] == pytest.approx(np.mean(values)) and (s["min"], s["max"]) == (min(values), max(values))
-    for s, r in zip((0, 1), per_run):  # each run used its own seed
+    for s in (0, 1):  # each run used its own seed
         cfg = (out / f"seed{s}_threads1" / "stage1_detector" / "config.yaml").read_text()
         assert f"SEED: {s}\n" in cfg
     table = (out / "bands.md").read_text().strip()

@@ -41,7 +41,8 @@ def test_shadowed_object_inside_a_visible_square_has_the_other_colour():
     look, u = oracle.pair_tensors(objs)[(1, 0)]
     assert look == pytest.approx(1.0)  # touching boxes: gap 0
     assert u[RED_CIRCLE].sum() == 0 and u[BLUE_CIRCLE, :, RED_SQUARE].sum() > 0
-    inside, different = shapes.SHAPE_PREDICATES.index("inside"), shapes.SHAPE_PREDICATES.index("different colour from")
+    inside = shapes.SHAPE_PREDICATES.index("inside")
+    different = shapes.SHAPE_PREDICATES.index("different colour from")
     smaller = shapes.SHAPE_PREDICATES.index("smaller than")
     # valid: smaller than, different colour from, inside (nested: not near); "inside" is also the
     # annotator's fallback when nothing was drawn
@@ -55,7 +56,8 @@ def test_free_shadowed_object_is_a_mixture_weighted_by_the_class_probabilities()
     look, u = oracle.pair_tensors(objs)[(0, 1)]
     assert look == pytest.approx(np.exp(-4 / shapes.LOOK_SCALE_PX))
     p_red, p_blue = shapes.CLASS_PROBS[RED_CIRCLE], shapes.CLASS_PROBS[BLUE_CIRCLE]
-    same, different = shapes.SHAPE_PREDICATES.index("same colour as"), shapes.SHAPE_PREDICATES.index("different colour from")
+    same = shapes.SHAPE_PREDICATES.index("same colour as")
+    different = shapes.SHAPE_PREDICATES.index("different colour from")
     # the blue circle goes with "same colour as", the red one with "different colour from"
     assert u[BLUE_CIRCLE, same, BLUE_TRIANGLE] == pytest.approx(p_blue / (p_red + p_blue) * shapes.LABEL_PROBS[same])
     assert u[RED_CIRCLE, different, BLUE_TRIANGLE] == pytest.approx(

@@ -25,7 +25,7 @@ its nearest pair's obvious predicate) is not modelled (a handful of images).
 import itertools
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
