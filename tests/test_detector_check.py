@@ -2,6 +2,7 @@
 against the json's classes, a crippled detector reported, and the demo stopping on it."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -75,3 +76,15 @@ def test_demo_stops_after_an_untrained_detector(tmp_path, capsys):
     assert (tmp_path / "stage1_detector" / "model_final.pth").is_file()
     assert not (tmp_path / "rank5_stage2_triplet").exists()
     assert "below the required 95.0%" in (tmp_path / "log.txt").read_text()
+
+
+def test_check_uses_the_accuracy_over_visible_objects():
+    """96% over the visible objects passes although a rare class is at 70%; 94% stops and names it."""
+    classes = ["a", "b"]
+    vis = np.array([[93, 0], [3, 7]])  # class a 93/93, class b 7/10: 100/103 = 97.1%
+    acc = {"classes": classes, "visible": vis, "visible_accuracy": 100.0 * 100 / 103,
+           "per_class": {"a": 100.0, "b": 70.0}}
+    detector_check.check_accuracy(acc, "x", 95.0)
+    acc["visible_accuracy"] = 94.0
+    with pytest.raises(detector_check.DetectorAccuracyError, match=r"94\.0%.*below: b 70\.0% \(mostly called a\)"):
+        detector_check.check_accuracy(acc, "x", 95.0)

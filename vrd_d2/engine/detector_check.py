@@ -111,15 +111,18 @@ def format_accuracy(acc: Dict[str, object], dataset: str) -> str:
 
 
 def check_accuracy(acc: Dict[str, object], dataset: str, minimum: float, where: str = "stage 1") -> None:
-    """DetectorAccuracyError when the visible-object accuracy or any class's is below ``minimum``
-    (percent); the message names the classes and where their boxes went."""
+    """DetectorAccuracyError when the accuracy over the visible objects is below ``minimum``
+    (percent); the message names the classes below it and where their boxes went. (A rare class
+    alone below the minimum does not stop a run: val holds ~25 visible objects of the rarest.)"""
     minimum = check_float(minimum, "minimum detector accuracy", low=0.0, high=100.0, where=where)
-    low = [(k, v) for k, v in acc["per_class"].items() if v is not None and v < minimum]
-    if acc["visible_accuracy"] >= minimum and not low:
+    if acc["visible_accuracy"] >= minimum:
         return
-    vis, classes = acc["visible"], acc["classes"]
-    worst = ", ".join(
-        f"{k} {v:.1f}% (mostly called {classes[int(np.argmax(vis[classes.index(k)]))]})" for k, v in low)
+    low = [(k, v) for k, v in acc["per_class"].items() if v is not None and v < minimum]
+    classes = acc["classes"]
+    wrong = np.array(acc["visible"], dtype=float)
+    np.fill_diagonal(wrong, -1.0)  # the most common wrong label of each class
+    worst = ", ".join(f"{k} {v:.1f}% (mostly called {classes[int(np.argmax(wrong[classes.index(k)]))]})"
+                      for k, v in low)
     raise DetectorAccuracyError(
         f"{where}: the detector classifies {acc['visible_accuracy']:.1f}% of the visible gold boxes of "
         f"{dataset} correctly, below the required {minimum:.1f}%" + (f"; classes below: {worst}" if worst else "")
