@@ -70,7 +70,6 @@ def _reference_predicates(bs, cs, bo, co):
     dx = max(0, bo[0] - bs[2], bs[0] - bo[2])
     dy = max(0, bo[1] - bs[3], bs[1] - bo[3])
     colour = lambda c: c // 3  # noqa: E731  classes are [red x 3 shapes, blue x 3 shapes]
-    shape = lambda c: c % 3  # noqa: E731
     truth = {
         "left of": bs[2] <= bo[0],
         "right of": bs[0] >= bo[2],
@@ -80,7 +79,7 @@ def _reference_predicates(bs, cs, bo, co):
         "larger than": area(bs) >= 2 * area(bo),
         "smaller than": 2 * area(bs) <= area(bo),
         "same colour as": colour(cs) == colour(co),
-        "same shape as": shape(cs) == shape(co),
+        "different colour from": colour(cs) != colour(co),
         "inside": inside_so,
     }
     return {names.index(k) for k, v in truth.items() if v}

@@ -3,12 +3,13 @@ images), checking the structure of what it prints and writes, not the numbers; -
 trained stages; the README section is replaced between its markers only."""
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+from vrd_d2.engine import shapes_demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def quick_run(tmp_path_factory):
     readme = out / "README.md"
     readme.write_text("# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n")
     rc = tool.main(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
-    return tool, out, readme, rc
+    return shapes_demo, out, readme, rc
 
 
 def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys):
@@ -56,7 +57,7 @@ def test_readme_section_is_replaced_between_markers_only(quick_run):
 def test_reuse_skips_trained_stages(quick_run):
     tool, out, _, _ = quick_run
     mtimes = {p: os.path.getmtime(p) for p in out.rglob("model_final.pth")}
-    args = tool.get_parser().parse_args(["--quick", "--reuse", "--output", str(out)])
+    args = SimpleNamespace(quick=True, reuse=True, output=str(out), opts=[])
     args.prefix = tool.register_quick_subsets()
     cfg = tool.build_cfg(args, "triplet", 5, str(out / "stage1_detector" / "model_final.pth"))
     path, seconds = tool.train_stage(cfg, reuse=True)
@@ -70,5 +71,5 @@ def test_failure_exits_nonzero(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("no data")
 
-    monkeypatch.setattr(tool, "train_stage", boom)
+    monkeypatch.setattr(shapes_demo, "train_stage", boom)
     assert tool.main(["--quick", "--output", str(tmp_path)]) == 1

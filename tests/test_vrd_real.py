@@ -12,9 +12,7 @@ from detectron2.utils.events import EventStorage
 import vrd_d2  # noqa: F401
 from vrd_d2 import add_vrd_config
 from vrd_d2.data import VRDDatasetMapper, register_all_vrd
-from vrd_d2.engine import build_vrd_optimizer
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+from vrd_d2.engine import build_vrd_optimizer, vrd_real
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_VRD = os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
@@ -23,7 +21,7 @@ needs_vrd = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_VRD, "anno
 
 
 def test_missing_vrd_files_are_named(tmp_path):
-    tool = load_tool("vrd_real")
+    tool = vrd_real
     (tmp_path / "annotations_train.json").write_text("{}")
     with pytest.raises(SystemExit) as e:
         tool.check_vrd_root(str(tmp_path))

@@ -13,13 +13,16 @@ It carries the phenomena the paper is about:
   probability; ``relations`` holds what was labelled, ``relations_complete`` every valid relation;
 - skewed triplet frequencies: class and labelling probabilities are unequal;
 - predicates that need geometry (left of, above, near, inside, larger than) and predicates fixed
-  by the two classes (same colour as, same shape as; inside: a square of the other colour), so
-  neither boxes nor classes alone suffice and the predicate co-varies with the class pair;
+  by the two colours (same colour as, different colour from; inside: a square of the other
+  colour), so neither boxes nor classes alone suffice and the predicate co-varies with the class
+  pair;
 - hidden attributes: an object is in shadow with probability ``SHADOW_PROB`` (drawn dark grey,
   its colour invisible; the annotator still knows it, ``"shadowed": true`` in the json), so its
-  class is uncertain between two colours and the colour-dependent predicates go with the colour:
-  the triplet distribution of such a pair is a mixture, not one class x predicates x one class
-  (what CP ranks > 1 represent and rank 1 cannot).
+  class is uncertain between two colours and the colour predicates go with the hidden colour
+  (exactly one of "same colour as" / "different colour from" holds): the triplet distribution of
+  such a pair is a mixture of up to four (subject colour, object colour) components, not one
+  class x predicates x one class. CP rank >= 4 represents it; rank 1 (the product of its
+  marginals) cannot: ``shapes_oracle`` measures the recall this costs (v3: >= 3 points).
 
 Images are 128x128 PNG (cv2) with 3-6 objects of 6 classes (shape x colour), 10 predicates;
 600 train / 100 val / 200 test images. Stored in the vrd json format (custom.py).
@@ -49,12 +52,17 @@ __all__ = [
     "ensure_shapes",
     "register_shapes",
     "valid_predicates",
+    "expected_labels",
 ]
 
-SHAPES_VERSION = "v2"
+SHAPES_VERSION = "v4"  # v4: colours differ in luminance; v3 (never released): "different colour
+# from" replaces "same shape as", shadow 0.2
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "blue")
-COLOUR_BGR = {"red": (40, 40, 210), "blue": (200, 80, 30)}
+# Red is brighter than blue (luminance ~121 vs ~55; v3 and before: 91 vs 79, nearly equal): with
+# isoluminant colours the detector's shape features (luminance edges) carry no colour and stage 1
+# learned colour late or never (every blue object called red).
+COLOUR_BGR = {"red": (70, 70, 240), "blue": (200, 50, 10)}
 SHAPE_CLASSES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 CLASS_PROBS = np.array([0.30, 0.20, 0.07, 0.20, 0.15, 0.08])  # skew: red circles common
 SHAPE_PREDICATES = [
@@ -66,12 +74,12 @@ SHAPE_PREDICATES = [
     "larger than",
     "smaller than",
     "same colour as",
-    "same shape as",
+    "different colour from",
     "inside",
 ]
 # Probability that an annotator looking at a pair writes down each valid predicate (skew).
-LABEL_PROBS = np.array([0.60, 0.35, 0.50, 0.30, 0.70, 0.25, 0.15, 0.70, 0.50, 0.90])
-SHADOW_PROB = 0.15  # v2: hidden colours (v1 had none, and "same colour"/"same shape" at 0.20/0.08)
+LABEL_PROBS = np.array([0.60, 0.35, 0.50, 0.30, 0.70, 0.25, 0.15, 0.70, 0.70, 0.90])
+SHADOW_PROB = 0.20  # v2: 0.15 (v1: none)
 SHADOW_BGR = 28
 SIZES = np.array([10, 14, 20, 28, 36, 44])
 SIZE_PROBS = np.array([0.22, 0.22, 0.2, 0.16, 0.1, 0.1])
@@ -120,14 +128,33 @@ def valid_predicates(box_s, cat_s, box_o, cat_o):
         out.append(5)
     if 2 * area_s <= area_o:
         out.append(6)
-    shape_s, colour_s = _class_shape_colour(cat_s)
-    shape_o, colour_o = _class_shape_colour(cat_o)
-    if colour_s == colour_o:
-        out.append(7)
-    if shape_s == shape_o:
-        out.append(8)
+    colour_s = _class_shape_colour(cat_s)[1]
+    colour_o = _class_shape_colour(cat_o)[1]
+    out.append(7 if colour_s == colour_o else 8)  # same colour as / different colour from
     if _inside(box_s, box_o):
         out.append(9)
+    return out
+
+
+def _obvious(valid) -> int:
+    """The predicate an annotator who looked writes down when the draws picked none."""
+    return max(valid, key=lambda p: LABEL_PROBS[p])
+
+
+def look_probability(box_s, box_o) -> float:
+    """P(the annotator looks at the pair) = exp(-gap / LOOK_SCALE_PX)."""
+    return float(np.exp(-_gap(box_s, box_o) / LOOK_SCALE_PX))
+
+
+def expected_labels(valid) -> np.ndarray:
+    """float [P]: expected number of times each predicate is labelled for a pair whose valid
+    predicates are ``valid``, given that the annotator looked (each with LABEL_PROBS, and the
+    obvious one when none was drawn)."""
+    out = np.zeros(len(SHAPE_PREDICATES))
+    valid = list(valid)
+    if valid:
+        out[valid] = LABEL_PROBS[valid]
+        out[_obvious(valid)] += float(np.prod(1.0 - LABEL_PROBS[valid]))
     return out
 
 
@@ -223,19 +250,19 @@ def _make_image(rng, index: int, split: str):
                 continue
             valid = valid_predicates(boxes[i], cats[i], boxes[j], cats[j])
             complete.extend([i, j, p] for p in valid)
-            looked = rng.random() < np.exp(-_gap(boxes[i], boxes[j]) / LOOK_SCALE_PX)
+            looked = rng.random() < look_probability(boxes[i], boxes[j])
             draws = rng.random(len(valid))
             if not looked:
                 continue
             labelled = [p for p, u in zip(valid, draws) if u < LABEL_PROBS[p]]
             if not labelled:  # an annotator who looked writes down at least the obvious one
-                labelled = [max(valid, key=lambda p: LABEL_PROBS[p])]
+                labelled = [_obvious(valid)]
             annotated.extend([i, j, p] for p in labelled)
     if not annotated:  # every image gets at least one label: the nearest pair's most obvious one
         pairs = [(i, j) for i in range(len(objs)) for j in range(len(objs)) if i != j]
         i, j = min(pairs, key=lambda ij: (_gap(boxes[ij[0]], boxes[ij[1]]), ij))
         valid = valid_predicates(boxes[i], cats[i], boxes[j], cats[j])
-        annotated.append([i, j, max(valid, key=lambda p: LABEL_PROBS[p])])
+        annotated.append([i, j, _obvious(valid)])
     fname = f"{split}/{index:06d}.png"
     entry = {
         "file_name": fname,

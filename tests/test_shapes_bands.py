@@ -1,0 +1,66 @@
+"""Run-to-run bands of the shapes demo: mean / min / max of the headline figures by hand, and
+--seeds/--threads on --quick runs (each run's own results.json against the band)."""
+import json
+
+import numpy as np
+import pytest
+
+from vrd_d2.engine import shapes_bands, shapes_demo
+
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+def _results(x):
+    """Fake test results of one run: every figure of variant i is x + i."""
+    res = {}
+    for i, v in enumerate(shapes_demo.VARIANTS):
+        res[v] = {"phrase_cls": {"R@50_kfree": x + i, "R@100_kfree": x + i + 0.5},
+                  "predcls": {"R@50_kfree": x + i + 0.25}}
+    res[shapes_demo.FULL]["relationship"] = {"R@50_kfree": 2 * x}
+    return res
+
+
+def test_band_by_hand():
+    runs = [shapes_bands.headline(_results(x)) for x in (10.0, 11.0, 15.0)]
+    assert len(runs[0]) == 3 * len(shapes_demo.VARIANTS) + 1
+    assert runs[0]["rank 1 | phrase_cls R@100"] == 11.5  # rank 1 is variant 1
+    b = shapes_bands.band(runs)
+    s = b["rank 1 | phrase_cls R@50"]
+    assert (s["mean"], s["min"], s["max"]) == (pytest.approx(13.0), 11.0, 16.0)
+    assert s["max_dev"] == pytest.approx(3.0)
+    sg = b[f"{shapes_demo.FULL} | sgdet relationship R@50"]
+    assert (sg["mean"], sg["max_dev"]) == (pytest.approx(24.0), pytest.approx(6.0))
+    records = [{"seed": k, "threads": 1, "headline": r, "detector_visible_accuracy": 99.0, "seconds": 60.0}
+               for k, r in enumerate(runs)]
+    table = shapes_bands.format_band_table(records, "cmd")
+    assert "| rank 1 | 13.00 (11.00–16.00) | 13.50 (11.50–16.50) | 13.25 (11.25–16.25) | – |" in table
+    assert "NOT every figure within ±3 points" in table  # sgdet is 6 points from its mean
+    beside = shapes_bands.format_beside_band(runs[2], {"command": "cmd", "runs": records, "band": b})
+    assert "| rank 1, phrase_cls R@50 | 16.00 | 13.00 (11.00–16.00) | yes |" in beside  # 3 points off
+    assert f"| {shapes_demo.FULL}, sgdet relationship R@50 | 30.00 | 24.00 (20.00–30.00) | NO |" in beside
+    with pytest.raises(ValueError, match="no runs"):
+        shapes_bands.band([])
+
+
+def test_seeds_and_threads_on_quick_runs(tmp_path):
+    tool = load_tool("shapes_demo")
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\nb\n")
+    band_file = tmp_path / "band.json"
+    out = tmp_path / "out"
+    rc = tool.main(["--quick", "--seeds", "0", "1", "--threads", "1", "--output", str(out), "--update-readme",
+                    "--readme", str(readme), "--band-file", str(band_file)])
+    assert rc == 0
+    stored = json.loads(band_file.read_text())
+    assert [(r["seed"], r["threads"]) for r in stored["runs"]] == [(0, 1), (1, 1)]
+    per_run = [json.loads((out / f"seed{s}_threads1" / "results.json").read_text()) for s in (0, 1)]
+    for variant in shapes_demo.VARIANTS:
+        values = [r["test"][variant]["phrase_cls"]["R@50_kfree"] for r in per_run]
+        s = stored["band"][f"{variant} | phrase_cls R@50"]
+        assert s["mean"] == pytest.approx(np.mean(values)) and (s["min"], s["max"]) == (min(values), max(values))
+    for s in (0, 1):  # each run used its own seed
+        cfg = (out / f"seed{s}_threads1" / "stage1_detector" / "config.yaml").read_text()
+        assert f"SEED: {s}\n" in cfg
+    table = (out / "bands.md").read_text().strip()
+    assert readme.read_text() == f"a\n<!-- shapes-demo:begin -->\n{table}\n<!-- shapes-demo:end -->\nb\n"
+    assert "over 2 runs of `tools/shapes_demo.py --seeds 0 1 --threads 1 --quick`" in table

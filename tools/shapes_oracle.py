@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""
+Ceilings of the shapes data from the generator's own probabilities (vrd_d2.data.datasets.
+shapes_oracle): phrase classification with gold boxes, free k, R@K, for the Bayes-optimal
+ranking, the best the model can represent at rank >= 4 with the selection head, and at rank 1
+(the product of the marginals); with and without the selection head's P(looked).
+
+    python tools/shapes_oracle.py [--split test] [--seed 0] [--images N] [--json FILE]
+
+By default it scores the images of shapes_<split> (the demo's test split); ``--images N`` draws
+N fresh images from the generator instead (a larger sample). ``--json FILE`` writes
+optimal_R50_free_k, rank1_R50_free_k, rank5_R50_free_k (percent; and the *_no_sel values).
+"""
+import argparse
+import json
+import sys
+
+from vrd_d2.data.datasets import shapes_oracle
+from vrd_d2.data.datasets.shapes import SPLIT_SIZES, ensure_shapes
+from vrd_d2.utils.checks import check_int
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default="test", choices=sorted(SPLIT_SIZES))
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (with --images: the draw's seed)")
+    p.add_argument("--images", type=int, default=0, help="score N freshly drawn images instead of the split")
+    p.add_argument("--k", type=int, default=50, help="recall at K (default 50)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the recalls as json")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    k = check_int(args.k, "--k", low=1, where="shapes_oracle")
+    n = check_int(args.images, "--images", low=0, where="shapes_oracle")
+    if n:
+        recall, source = shapes_oracle.oracle_recall_of_fresh_images(n, seed=args.seed, k=k), f"{n} fresh images"
+    else:
+        recall = shapes_oracle.oracle_recall_of_split(ensure_shapes(seed=args.seed), args.split, k=k)
+        source = f"shapes_{args.split} (seed {args.seed})"
+    print(f"phrase classification, gold boxes, free k, R@{k} on {source}:")
+    for name, value in recall.items():
+        print(f"  {name:>13s}  {value:6.2f}")
+    print(f"  rank gap (rank >= 4 minus rank 1, with X_sel): {recall['rank5'] - recall['rank1']:.2f} points")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(shapes_oracle.oracle_json(recall, k), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

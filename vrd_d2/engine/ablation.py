@@ -1,0 +1,125 @@
+"""The paper's Table 4 ablation as a small runner: named variants, train a stage, score a variant.
+
+One variant is one :class:`Variant` (named fields, not a positional tuple); the shapes demo
+(:mod:`vrd_d2.engine.shapes_demo`) and the real-VRD script (:mod:`vrd_d2.engine.vrd_real`) list
+theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table helpers below.
+"""
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.evaluation import inference_on_dataset
+from detectron2.utils.env import seed_all_rng
+
+from ..evaluation import VRDEvaluator
+from .trainer import Trainer
+
+__all__ = ["Variant", "CONFIG_ROOT", "train_stage", "evaluate_variant", "cell", "markdown_rows"]
+
+logger = logging.getLogger(__name__)
+
+# configs/ of the repository (vrd_d2 is installed in development mode from it)
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation.
+
+    rank: CP rank R of psi_c; use_cp: score with psi_c (False: uniform psi_c, e.g. "prior alone");
+    use_selection: multiply by the selection head's P(X_sel); use_prior: multiply by the triplet
+    prior psi_u.
+    """
+
+    rank: int
+    use_cp: bool = True
+    use_selection: bool = False
+    use_prior: bool = False
+
+    def apply(self, cfg):
+        """Write the variant into ``cfg`` (in place; returns it)."""
+        cfg.MODEL.VRD.RANK = self.rank
+        cfg.MODEL.VRD.USE_CP = self.use_cp
+        cfg.MODEL.VRD.USE_SELECTION = self.use_selection
+        cfg.MODEL.VRD.USE_PRIOR = self.use_prior
+        return cfg
+
+    def as_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+    def tag(self, name: str) -> str:
+        """A folder name for the variant called ``name``."""
+        return name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
+
+
+def train_stage(cfg, *, reuse: bool = True, seed: bool = False) -> Tuple[str, float]:
+    """Train ``cfg`` (one stage: a vrd_d2 Trainer run) into ``cfg.OUTPUT_DIR``.
+
+    reuse: return an existing ``model_final.pth`` untrained; seed: ``seed_all_rng(cfg.SEED)`` first
+    (a repeatable run). Writes ``config.yaml`` beside the weights. Returns (weights path, seconds;
+    0.0 when reused). A RuntimeError if training wrote no ``model_final.pth``.
+    """
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if reuse and os.path.isfile(final):
+        logger.info("reusing %s", final)
+        return final, 0.0
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    start = time.perf_counter()
+    if seed:
+        seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    if not os.path.isfile(final):
+        raise RuntimeError(f"training {cfg.OUTPUT_DIR} wrote no model_final.pth")
+    return final, time.perf_counter() - start
+
+
+def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *, variant: Optional[Variant] = None,
+                     eval_mode: Optional[str] = None, seed: bool = False, **evaluator_kwargs) -> Dict[str, dict]:
+    """VRDEvaluator results of the model ``weights`` on ``dataset``.
+
+    mode: MODEL.VRD.MODE of the model (gold boxes or detected ones); eval_mode: the evaluator's
+    mode (default ``mode``; "sgdet" to score given detections as relationship detection);
+    variant: written into the config first when given; seed: ``seed_all_rng(cfg.SEED)`` before the
+    model is built. Extra keyword arguments go to VRDEvaluator (e.g. ``gt_mat``). A RuntimeError
+    if the evaluator returns nothing.
+    """
+    cfg = cfg.clone()
+    if variant is not None:
+        variant.apply(cfg)
+    cfg.MODEL.VRD.MODE = mode
+    cfg.DATASETS.TEST = (dataset,)
+    if seed:
+        seed_all_rng(cfg.SEED)
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    model.eval()
+    evaluator = VRDEvaluator(dataset, mode=eval_mode or mode, output_dir=out_dir, distributed=False,
+                             k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR), save_predictions=False,
+                             **evaluator_kwargs)
+    with torch.no_grad():
+        res = inference_on_dataset(model, Trainer.build_test_loader(cfg, dataset), evaluator)
+    if not res:
+        raise RuntimeError(f"{dataset} / {mode}: the evaluator returned nothing")
+    return res
+
+
+def cell(res: Dict[str, dict], task: str, metric: str) -> str:
+    """``res[task][metric]`` with 2 decimals, or "–" when absent."""
+    v = res.get(task, {}).get(metric)
+    return "–" if v is None else f"{v:.2f}"
+
+
+def markdown_rows(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list:
+    """A markdown table (header, separator, rows) as a list of lines."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines

@@ -1,0 +1,160 @@
+"""Run-to-run bands of the shapes demo: several seeds x thread counts, mean with min-max.
+
+One demo run depends on its seed and on the float order of its thread count (another detector,
+other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2.engine.shapes_demo.run`) once per
+(seed, threads), each into its own folder; :func:`headline` picks the figures the README quotes;
+:func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table` prints it;
+:func:`format_beside_band` prints one run's figures beside a stored band (``make demo``).
+"""
+import copy
+import json
+import os
+from collections import OrderedDict
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from ..utils.readme import replace_readme_section
+from . import ablation, shapes_demo
+
+__all__ = ["BAND_FILE", "run_cli", "run_matrix", "headline", "band", "format_band_table", "format_beside_band",
+           "save_band", "load_band"]
+
+# the stored band that make demo prints its run beside (written by --seeds ... --update-readme)
+BAND_FILE = str(ablation.CONFIG_ROOT / "Shapes" / "demo_band.json")
+TOLERANCE = 3.0  # points: issue #13's "every headline figure within +-3 of the mean"
+
+
+def headline(results: Dict[str, dict]) -> "OrderedDict[str, float]":
+    """The headline figures of one run's test results ({variant: VRDEvaluator results}):
+    phrase_cls free-k R@50 and R@100 and predcls free-k R@50 of each variant, and sgdet
+    relationship detection free-k R@50 of the full model."""
+    out = OrderedDict()
+    for variant, res in results.items():
+        for task, metric, label in (("phrase_cls", "R@50_kfree", "phrase_cls R@50"),
+                                    ("phrase_cls", "R@100_kfree", "phrase_cls R@100"),
+                                    ("predcls", "R@50_kfree", "predcls R@50")):
+            out[f"{variant} | {label}"] = float(res[task][metric])
+    full = results[shapes_demo.FULL]
+    out[f"{shapes_demo.FULL} | sgdet relationship R@50"] = float(full["relationship"]["R@50_kfree"])
+    return out
+
+
+def band(runs: Sequence[Dict[str, float]]) -> "OrderedDict[str, dict]":
+    """{figure: {mean, min, max, max_dev}} over runs (each a :func:`headline` dict, same keys)."""
+    if not runs:
+        raise ValueError("shapes_bands: no runs to summarise")
+    out = OrderedDict()
+    for key in runs[0]:
+        v = np.array([r[key] for r in runs], dtype=float)
+        out[key] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
+                    "max_dev": float(np.abs(v - v.mean()).max())}
+    return out
+
+
+def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[dict]:
+    """One demo run per (seed, thread count), into ``<output>/seed<s>_threads<t>``; cfg.SEED is
+    the seed (the dataset stays the same). Returns one record per run: seed, threads, headline
+    figures, detector accuracy, seconds."""
+    records = []
+    before = torch.get_num_threads()
+    try:
+        for seed in seeds:
+            for t in threads:
+                opts = copy.copy(options)
+                opts.output = os.path.join(options.output, f"seed{seed}_threads{t}")
+                opts.opts = list(options.opts) + ["SEED", str(seed)]
+                opts.update_readme = False
+                os.makedirs(opts.output, exist_ok=True)
+                torch.set_num_threads(t)
+                results, timings = shapes_demo.run(opts)
+                with open(os.path.join(opts.output, "results.json")) as f:
+                    detector = json.load(f)["detector_accuracy"]
+                records.append({"seed": seed, "threads": t, "headline": headline(results["test"]),
+                                "detector_visible_accuracy": detector["visible_accuracy"],
+                                "seconds": timings["total"]})
+    finally:
+        torch.set_num_threads(before)
+    return records
+
+
+def format_band_table(records: Sequence[dict], command: str, quick: bool = False) -> str:
+    """The README table: each headline figure's mean (min–max) over the runs, then one line per
+    run (detector accuracy, wall time) and whether every figure is within +-TOLERANCE."""
+    b = band([r["headline"] for r in records])
+    variants = list(OrderedDict.fromkeys(k.split(" | ")[0] for k in b))
+    labels = list(OrderedDict.fromkeys(k.split(" | ")[1] for k in b))
+    rows = []
+    for v in variants:
+        cells = [f"{b[k]['mean']:.2f} ({b[k]['min']:.2f}–{b[k]['max']:.2f})" if k in b else "–"
+                 for k in (f"{v} | {lab}" for lab in labels)]
+        rows.append([v] + cells)
+    lines = [f"Mean (min–max) over {len(records)} runs of `{command}` on shapes_test, free k"
+             + (" (--quick: meaningless numbers)" if quick else "") + ":", ""]
+    lines += ablation.markdown_rows(["variant"] + labels, rows)
+    worst = max(b.items(), key=lambda kv: kv[1]["max_dev"])
+    lines += ["", "Runs: " + "; ".join(
+        f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: detector "
+        f"{r['detector_visible_accuracy']:.1f}%, {r['seconds'] / 60:.1f} min" for r in records) + ".",
+        f"Largest distance from the mean: {worst[1]['max_dev']:.2f} points ({worst[0]}); "
+        + ("every figure within" if worst[1]["max_dev"] <= TOLERANCE else "NOT every figure within")
+        + f" ±{TOLERANCE:g} points of its mean."]
+    return "\n".join(lines)
+
+
+def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE) -> None:
+    with open(path, "w") as f:
+        json.dump({"command": command, "runs": list(records), "band": band([r["headline"] for r in records])},
+                  f, indent=1)
+
+
+def load_band(path: str = BAND_FILE):
+    """The stored band ({command, runs, band}) or None when there is none."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def format_beside_band(figures: Dict[str, float], stored: dict) -> str:
+    """This run's headline figures beside the stored band: value, mean (min–max), and whether
+    the value lies within ±TOLERANCE of the mean."""
+    b = stored["band"]
+    rows = []
+    for key, value in figures.items():
+        if key not in b:
+            continue
+        s = b[key]
+        rows.append([key.replace(" | ", ", "), f"{value:.2f}", f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})",
+                     "yes" if abs(value - s["mean"]) <= TOLERANCE else "NO"])
+    lines = [f"This run beside the band of {len(stored['runs'])} runs (`{stored['command']}`):", ""]
+    lines += ablation.markdown_rows(["figure", "this run", "band mean (min–max)", f"within ±{TOLERANCE:g}"], rows)
+    return "\n".join(lines)
+
+
+def run_cli(options) -> None:
+    """What ``tools/shapes_demo.py`` does with its parsed ``options``: one run (printed beside
+    the stored band unless --quick), or with ``seeds``/``threads`` one run per pair and the band
+    table (README section and ``band_file`` with ``update_readme``)."""
+    if not (options.seeds or options.threads):
+        results, _ = shapes_demo.run(options)
+        stored = None if options.quick else load_band(options.band_file)
+        if stored:
+            print(format_beside_band(headline(results["test"]), stored))
+        return
+    seeds = list(options.seeds or [0])
+    threads = list(options.threads or [torch.get_num_threads()])
+    command = ("tools/shapes_demo.py --seeds " + " ".join(map(str, seeds)) + " --threads "
+               + " ".join(map(str, threads)) + (" --quick" if options.quick else "")
+               + ("" if not options.opts else " " + " ".join(options.opts)))
+    records = run_matrix(options, seeds, threads)
+    table = format_band_table(records, command, quick=options.quick)
+    print(table)
+    with open(os.path.join(options.output, "bands.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(options.output, "bands.json"), "w") as f:
+        json.dump({"command": command, "runs": records, "band": band([r["headline"] for r in records])}, f, indent=1)
+    if options.update_readme:
+        replace_readme_section(options.readme, shapes_demo.README_MARKER, table)
+        save_band(records, command, options.band_file)

@@ -1,0 +1,214 @@
+"""``make demo``: every training stage on the embedded shapes data, then the Table 4 ablation.
+
+Stages, each a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this process:
+  1. the detector (configs/Shapes/stage1_detector.yaml);
+  2. the CP triplet net on gold boxes, rank 5 and rank 1, both from the same stage-1 weights
+     (configs/Shapes/stage2_triplet.yaml);
+  3. the selection head of each (configs/Shapes/stage3_selection.yaml).
+Then every variant of :data:`VARIANTS` is scored on shapes_test (and shapes_val, where settings
+are compared) with VRDEvaluator: phrase classification (gold boxes, labels predicted) and predicate
+classification, against the annotated and the complete ground truth, plus relationship detection
+(sgdet) for the full model. Seeds are fixed (``cfg.SEED`` before every stage), so a run repeats.
+
+``options`` below is any object with the attributes of ``tools/shapes_demo.py``'s arguments:
+``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy`` for
+:func:`run`).
+
+After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
+the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
+``min_detector_accuracy`` percent (default :data:`MIN_DETECTOR_ACCURACY`; 0 with --quick).
+"""
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..config import add_vrd_config
+from ..data.datasets.shapes_oracle import format_oracle_line, oracle_of_dataset
+from ..utils.readme import replace_readme_section
+from . import ablation
+from .ablation import CONFIG_ROOT, Variant
+from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
+
+__all__ = ["VARIANTS", "FULL", "COLUMNS", "RANKS", "register_quick_subsets", "build_cfg", "train_stage",
+           "run", "format_table"]
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = {
+    "detector": str(CONFIG_ROOT / "Shapes" / "stage1_detector.yaml"),
+    "triplet": str(CONFIG_ROOT / "Shapes" / "stage2_triplet.yaml"),
+    "selection": str(CONFIG_ROOT / "Shapes" / "stage3_selection.yaml"),
+}
+README_MARKER = "shapes-demo"
+RANKS = (5, 1)
+FULL = "rank 5 + X_sel + prior (full)"
+VARIANTS = OrderedDict([  # the paper's Table 4 ablation
+    ("prior alone", Variant(rank=5, use_cp=False, use_selection=False, use_prior=True)),
+    ("rank 1", Variant(rank=1)),
+    ("rank 1 + X_sel + prior", Variant(rank=1, use_selection=True, use_prior=True)),
+    ("rank 5", Variant(rank=5)),
+    ("rank 5 + X_sel", Variant(rank=5, use_selection=True)),
+    (FULL, Variant(rank=5, use_selection=True, use_prior=True)),
+])
+# (column header, task, metric); a task of VRDEvaluator's results dict
+COLUMNS = [
+    ("phrase_cls R@50 k=1", "phrase_cls", "R@50_k1"),
+    ("phrase_cls R@100 k=1", "phrase_cls", "R@100_k1"),
+    ("phrase_cls R@50 free k", "phrase_cls", "R@50_kfree"),
+    ("phrase_cls R@100 free k", "phrase_cls", "R@100_kfree"),
+    ("predcls R@50 free k", "predcls", "R@50_kfree"),
+    ("complete-GT phrase_cls R@50 free k", "phrase_cls_complete", "R@50_kfree"),
+    ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
+]
+QUICK_SIZES = {"train": 8, "val": 4, "test": 4}
+MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
+
+
+def register_quick_subsets(prefix: str = "shapes_quick") -> str:
+    """``<prefix>_{train,val,test}``: the first images of each shapes split (for --quick)."""
+    for split, n in QUICK_SIZES.items():
+        name = f"{prefix}_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda split=split, n=n: DatasetCatalog.get(f"shapes_{split}")[:n])
+        meta = MetadataCatalog.get(f"shapes_{split}").as_dict()
+        for key in ("name", "triplet_counts"):
+            meta.pop(key, None)
+        meta["train_split"] = f"{prefix}_train"
+        MetadataCatalog.get(name).set(**meta)
+    return prefix
+
+
+def _stage_dir(stage: str, rank: int) -> str:
+    if stage == "detector":
+        return "stage1_detector"
+    return f"rank{rank}_{'stage2_triplet' if stage == 'triplet' else 'stage3_selection'}"
+
+
+def build_cfg(options, stage: str, rank: int, weights: str = ""):
+    """The config of ``stage`` ("detector", "triplet", "selection") at CP rank ``rank``."""
+    cfg = add_vrd_config(get_cfg())
+    cfg.merge_from_file(CONFIGS[stage])
+    cfg.DATASETS.TRAIN = (f"{options.prefix}_train",)
+    cfg.DATASETS.TEST = ()  # evaluated variant by variant
+    cfg.MODEL.VRD.RANK = rank
+    cfg.MODEL.WEIGHTS = weights
+    cfg.OUTPUT_DIR = os.path.join(options.output, _stage_dir(stage, rank))
+    if options.quick:
+        cfg.SOLVER.MAX_ITER = 2
+        cfg.SOLVER.IMS_PER_BATCH = 2
+        cfg.SOLVER.WARMUP_ITERS = 1
+        cfg.SOLVER.STEPS = ()
+    cfg.merge_from_list(list(options.opts))
+    return cfg
+
+
+def train_stage(cfg, reuse: bool):
+    """One seeded stage (:func:`ablation.train_stage`). Returns (weights path, seconds)."""
+    return ablation.train_stage(cfg, reuse=reuse, seed=True)
+
+
+def check_detector(options, det: str):
+    """Gold-box accuracy of the stage-1 weights ``det`` on ``<prefix>_val``, printed; raises
+    DetectorAccuracyError below the minimum. Returns the accuracy dict (gold_box_accuracy)."""
+    dataset = f"{options.prefix}_val"
+    acc = gold_box_accuracy(build_cfg(options, "detector", RANKS[0]), det, dataset)
+    print(format_accuracy(acc, dataset), flush=True)
+    minimum = getattr(options, "min_detector_accuracy", None)
+    if minimum is None:
+        minimum = 0.0 if options.quick else MIN_DETECTOR_ACCURACY
+    check_accuracy(acc, dataset, minimum)
+    return acc
+
+
+def train_all(options):
+    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1. Returns
+    ({rank: final weights}, detector accuracy, timings)."""
+    timings = OrderedDict()
+    det, timings["stage 1 detector"] = train_stage(build_cfg(options, "detector", RANKS[0]), options.reuse)
+    accuracy = check_detector(options, det)
+    weights = {}
+    for rank in RANKS:
+        trip, timings[f"stage 2 triplet rank {rank}"] = train_stage(
+            build_cfg(options, "triplet", rank, det), options.reuse)
+        sel, timings[f"stage 3 selection rank {rank}"] = train_stage(
+            build_cfg(options, "selection", rank, trip), options.reuse)
+        weights[rank] = sel  # holds the detector, the triplet net and the selection head
+    return weights, accuracy, timings
+
+
+def evaluate_all(options, weights, splits, timings):
+    """{split: {variant: VRDEvaluator results}} of every variant; eval timings into ``timings``."""
+    results = OrderedDict((split, OrderedDict()) for split in splits)
+    for name, variant in VARIANTS.items():
+        start = time.perf_counter()
+        cfg = build_cfg(options, "selection", variant.rank, weights[variant.rank])
+        for split in results:
+            res = OrderedDict()
+            modes = ["phrase_cls", "predcls"] + (["sgdet"] if name == FULL and split == "test" else [])
+            for mode in modes:
+                res.update(ablation.evaluate_variant(
+                    cfg, weights[variant.rank], f"{options.prefix}_{split}", mode,
+                    os.path.join(options.output, "eval", split, variant.tag(name), mode), variant=variant,
+                    seed=True))
+            results[split][name] = res
+        timings[f"eval {name}"] = time.perf_counter() - start
+    return results
+
+
+def run(options):
+    """Train, evaluate, print and save the table (results.md, results.json; the README section
+    with ``options.update_readme``). Returns (results, timings)."""
+    wall = time.perf_counter()
+    if options.quick:
+        options.prefix = register_quick_subsets()
+    weights, accuracy, timings = train_all(options)
+    # val: where settings are compared; skipped by --quick (its numbers mean nothing anyway)
+    splits = ("test",) if options.quick else ("test", "val")
+    results = evaluate_all(options, weights, splits, timings)
+    timings["total"] = time.perf_counter() - wall
+    n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
+    oracle = oracle_of_dataset(f"{options.prefix}_test")
+    table = format_table(results["test"], timings, n_test, quick=options.quick,
+                         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
+                         ceilings=format_oracle_line(oracle, "this test split"))
+    print(table)
+    with open(os.path.join(options.output, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(options.output, "results.json"), "w") as f:
+        json.dump({"test": results["test"], "val": results.get("val", {}), "seconds": timings,
+                   "variants": {k: v.as_dict() for k, v in VARIANTS.items()},
+                   "columns": [{"header": h, "task": t, "metric": m} for h, t, m in COLUMNS],
+                   "detector_accuracy": {k: accuracy[k] for k in ("visible_accuracy", "per_class",
+                                                                  "shadowed_accuracy", "accuracy")},
+                   "oracle": oracle, "quick": bool(options.quick)}, f, indent=1)
+    if options.update_readme:
+        replace_readme_section(options.readme, README_MARKER, table)
+        logger.info("updated %s", options.readme)
+    return results, timings
+
+
+def format_table(results, timings, n_test, quick=False, detector: str = "", ceilings: str = "") -> str:
+    """The markdown table: one row per variant (test split), then sgdet, the oracle's ceilings
+    (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy)
+    and the timings."""
+    cell = ablation.cell
+    lines = ablation.markdown_rows(["variant"] + [h for h, _, _ in COLUMNS], (
+        [variant] + [cell(res, t, m) for _, t, m in COLUMNS] for variant, res in results.items()))
+    full = results.get(FULL, {})
+    lines += ["", f"Full model on detected boxes (sgdet), free k: relationship detection R@50 "
+                  f"{cell(full, 'relationship', 'R@50_kfree')}, R@100 {cell(full, 'relationship', 'R@100_kfree')}; "
+                  f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
+                  f"R@100 {cell(full, 'phrase', 'R@100_kfree')}."]
+    lines += [line for line in (ceilings, detector) if line]
+    stages = ", ".join(f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items()
+                       if k.startswith("stage"))
+    evals = sum(v for k, v in timings.items() if k.startswith("eval"))
+    lines.append(f"Wall time: {timings['total'] / 60:.1f} min in total ({stages}; evaluation {evals:.0f} s); "
+                 f"test split, {n_test} images" + (" (--quick: meaningless numbers)" if quick else "") + ".")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""The geometry-only relation head on the real VRD annotations (Lu et al. 2016): the ablation.
+
+Trains on annotations_train.json (no images needed) and scores every variant of :data:`VARIANTS`
+on the test set: predicate classification (gold boxes and labels), and relationship / phrase
+detection on Lu et al.'s R-CNN detections (score = conf_s * conf_o * P(predicate | s, o, boxes) *
+P(X_sel)), against Lu et al.'s gt.mat with Lu's matching (docs/EVALUATION.md).
+
+``options`` below is any object with the attributes of ``tools/vrd_real.py``'s arguments:
+``vrd_root, output, config_file, variants, iters, prefix, update_readme, opts``.
+"""
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+
+import torch
+from detectron2.config import get_cfg
+
+from ..config import add_vrd_config
+from ..data import register_all_vrd
+from ..data.datasets.lu_detections import register_lu_detections
+from ..utils.readme import replace_readme_section
+from . import ablation
+from .ablation import CONFIG_ROOT, Variant
+
+__all__ = ["VARIANTS", "REQUIRED", "PAPER", "default_vrd_root", "check_vrd_root", "build_cfg", "run",
+           "format_table"]
+
+logger = logging.getLogger(__name__)
+
+REPO = str(CONFIG_ROOT.parent)
+CONFIG = str(CONFIG_ROOT / "VRD" / "geometry_only.yaml")
+README_MARKER = "vrd-real"
+REQUIRED = (
+    "annotations_train.json", "annotations_test.json", "objects.json", "predicates.json",
+    "lu2016/evaluation/gt.mat", "lu2016/evaluation/zeroShot.mat",
+    "lu2016/data/imagePath.mat", "lu2016/data/objectDetRCNN.mat",
+)
+VARIANTS = OrderedDict([  # the paper's Table 4 ablation on real data
+    ("prior alone", Variant(rank=1, use_cp=False, use_prior=True)),
+    ("rank 1", Variant(rank=1, use_prior=True)),
+    ("rank 1 + X_sel", Variant(rank=1, use_selection=True, use_prior=True)),
+    ("rank 5", Variant(rank=5, use_prior=True)),
+    ("rank 5 + X_sel", Variant(rank=5, use_selection=True, use_prior=True)),
+    ("rank 5 + X_sel, no prior", Variant(rank=5, use_selection=True, use_prior=False)),
+])
+PAPER = {  # Dupty et al. 2020, Table 1, full model with images, proposals of Lu et al.
+    "relationship": {"R@50_k1": 17.67, "R@100_k1": 18.64, "R@50_kfree": 24.08, "R@100_kfree": 28.29},
+}
+
+
+def default_vrd_root() -> str:
+    """``$DETECTRON2_DATASETS/vrd`` if it holds the annotations, else ``../shared/data/vrd``
+    (``$VRD_D2_SHARED_DATA``), else the first."""
+    for cand in (os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd"),
+                 os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))):
+        if os.path.isfile(os.path.join(cand, "annotations_train.json")):
+            return cand
+    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd")
+
+
+def check_vrd_root(root: str) -> None:
+    """SystemExit with a message naming every missing file."""
+    missing = [f for f in REQUIRED if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise SystemExit(
+            f"vrd_real: the VRD folder {os.path.abspath(root)} lacks: {', '.join(missing)}.\n"
+            "Lay it out as in README.md 'Datasets' (Lu et al.'s json release plus lu2016/ from "
+            "their MATLAB release) and pass it with --vrd-root.")
+
+
+def build_cfg(options, name: str, stage: str, weights: str = ""):
+    """The config of variant ``name`` at training stage ``stage`` ("triplet" or "selection")."""
+    variant = VARIANTS[name]
+    cfg = add_vrd_config(get_cfg())
+    cfg.merge_from_file(options.config_file)
+    cfg.DATASETS.TRAIN = (f"{options.prefix}_train",)
+    cfg.DATASETS.TEST = ()  # evaluated against gt.mat, not at the end of training
+    variant.apply(cfg)
+    cfg.MODEL.VRD.TRAIN_STAGE = stage
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.OUTPUT_DIR = os.path.join(options.output, f"rank{variant.rank}", stage)
+    if stage == "selection":
+        cfg.SOLVER.MAX_ITER = cfg.SOLVER.MAX_ITER // 2
+    if options.iters:
+        cfg.SOLVER.MAX_ITER = options.iters
+    cfg.merge_from_list(list(options.opts))
+    return cfg
+
+
+def _evaluate(options, cfg, weights, name):
+    """predcls on gold boxes, then relationship/phrase detection on Lu et al.'s detections."""
+    cfg = cfg.clone()
+    cfg.MODEL.VRD.USE_BOX_SCORE = True  # 1 for gold boxes; the detector's confidences otherwise
+    root, tag = options.vrd_root, VARIANTS[name].tag(name)
+    mats = {"gt_mat": os.path.join(root, "lu2016", "evaluation", "gt.mat"),
+            "image_path_mat": os.path.join(root, "lu2016", "data", "imagePath.mat")}
+    res = OrderedDict()
+    res.update(ablation.evaluate_variant(cfg, weights, f"{options.prefix}_test", "predcls",
+                                         os.path.join(options.output, "eval", tag, "predcls"), **mats))
+    res.update(ablation.evaluate_variant(cfg, weights, f"{options.prefix}_test_lu_det", "predcls",
+                                         os.path.join(options.output, "eval", tag, "lu_det"), eval_mode="sgdet",
+                                         **mats))
+    return res
+
+
+def run(options):
+    """Train (reusing finished stages) and score every variant; print and save the tables."""
+    check_vrd_root(options.vrd_root)
+    register_all_vrd(options.vrd_root, prefix=options.prefix)
+    register_lu_detections(f"{options.prefix}_test_lu_det", f"{options.prefix}_test",
+                           os.path.join(options.vrd_root, "lu2016", "data", "objectDetRCNN.mat"),
+                           os.path.join(options.vrd_root, "lu2016", "data", "imagePath.mat"))
+    results, timings = OrderedDict(), OrderedDict()
+    for name in options.variants or list(VARIANTS):
+        variant = VARIANTS[name]
+        start = time.perf_counter()
+        weights = ""  # the prior alone needs no training: psi_c is uniform
+        if variant.use_cp:
+            weights, _ = ablation.train_stage(build_cfg(options, name, "triplet"))
+            if variant.use_selection:
+                weights, _ = ablation.train_stage(build_cfg(options, name, "selection", weights))
+        cfg = build_cfg(options, name, "selection" if variant.use_selection else "triplet", weights)
+        results[name] = _evaluate(options, cfg, weights, name)
+        timings[name] = time.perf_counter() - start
+        logger.info("%s: done in %.0f s", name, timings[name])
+    table = format_table(results)
+    print(table)
+    os.makedirs(options.output, exist_ok=True)
+    with open(os.path.join(options.output, "results.json"), "w") as f:
+        json.dump({"results": results, "seconds": timings, "paper": PAPER}, f, indent=1)
+    with open(os.path.join(options.output, "results.md"), "w") as f:
+        f.write(table + "\n")
+    if options.update_readme:
+        replace_readme_section(os.path.join(REPO, "README.md"), README_MARKER, table)
+    return results
+
+
+def format_table(results) -> str:
+    """Markdown tables: predicate classification, and detection on Lu et al.'s detections."""
+    cell = ablation.cell
+    ks = (("k1", "k=1"), ("k10", "k=10"), ("kfree", "free k"))
+    head = "| variant | " + " | ".join(f"{n} R@50 | {n} R@100" for _, n in ks) + " |"
+    sep = "|---" * (1 + 2 * len(ks)) + "|"
+    lines = ["**Predicate classification** (gold boxes and labels; gt.mat, 7638 relations)", "",
+             head, sep]
+    for variant, res in results.items():
+        lines.append(f"| {variant} | " + " | ".join(
+            f"{cell(res, 'predcls', f'R@50_{k}')} | {cell(res, 'predcls', f'R@100_{k}')}" for k, _ in ks) + " |")
+    for task, title in (("relationship", "Relationship detection"), ("phrase", "Phrase detection")):
+        lines += ["", f"**{title}** on Lu et al.'s R-CNN detections (score = conf_s·conf_o·"
+                      "P(p | s, o, boxes)·P(X_sel); gt.mat)", "", head + " zero-shot R@50 (free k) |",
+                  sep + "---|"]
+        for variant, res in results.items():
+            lines.append(f"| {variant} | " + " | ".join(
+                f"{cell(res, task, f'R@50_{k}')} | {cell(res, task, f'R@100_{k}')}" for k, _ in ks)
+                + f" | {cell(res, task, 'zsR@50_kfree')} |")
+        if task in PAPER:
+            p = PAPER[task]
+            lines.append(f"| paper, full model with images | {p['R@50_k1']} | {p['R@100_k1']} | – | – | "
+                         f"{p['R@50_kfree']} | {p['R@100_kfree']} | – |")
+    return "\n".join(lines)
