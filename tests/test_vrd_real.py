@@ -67,3 +67,29 @@ def test_geometry_only_head_learns_on_real_annotations():
             losses.append(loss.item())
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.8 * first, (first, last)
+
+
+def test_lu_detections_registered_as_a_dataset(shared_vrd):
+    """register_lu_detections: every test image, Lu et al.'s detections as its boxes (the same
+    numbers load_lu_detections reads), the detector's confidence as score, no relations."""
+    from detectron2.structures import BoxMode
+
+    from vrd_d2.data.datasets.lu2016 import load_lu_detections
+    from vrd_d2.data.datasets.lu_detections import register_lu_detections
+
+    det_mat = str(shared_vrd / "lu2016" / "data" / "objectDetRCNN.mat")
+    paths = str(shared_vrd / "lu2016" / "data" / "imagePath.mat")
+    if "ludet_test_det" not in DatasetCatalog.list():
+        register_all_vrd(str(shared_vrd), prefix="ludet")
+        register_lu_detections("ludet_test_det", "ludet_test", det_mat, paths)
+    test, dets = DatasetCatalog.get("ludet_test"), DatasetCatalog.get("ludet_test_det")
+    assert [d["file_name"] for d in dets] == [d["file_name"] for d in test]
+    assert MetadataCatalog.get("ludet_test_det").thing_classes == MetadataCatalog.get("ludet_test").thing_classes
+    raw = {os.path.splitext(k)[0]: v for k, v in load_lu_detections(det_mat, paths).items()}
+    for d in dets[:50]:
+        r = raw[os.path.splitext(os.path.basename(d["file_name"]))[0]]
+        assert d["relations"].shape == (0, 3)
+        assert [a["bbox"] for a in d["annotations"]] == r["boxes"].tolist()
+        assert [a["category_id"] for a in d["annotations"]] == r["labels"].tolist()
+        assert [a["score"] for a in d["annotations"]] == r["scores"].tolist()
+        assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in d["annotations"])
