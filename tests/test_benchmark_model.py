@@ -1,28 +1,59 @@
 """tools/benchmark_model.py and its library (vrd_d2/engine/model_benchmark.py): the paper's dense
 decoding returns the relations of our exact decoding, checked against the dense tensor computed
 here; the tool runs end to end on 2 real images with shrunk widths and writes its figures."""
+
 import json
 
 import pytest
 import torch
-
 from detectron2.structures import Boxes, Instances
+from tools_loader import load_tool
 
-from vrd_d2.engine.model_benchmark import (BenchRelationInference, dense_predicates_given_labels, same_decoding,
-                                           same_relations)
+from vrd_d2.engine.model_benchmark import (
+    BenchRelationInference,
+    dense_predicates_given_labels,
+    same_decoding,
+    same_relations,
+)
 from vrd_d2.modeling.cp_triplet import dense_log_prob
 from vrd_d2.modeling.decode import topk_predicates_given_labels
 from vrd_d2.modeling.triplet_prior import TripletPrior
 
-from tools_loader import load_tool
-
 S, P, R = 7, 5, 3
-TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "MODEL.VGG.WIDTH_DIVISOR", "16",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.VRD.FC_DIMS", "[32, 32]", "MODEL.VRD.SELECTION_FC_DIM", "32",
-        "MODEL.VRD.SPATIAL_DIM", "16", "MODEL.VRD.SPATIAL_MASK_SIZE", "16", "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 8]",
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "TEST.DETECTIONS_PER_IMAGE", "6",
-        "MODEL.VRD.MAX_PAIRS_PER_IMAGE", "12"]
+TINY = [
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.VRD.FC_DIMS",
+    "[32, 32]",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "32",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "20",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "6",
+    "MODEL.VRD.MAX_PAIRS_PER_IMAGE",
+    "12",
+]
 
 
 def _prior():
@@ -39,8 +70,12 @@ class FakePairLogits:
 
     def __call__(self, features, boxes, pairs, image_sizes, want_cp=True, want_sel=True):
         n, g, c = pairs[0].shape[0], self.gen, self.scale
-        out = {"s_s": c * torch.randn(n, R, S, generator=g), "s_p": c * torch.randn(n, R, P, generator=g),
-               "s_o": c * torch.randn(n, R, S, generator=g), "sel": torch.randn(n, generator=g)}
+        out = {
+            "s_s": c * torch.randn(n, R, S, generator=g),
+            "s_p": c * torch.randn(n, R, P, generator=g),
+            "s_o": c * torch.randn(n, R, S, generator=g),
+            "sel": torch.randn(n, generator=g),
+        }
         self.calls.append({k: v.clone() for k, v in out.items()})
         return out
 
@@ -48,8 +83,12 @@ class FakePairLogits:
 def _instances(n=6):
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(n, 2, generator=g) * 50
-    return Instances((100, 100), pred_boxes=Boxes(torch.cat((xy, xy + 10 + 40 * torch.rand(n, 2, generator=g)), 1)),
-                     scores=0.2 + 0.8 * torch.rand(n, generator=g), pred_classes=torch.randint(0, S, (n,), generator=g))
+    return Instances(
+        (100, 100),
+        pred_boxes=Boxes(torch.cat((xy, xy + 10 + 40 * torch.rand(n, 2, generator=g)), 1)),
+        scores=0.2 + 0.8 * torch.rand(n, generator=g),
+        pred_classes=torch.randint(0, S, (n,), generator=g),
+    )
 
 
 def test_dense_predicates_match_the_dense_tensor_and_ours():
@@ -84,11 +123,12 @@ def test_dense_decoding_returns_our_relations(mode, crf_normalize):
         assert len(a) >= 20 and same_relations(a, b)  # union over k of the top 20
         assert same_decoding(ours.decoded, dense.decoded)
         if mode != "predcls":  # each pair's top-1 triplet, by hand from the dense tensor
-            calls = logits.calls[len(logits.calls) // 2:]
+            calls = logits.calls[len(logits.calls) // 2 :]
             lp = torch.cat([dense_log_prob(d["s_s"], d["s_p"], d["s_o"]).flatten(1) for d in calls])
             top = torch.cat([t[:, 0] for _, t in dense.decoded])
-            assert torch.equal((top[:, 0] * P + top[:, 1]) * S + top[:, 2],
-                               (lp + prior.to_dense(log=True).flatten().float()).argmax(1))
+            assert torch.equal(
+                (top[:, 0] * P + top[:, 1]) * S + top[:, 2], (lp + prior.to_dense(log=True).flatten().float()).argmax(1)
+            )
         ours.reset()
         dense.reset()
         assert ours.decoded == [] and ours.decode_seconds == 0.0
@@ -108,8 +148,9 @@ def test_same_decoding_sees_a_changed_triplet():
 
 def test_tool_runs_end_to_end_on_real_images(shared_vrd, tmp_path):
     out = tmp_path / "bench.json"
-    rc = load_tool("benchmark_model").main(["--vrd-root", str(shared_vrd), "--images", "2", "--warmup", "0",
-                                            "--json", str(out)] + TINY)
+    rc = load_tool("benchmark_model").main(
+        ["--vrd-root", str(shared_vrd), "--images", "2", "--warmup", "0", "--json", str(out)] + TINY
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     rows = {(r["row"], r["decoder"]) for r in res["rows"]}
@@ -122,5 +163,4 @@ def test_tool_runs_end_to_end_on_real_images(shared_vrd, tmp_path):
         if r["decoder"] == "dense":
             assert r["same_triplets"] is True, r
     assert res["relation_scoring_speedup_vg150"] > 0 and res["relation_scoring_speedup_vg150_peaked"] > 0
-    assert set(res["inference_speedup"]) == {"predcls", "phrase_cls", "sgdet", "vg150_scoring",
-                                             "vg150_scoring_peaked"}
+    assert set(res["inference_speedup"]) == {"predcls", "phrase_cls", "sgdet", "vg150_scoring", "vg150_scoring_peaked"}

@@ -19,6 +19,7 @@ whose file is in ``--image-dir`` (default ``<vrd-root>/sample_images``). Peak me
 max_memory_allocated, or the sampled CPU RSS high-water mark (absolute, whole process).
 Library code: vrd_d2/engine/model_benchmark.py.
 """
+
 import argparse
 import json
 import logging
@@ -33,13 +34,18 @@ from vrd_d2.engine.model_benchmark import format_table, run_benchmark  # noqa: E
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vrd-root", default=os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd")))
+    shared = os.path.join(REPO, "..", "shared", "data", "vrd")
+    p.add_argument("--vrd-root", default=os.getenv("VRD_D2_SHARED_DATA", shared), help="the VRD json folder")
     p.add_argument("--image-dir", default=None, help="default: <vrd-root>/sample_images")
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before each row")
     p.add_argument("--peak-scale", type=float, default=10.0, help="CP log-factor scale of the peaked rows")
-    p.add_argument("--rows", nargs="*", default=[],
-                   help="subset of stage2_train stage3_train predcls phrase_cls sgdet vg150_scoring")
+    p.add_argument(
+        "--rows",
+        nargs="*",
+        default=[],
+        help="subset of stage2_train stage3_train predcls phrase_cls sgdet vg150_scoring",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides (every row)")
@@ -50,9 +56,17 @@ def main(argv=None):
     check_int(args.warmup, "--warmup", low=0, where="tools/benchmark_model.py")
     check_float(args.peak_scale, "--peak-scale", low=0.0, where="tools/benchmark_model.py")
     logging.basicConfig(level=logging.WARNING)
-    res = run_benchmark(args.vrd_root, args.image_dir or os.path.join(args.vrd_root, "sample_images"), args.images,
-                        device=args.device, opts=args.opts, warmup=args.warmup, peak_scale=args.peak_scale,
-                        repo=REPO, rows=args.rows)
+    res = run_benchmark(
+        args.vrd_root,
+        args.image_dir or os.path.join(args.vrd_root, "sample_images"),
+        args.images,
+        device=args.device,
+        opts=args.opts,
+        warmup=args.warmup,
+        peak_scale=args.peak_scale,
+        repo=REPO,
+        rows=args.rows,
+    )
     print(format_table(res))
     for k in ("relation_scoring_speedup_vg150", "relation_scoring_speedup_vg150_peaked"):
         if k in res:

@@ -15,7 +15,7 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the resident se
 mark during the row, sampled every few ms from /proc/self/statm (ru_maxrss cannot be reset).
 Weights are random (seed 0): the timings do not depend on them except the decoding, see above.
 """
-import logging
+
 import math
 import os
 import threading
@@ -23,10 +23,9 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from torch import Tensor
 
 from ..config import add_vrd_config
 from ..data.datasets.vrd import load_vrd_json
@@ -38,29 +37,42 @@ from ..modeling.decode.checks import check_decode_arguments
 from ..modeling.decode.common import pair_chunks
 from ..modeling.relation_inference import RelationInference
 
-__all__ = ["dense_predicates_given_labels", "BenchRelationInference", "PeakMemory", "load_sample_records",
-           "same_relations", "same_decoding", "run_benchmark", "format_table"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["dense_predicates_given_labels", "BenchRelationInference", "PeakMemory", "load_sample_records"]
+__all__ += ["same_relations", "same_decoding", "run_benchmark", "format_table"]
 
 # the rows: (name, config file under configs/, what it runs)
-TRAIN_ROWS = (("stage2_train", "VRD/stage2_triplet.yaml", "triplet"),
-              ("stage3_train", "VRD/stage3_selection.yaml", "selection"))
-INFERENCE_ROWS = (("predcls", "VRD/eval_predcls.yaml"), ("phrase_cls", "VRD/eval_phrase_cls.yaml"),
-                  ("sgdet", "VRD/eval_sgdet.yaml"))
+TRAIN_ROWS = (
+    ("stage2_train", "VRD/stage2_triplet.yaml", "triplet"),
+    ("stage3_train", "VRD/stage3_selection.yaml", "selection"),
+)
+INFERENCE_ROWS = (
+    ("predcls", "VRD/eval_predcls.yaml"),
+    ("phrase_cls", "VRD/eval_phrase_cls.yaml"),
+    ("sgdet", "VRD/eval_sgdet.yaml"),
+)
 VG150_CONFIG = "VG150/eval_phrase_cls.yaml"
 VG150_SIZE = (151, 51)  # classes, predicates (tools/benchmark_cp.py's VG150 size)
 
 
-def dense_predicates_given_labels(s_s: Tensor, s_p: Tensor, s_o: Tensor, subject: Tensor, object: Tensor, k: int,
-                                  prior=None, pair_log_weight: Optional[Tensor] = None, *,
-                                  normalize: bool = False) -> Tuple[Tensor, Tensor]:
+def dense_predicates_given_labels(
+    s_s: Tensor,
+    s_p: Tensor,
+    s_o: Tensor,
+    subject: Tensor,
+    object: Tensor,
+    k: int,
+    prior=None,
+    pair_log_weight: Optional[Tensor] = None,
+    *,
+    normalize: bool = False,
+) -> Tuple[Tensor, Tensor]:
     """The paper's dense predcls decoding, same contract as
     :func:`~vrd_d2.modeling.decode.topk_predicates_given_labels`: the dense log psi_c (normalized
     by the sum of the dense tensor) plus log psi_u for every triplet of each pair, read at the
     given labels, then top-k predicates. Chunked over pairs."""
-    n, _, S, P, O, k, w = check_decode_arguments(s_s, s_p, s_o, k, prior, pair_log_weight,
-                                                 "dense_predicates_given_labels")
+    n, _, S, P, O, k, w = check_decode_arguments(
+        s_s, s_p, s_o, k, prior, pair_log_weight, "dense_predicates_given_labels"
+    )
     prior_log = prior.to_dense(log=True).to(s_s.device, s_s.dtype) if prior is not None else None
     scores = [s_s.new_zeros((0, P))]
     for a, b in pair_chunks(n, 3 * S * P * O):
@@ -93,8 +105,9 @@ class BenchRelationInference(RelationInference):
             self.decode_predicates = dense_predicates_given_labels
 
     def reset(self) -> None:
-        """Clear ``decode_seconds`` and ``decoded`` (per chunk: log-scores [N, k'], triplets [N, k', 3])."""
-        self.decode_seconds, self.decoded = 0.0, []
+        """Clear ``decode_seconds``, ``pairs`` (decoded) and ``decoded`` (per chunk: log-scores
+        [N, k'], triplets [N, k', 3])."""
+        self.decode_seconds, self.pairs, self.decoded = 0.0, 0, []
 
     def _decode(self, out, pairs, weight, instances, prior):
         if self.logit_scale != 1.0:
@@ -106,6 +119,7 @@ class BenchRelationInference(RelationInference):
         _sync(device)
         self.decode_seconds += time.perf_counter() - t
         self.decoded.append(tuple(x.detach().cpu() for x in res))
+        self.pairs += pairs.shape[0]
         return res
 
 
@@ -158,14 +172,21 @@ class PeakMemory:
 def load_sample_records(vrd_root: str, image_dir: str, num_images: int) -> List[dict]:
     """The first ``num_images`` records of ``annotations_test.json`` (VRD loader) whose image is in
     ``image_dir`` and that have a relation between 2 or more boxes. ValueError if there are fewer."""
-    recs = load_vrd_json(os.path.join(vrd_root, "annotations_test.json"), image_dir,
-                         os.path.join(vrd_root, "objects.json"), os.path.join(vrd_root, "predicates.json"),
-                         os.path.join(vrd_root, "test_image_metadata.json"), name="vrd_test (benchmark)")
+    recs = load_vrd_json(
+        os.path.join(vrd_root, "annotations_test.json"),
+        image_dir,
+        os.path.join(vrd_root, "objects.json"),
+        os.path.join(vrd_root, "predicates.json"),
+        os.path.join(vrd_root, "test_image_metadata.json"),
+        name="vrd_test (benchmark)",
+    )
     recs = [r for r in recs if os.path.isfile(r["file_name"]) and len(r["relations"]) and len(r["annotations"]) >= 2]
     if len(recs) < num_images:
-        raise ValueError(f"model_benchmark: {image_dir} holds {len(recs)} images of "
-                         f"{os.path.join(vrd_root, 'annotations_test.json')} with relations, expected "
-                         f">= {num_images} (--images)")
+        raise ValueError(
+            f"model_benchmark: {image_dir} holds {len(recs)} images of "
+            f"{os.path.join(vrd_root, 'annotations_test.json')} with relations, expected "
+            f">= {num_images} (--images)"
+        )
     return recs[:num_images]
 
 
@@ -176,8 +197,9 @@ def same_relations(a, b, atol: float = 1e-4) -> bool:
         return False
 
     def rows(r):
-        key = torch.cat([r.pair_indices, torch.stack([r.subject_classes, r.predicate_classes,
-                                                      r.object_classes], 1)], 1).cpu()
+        key = torch.cat(
+            [r.pair_indices, torch.stack([r.subject_classes, r.predicate_classes, r.object_classes], 1)], 1
+        ).cpu()
         order = sorted(range(len(key)), key=lambda i: tuple(key[i].tolist()))
         return key[order], r.scores.cpu().double().clamp(min=1e-300).log()[order]
 
@@ -219,8 +241,14 @@ def _build(cfg, records, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg)
     s, p = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.VRD.NUM_PREDICATES
-    folded = [dict(r, annotations=[dict(a, category_id=a["category_id"] % s) for a in r["annotations"]],
-                   relations=r["relations"] % [10 ** 9, 10 ** 9, p]) for r in records]
+    folded = [
+        dict(
+            r,
+            annotations=[dict(a, category_id=a["category_id"] % s) for a in r["annotations"]],
+            relations=r["relations"] % [10**9, 10**9, p],
+        )
+        for r in records
+    ]
     model.roi_heads.set_triplet_counts(compute_triplet_counts(folded, s, p))
     return model
 
@@ -232,8 +260,8 @@ def _inputs(cfg, records, is_train: bool):
 
 
 def _timed(fn, inputs, device, warmup: int, after_warmup=None):
-    """(seconds per image, peak bytes, outputs) over ``inputs``, one image per call, after
-    ``warmup`` untimed calls (then ``after_warmup()``)."""
+    """(seconds per image, (peak bytes, growth over the start), outputs) over ``inputs``, one image
+    per call, after ``warmup`` untimed calls (then ``after_warmup()``)."""
     for x in inputs[:warmup]:
         fn(x)
     if after_warmup is not None:
@@ -246,7 +274,7 @@ def _timed(fn, inputs, device, warmup: int, after_warmup=None):
             outs.append(fn(x))
             _sync(device)
             total += time.perf_counter() - t
-    return total / len(inputs), mem.peak_bytes, outs
+    return total / len(inputs), (mem.peak_bytes, mem.peak_bytes - mem.start_bytes), outs
 
 
 def _train_row(name, cfg, records, stage, device, warmup):
@@ -261,7 +289,7 @@ def _train_row(name, cfg, records, stage, device, warmup):
         model.zero_grad(set_to_none=True)
 
     sec, peak, _ = _timed(step, inputs, device, warmup)
-    return {"row": name, "decoder": "-", "seconds_per_image": sec, "peak_bytes": peak}
+    return {"row": name, "decoder": "-", "seconds_per_image": sec, "peak_bytes": peak[0], "peak_growth_bytes": peak[1]}
 
 
 def _inference_rows(name, cfg, records, device, warmup, logit_scale=1.0, model=None):
@@ -274,11 +302,22 @@ def _inference_rows(name, cfg, records, device, warmup, logit_scale=1.0, model=N
         inf = BenchRelationInference(cfg, dense=dense, logit_scale=logit_scale)
         model.roi_heads.relation_inference = inf
         with torch.no_grad():
-            sec, peak, out = _timed(lambda x: model([x])[0]["relations"], inputs, device, warmup,
-                                    after_warmup=inf.reset)
-        rows.append({"row": name, "decoder": "dense" if dense else "ours", "seconds_per_image": sec,
-                     "scoring_seconds_per_image": inf.decode_seconds / len(inputs),
-                     "peak_bytes": peak, "relations_per_image": sum(len(o) for o in out) / len(out), "logit_scale": logit_scale})
+            sec, peak, out = _timed(
+                lambda x: model([x])[0]["relations"], inputs, device, warmup, after_warmup=inf.reset
+            )
+        rows.append(
+            {
+                "row": name,
+                "decoder": "dense" if dense else "ours",
+                "seconds_per_image": sec,
+                "scoring_seconds_per_image": inf.decode_seconds / len(inputs),
+                "peak_bytes": peak[0],
+                "peak_growth_bytes": peak[1],
+                "pairs_per_image": inf.pairs / len(inputs),
+                "relations_per_image": sum(len(o) for o in out) / len(out),
+                "logit_scale": logit_scale,
+            }
+        )
         outs.append(out)
         decoded.append(inf.decoded)
     ours, dense = rows
@@ -289,8 +328,18 @@ def _inference_rows(name, cfg, records, device, warmup, logit_scale=1.0, model=N
     return rows, model
 
 
-def run_benchmark(vrd_root: str, image_dir: str, num_images: int, *, device: str = "cpu", opts: Sequence[str] = (),
-                  warmup: int = 1, peak_scale: float = 10.0, repo: str = ".", rows: Sequence[str] = ()) -> Dict:
+def run_benchmark(
+    vrd_root: str,
+    image_dir: str,
+    num_images: int,
+    *,
+    device: str = "cpu",
+    opts: Sequence[str] = (),
+    warmup: int = 1,
+    peak_scale: float = 10.0,
+    repo: str = ".",
+    rows: Sequence[str] = (),
+) -> Dict:
     """All rows (or those named in ``rows``) on ``num_images`` sample images; the figures as a dict
     (``rows`` list, ``relation_scoring_speedup_vg150`` [_peaked], ``inference_speedup``)."""
     records = load_sample_records(vrd_root, image_dir, num_images)
@@ -302,8 +351,13 @@ def run_benchmark(vrd_root: str, image_dir: str, num_images: int, *, device: str
     for name, config in INFERENCE_ROWS:
         if want is None or name in want:
             out += _inference_rows(name, build_cfg(repo, config, opts, device), records, device, warmup)[0]
-    res = {"device": device, "images": [r["image_name"] for r in records], "warmup": warmup,
-           "weights": "random init (seed 0); prior = triplet counts of these images", "peak_scale": peak_scale}
+    res = {
+        "device": device,
+        "images": [r["image_name"] for r in records],
+        "warmup": warmup,
+        "weights": "random init (seed 0); prior = triplet counts of these images",
+        "peak_scale": peak_scale,
+    }
     if want is None or "vg150_scoring" in want:
         cfg = build_cfg(repo, VG150_CONFIG, opts, device, sizes=VG150_SIZE)
         flat, model = _inference_rows("vg150_scoring", cfg, records, device, warmup)
@@ -321,12 +375,18 @@ def _fmt(v, spec):
 
 
 def format_table(res: Dict) -> str:
-    """The rows as a markdown table."""
-    lines = ["| row | decoder | s / image | scoring s / image | peak MiB | dense / ours (image) | "
-             "dense / ours (scoring) | same top-K per pair | images with identical output |", "|" + "---|" * 9]
+    """The rows as a markdown table (peak: absolute, and its growth over the row's start)."""
+    lines = [
+        "| row | decoder | pairs / image | s / image | scoring s / image | peak MiB (+ growth) | "
+        "dense / ours (image) | dense / ours (scoring) | same top-K per pair | images with identical output |",
+        "|" + "---|" * 10,
+    ]
     for r in res["rows"]:
-        lines.append(f"| {r['row']} | {r['decoder']} | {r['seconds_per_image']:.3f} | "
-                     f"{_fmt(r.get('scoring_seconds_per_image'), '.4f')} | {r['peak_bytes'] / 2 ** 20:.0f} | "
-                     f"{_fmt(r.get('whole_image_ratio'), '.2f')} | {_fmt(r.get('scoring_ratio'), '.1f')} | "
-                     f"{_fmt(r.get('same_triplets'), '')} | {_fmt(r.get('same_relations'), '.0%')} |")
+        mib = f"{r['peak_bytes'] / 2 ** 20:.0f} (+{r['peak_growth_bytes'] / 2 ** 20:.0f})"
+        lines.append(
+            f"| {r['row']} | {r['decoder']} | {_fmt(r.get('pairs_per_image'), '.0f')} | "
+            f"{r['seconds_per_image']:.3f} | {_fmt(r.get('scoring_seconds_per_image'), '.4f')} | {mib} | "
+            f"{_fmt(r.get('whole_image_ratio'), '.2f')} | {_fmt(r.get('scoring_ratio'), '.1f')} | "
+            f"{_fmt(r.get('same_triplets'), '')} | {_fmt(r.get('same_relations'), '.0%')} |"
+        )
     return "\n".join(lines)
