@@ -16,7 +16,7 @@ from vrd_d2.engine.model_benchmark import (
     same_relations,
 )
 from vrd_d2.modeling.cp_triplet import dense_log_prob
-from vrd_d2.modeling.decode import topk_predicates_given_labels
+from vrd_d2.modeling.decode import topk_predicates_given_labels, topk_triplets_per_pair
 from vrd_d2.modeling.triplet_prior import TripletPrior
 
 S, P, R = 7, 5, 3
@@ -164,3 +164,18 @@ def test_tool_runs_end_to_end_on_real_images(shared_vrd, tmp_path):
             assert r["same_triplets"] is True, r
     assert res["relation_scoring_speedup_vg150"] > 0 and res["relation_scoring_speedup_vg150_peaked"] > 0
     assert set(res["inference_speedup"]) == {"predcls", "phrase_cls", "sgdet", "vg150_scoring", "vg150_scoring_peaked"}
+
+
+def test_peak_std_rescales_the_cp_factors():
+    seen = []
+
+    def decode(s_s, s_p, s_o, *args, **kwargs):
+        seen.append(torch.stack([x.std(-1).mean() for x in (s_s, s_p, s_o)]).mean())
+        return topk_triplets_per_pair(s_s, s_p, s_o, *args, **kwargs)
+
+    inf = BenchRelationInference(mode="phrase_cls", topk_per_image=5, k_per_pair=(0,), pair_batch=7, peak_std=2.0)
+    inf.decode_triplets = decode
+    inf(FakePairLogits(0.01), _prior(), {}, _instances())
+    assert len(seen) == len(inf.scales) == 5  # 30 pairs in chunks of 7
+    assert all(abs(float(s) - 2.0) < 1e-4 for s in seen)
+    assert all(150 < s < 250 for s in inf.scales)  # 2 / (std of 0.01 N(0, 1))
