@@ -69,6 +69,10 @@ def union_over_k(scores: Tensor, triplets: Tensor, k_per_pair: Sequence[int], to
 class RelationInference:
     """Scores the pairs of the given boxes of one image (see the module docstring)."""
 
+    # the exact decoders; a subclass may swap in the dense reference (vrd_d2/engine/model_benchmark.py)
+    decode_triplets = staticmethod(topk_triplets_per_pair)
+    decode_predicates = staticmethod(topk_predicates_given_labels)
+
     @configurable
     def __init__(self, *, mode: str = "sgdet", use_prior: bool = True, use_cp: bool = True, use_selection: bool = True,
                  use_box_score: bool = True, topk_per_image: int = 100, k_per_pair: Sequence[int] = (1, 10, 0),
@@ -163,8 +167,8 @@ class RelationInference:
         if self.mode == "predcls":
             cls = instances.pred_classes
             # labels are given (gold or a detector's): normalized, P(b_s) P(b_o) P(p | s, o, b) P(X_sel)
-            return topk_predicates_given_labels(s_s, s_p, s_o, cls[pairs[:, 0]], cls[pairs[:, 1]], topk, prior=prior,
-                                                pair_log_weight=weight, normalize=self.crf_normalize)
+            return self.decode_predicates(s_s, s_p, s_o, cls[pairs[:, 0]], cls[pairs[:, 1]], topk, prior=prior,
+                                          pair_log_weight=weight, normalize=self.crf_normalize)
         if prior is not None and self.crf_normalize:  # psi_c sums to 1 per pair: only the prior needs it
             weight = weight - crf_log_normalizer(s_s, s_p, s_o, prior).to(weight)
-        return topk_triplets_per_pair(s_s, s_p, s_o, topk, prior=prior, pair_log_weight=weight)
+        return self.decode_triplets(s_s, s_p, s_o, topk, prior=prior, pair_log_weight=weight)
