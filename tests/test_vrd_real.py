@@ -93,3 +93,110 @@ def test_lu_detections_registered_as_a_dataset(shared_vrd):
         assert [a["category_id"] for a in d["annotations"]] == r["labels"].tolist()
         assert [a["score"] for a in d["annotations"]] == r["scores"].tolist()
         assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in d["annotations"])
+
+
+def _register_slices(root, prefix="vrdrealslice", n_train=64, n_test=30):
+    """``<prefix>_train`` / ``_test`` / ``_test_lu_det``: the first images of the real splits (a
+    fast run of vrd_real; the scores are recall against all of gt.mat, so they are small)."""
+    from vrd_d2.data.datasets.lu_detections import register_lu_detections
+
+    if f"{prefix}_test_lu_det" in DatasetCatalog.list():
+        return prefix
+    register_all_vrd(str(root), prefix=f"{prefix}_full")
+    register_lu_detections(f"{prefix}_full_test_lu_det", f"{prefix}_full_test",
+                           str(root / "lu2016" / "data" / "objectDetRCNN.mat"),
+                           str(root / "lu2016" / "data" / "imagePath.mat"))
+    for split, n in (("train", n_train), ("test", n_test), ("test_lu_det", n_test)):
+        full = f"{prefix}_full_{split}"
+        DatasetCatalog.register(f"{prefix}_{split}", lambda full=full, n=n: DatasetCatalog.get(full)[:n])
+        meta = MetadataCatalog.get(full).as_dict()
+        meta.pop("name")
+        MetadataCatalog.get(f"{prefix}_{split}").set(**meta)
+    return prefix
+
+
+def _run_tool(root, out, *args):
+    from tools_loader import load_tool
+
+    prefix = _register_slices(root)
+    argv = ["--vrd-root", str(root), "--output", str(out), "--iters", "2", "--prefix", prefix, *args]
+    assert load_tool("vrd_real").main(argv) == 0
+
+
+def _results(path):
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_variant_crf_normalize_applies(tiny_cfg):
+    from vrd_d2.engine.ablation import Variant
+
+    cfg = tiny_cfg("VRD/geometry_only.yaml")
+    assert cfg.MODEL.VRD.CRF_NORMALIZE is True
+    assert Variant(rank=5).apply(cfg.clone()).MODEL.VRD.CRF_NORMALIZE is True  # None: the config's value
+    assert Variant(rank=5, crf_normalize=False).apply(cfg.clone()).MODEL.VRD.CRF_NORMALIZE is False
+    eq7 = vrd_real.VARIANTS["rank 5 + X_sel, eq. 7 product"]
+    full = vrd_real.VARIANTS["rank 5 + X_sel"]
+    assert eq7.crf_normalize is False and full.crf_normalize is None
+    assert (eq7.rank, eq7.use_cp, eq7.use_selection, eq7.use_prior) == (
+        full.rank, full.use_cp, full.use_selection, full.use_prior)
+
+
+def test_eq7_row_reuses_the_rank5_weights(tmp_path):
+    from types import SimpleNamespace
+
+    opts = SimpleNamespace(output=str(tmp_path), config_file=vrd_real.CONFIG, prefix="x", iters=2, opts=[], seed=3)
+    for stage in ("triplet", "selection"):
+        a = vrd_real.build_cfg(opts, "rank 5 + X_sel", stage)
+        b = vrd_real.build_cfg(opts, "rank 5 + X_sel, eq. 7 product", stage)
+        assert a.OUTPUT_DIR == b.OUTPUT_DIR and a.SEED == b.SEED == 3
+        assert a.MODEL.VRD.CRF_NORMALIZE is True and b.MODEL.VRD.CRF_NORMALIZE is False
+
+
+@pytest.fixture(scope="module")
+def seed_runs(shared_vrd, tmp_path_factory):
+    """Two seeds (0, 1) with saved predictions, and seed 0 once more into another folder."""
+    out = tmp_path_factory.mktemp("vrdreal")
+    _run_tool(shared_vrd, out / "bands", "--seeds", "0", "1", "--variants", "rank 1", "--save-predictions")
+    _run_tool(shared_vrd, out / "again", "--seed", "0", "--variants", "rank 1")
+    return out
+
+
+def test_same_seed_same_results(seed_runs):
+    first = _results(seed_runs / "bands" / "seed0" / "results.json")
+    again = _results(seed_runs / "again" / "results.json")
+    assert first["seed"] == again["seed"] == 0
+    assert first["results"] == again["results"]
+
+
+def test_band_is_mean_min_max_over_seeds(seed_runs):
+    runs = [_results(seed_runs / "bands" / f"seed{s}" / "results.json")["results"] for s in (0, 1)]
+    bands = _results(seed_runs / "bands" / "bands.json")["band"]
+    n = 0
+    for task, metrics in runs[0]["rank 1"].items():
+        for metric, v0 in metrics.items():
+            if isinstance(v0, bool) or not isinstance(v0, (int, float)):
+                continue
+            v1 = runs[1]["rank 1"][task][metric]
+            b = bands[f"rank 1 | {task} | {metric}"]
+            assert b["mean"] == pytest.approx((v0 + v1) / 2)
+            assert (b["min"], b["max"]) == (pytest.approx(min(v0, v1)), pytest.approx(max(v0, v1)))
+            n += 1
+    assert n == len(bands) and n > 10
+    table = (seed_runs / "bands" / "bands.md").read_text()
+    r50 = bands["rank 1 | relationship | R@50_kfree"]
+    assert f"{r50['mean']:.2f} ({r50['min']:.2f}–{r50['max']:.2f})" in table
+
+
+def test_saved_predictions_rescored_by_eval_results(seed_runs):
+    from tools_loader import load_tool
+
+    path = seed_runs / "bands" / "seed0" / "eval" / "rank_1" / "lu_det" / "relations_results.json"
+    assert path.is_file()
+    assert not (seed_runs / "again" / "eval" / "rank_1" / "lu_det" / "relations_results.json").exists()
+    # the run scored the first 30 test images: the ground truth is that registered slice
+    scores = load_tool("eval_results").main([str(path), "--dataset", "vrdrealslice_test", "--protocol", "sgb",
+                                             "--json", str(seed_runs / "sgb.json")])
+    assert "relationship_R@50" in scores and 0.0 <= scores["relationship_R@50"] <= 100.0

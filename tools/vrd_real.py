@@ -13,8 +13,16 @@ prior) it reports
     score = conf_s * conf_o * P(predicate | s, o, boxes) * P(X_sel) — the setting of the paper's
     Table 1 "w/ proposals from (Lu et al. 2016)";
 all scored against Lu et al.'s gt.mat / zeroShot.mat with Lu's matching (docs/EVALUATION.md).
+The row "rank 5 + X_sel, eq. 7 product" scores with the paper's eq. 7 (psi_c * psi_u, no per-pair
+normaliser: MODEL.VRD.CRF_NORMALIZE False) and reuses the rank-5 chain's weights (the key acts at
+test time only); the other rows take the config's CRF_NORMALIZE (True: normalised per pair).
 Results go to <output>/results.json and <output>/results.md; ``--update-readme`` also replaces
-the table between the ``vrd-real`` markers of README.md. The runner is vrd_d2.engine.vrd_real.
+the table between the ``vrd-real`` markers of README.md. Training is seeded (``--seed``, cfg.SEED):
+a repeatable run. ``--seeds 0 1 2`` runs once per seed into <output>/seed<S> and writes the band
+table (mean (min–max) over seeds) to <output>/bands.md / bands.json (and the README section with
+``--update-readme``). ``--save-predictions`` writes relations_results.json beside each evaluation
+(<output>/eval/<variant>/{predcls,lu_det}/) for tools/eval_results.py. The runner is
+vrd_d2.engine.vrd_real.
 """
 import argparse
 import sys
@@ -24,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401
 from vrd_d2.engine import vrd_real
+from vrd_d2.utils.checks import check_int
 
 
 def get_parser():
@@ -35,6 +44,11 @@ def get_parser():
     p.add_argument("--variants", nargs="*", choices=list(vrd_real.VARIANTS), help="default: all")
     p.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER (quick runs)")
     p.add_argument("--prefix", default="vrdreal", help="names the datasets are registered under")
+    p.add_argument("--seed", type=int, default=0, help="cfg.SEED of every stage (a repeatable run)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="one run per seed into <output>/seed<S>, and the band table over them")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="write relations_results.json beside each evaluation (tools/eval_results.py)")
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE")
     return p
@@ -45,8 +59,14 @@ def main(argv=None):
     args.vrd_root = args.vrd_root or vrd_real.default_vrd_root()
     setup_logger(name="vrd_d2")
     setup_logger(name="detectron2")
+    check_int(args.iters, "--iters", low=0, where="vrd_real.py")
+    for seed in [args.seed] + list(args.seeds or []):
+        check_int(seed, "--seed", low=0, where="vrd_real.py")
     torch.manual_seed(0)
-    vrd_real.run(args)
+    if args.seeds:
+        vrd_real.run_seeds(args, args.seeds)
+    else:
+        vrd_real.run(args)
     return 0
 
 

@@ -33,13 +33,15 @@ class Variant:
 
     rank: CP rank R of psi_c; use_cp: score with psi_c (False: uniform psi_c, e.g. "prior alone");
     use_selection: multiply by the selection head's P(X_sel); use_prior: multiply by the triplet
-    prior psi_u.
+    prior psi_u; crf_normalize: MODEL.VRD.CRF_NORMALIZE (the per-pair normaliser of P(t | b);
+    False = the paper's eq. 7 product psi_c * psi_u; None = the config's value). Test time only.
     """
 
     rank: int
     use_cp: bool = True
     use_selection: bool = False
     use_prior: bool = False
+    crf_normalize: Optional[bool] = None
 
     def apply(self, cfg):
         """Write the variant into ``cfg`` (in place; returns it)."""
@@ -47,6 +49,8 @@ class Variant:
         cfg.MODEL.VRD.USE_CP = self.use_cp
         cfg.MODEL.VRD.USE_SELECTION = self.use_selection
         cfg.MODEL.VRD.USE_PRIOR = self.use_prior
+        if self.crf_normalize is not None:
+            cfg.MODEL.VRD.CRF_NORMALIZE = self.crf_normalize
         return cfg
 
     def as_dict(self) -> Dict[str, object]:
@@ -89,8 +93,9 @@ def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *
     mode: MODEL.VRD.MODE of the model (gold boxes or detected ones); eval_mode: the evaluator's
     mode (default ``mode``; "sgdet" to score given detections as relationship detection);
     variant: written into the config first when given; seed: ``seed_all_rng(cfg.SEED)`` before the
-    model is built. Extra keyword arguments go to VRDEvaluator (e.g. ``gt_mat``). A RuntimeError
-    if the evaluator returns nothing.
+    model is built. Extra keyword arguments go to VRDEvaluator (e.g. ``gt_mat``;
+    ``save_predictions=True`` writes ``relations_results.json`` to ``out_dir``; default off). A
+    RuntimeError if the evaluator returns nothing.
     """
     cfg = cfg.clone()
     if variant is not None:
@@ -102,9 +107,9 @@ def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     model.eval()
+    evaluator_kwargs.setdefault("save_predictions", False)
     evaluator = VRDEvaluator(dataset, mode=eval_mode or mode, output_dir=out_dir, distributed=False,
-                             k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR), save_predictions=False,
-                             **evaluator_kwargs)
+                             k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR), **evaluator_kwargs)
     with torch.no_grad():
         res = inference_on_dataset(model, Trainer.build_test_loader(cfg, dataset), evaluator)
     if not res:
