@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng
 
+from ..checkpoint import VRDCheckpointer
 from ..evaluation import VRDEvaluator
 from .trainer import Trainer
 
@@ -105,7 +105,8 @@ def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *
     if seed:
         seed_all_rng(cfg.SEED)
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    # the relation head must come from the checkpoint; "" (the prior alone: uniform psi_c) loads nothing
+    VRDCheckpointer(model, require_relation_head=bool(weights)).load(weights)
     model.eval()
     evaluator_kwargs.setdefault("save_predictions", False)
     evaluator = VRDEvaluator(dataset, mode=eval_mode or mode, output_dir=out_dir, distributed=False,

@@ -16,9 +16,9 @@ from typing import Dict
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
+from ..checkpoint import VRDCheckpointer
 from ..utils.checks import check_float
 from .trainer import Trainer
 
@@ -57,7 +57,7 @@ def gold_box_accuracy(cfg, weights: str, dataset: str) -> Dict[str, object]:
     cfg.MODEL.VRD.GEOMETRY_ONLY = False
     cfg.DATASETS.TEST = (dataset,)
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    VRDCheckpointer(model).load(weights)
     model.eval()
     classes = list(MetadataCatalog.get(dataset).thing_classes)
     n = len(classes)
