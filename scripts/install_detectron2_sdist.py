@@ -10,6 +10,7 @@ it to read its metadata, which fails without the C++ sources). ``--install`` unp
 that raises a clear ImportError, and a ``.dist-info`` so that pip and importlib.metadata
 see detectron2 as installed.
 """
+
 import hashlib
 import json
 import os
@@ -91,8 +92,10 @@ def install(sdist, site):
         shutil.rmtree(info, ignore_errors=True)
         os.makedirs(info)
         with open(os.path.join(info, "METADATA"), "w") as f:
-            f.write(f"Metadata-Version: 2.1\nName: detectron2\nVersion: {version}\n"
-                    "Summary: Detectron2 Python sources (no compiled ops), installed by vrd_d2\n")
+            f.write(
+                f"Metadata-Version: 2.1\nName: detectron2\nVersion: {version}\n"
+                "Summary: Detectron2 Python sources (no compiled ops), installed by vrd_d2\n"
+            )
         with open(os.path.join(info, "INSTALLER"), "w") as f:
             f.write("vrd_d2\n")
         records = []

@@ -4,6 +4,7 @@ Tests that read the real VRD files use the ``shared_vrd`` fixture (or ``SHARED_V
 ``needs_shared_vrd``); both skip cleanly when ``../shared/data/vrd`` (or ``$VRD_D2_SHARED_DATA``)
 is absent, as on a fresh clone outside the workplace.
 """
+
 import os
 from pathlib import Path
 

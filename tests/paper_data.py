@@ -2,6 +2,7 @@
 paper datasets (VRD json, VG150 h5 + dicts + image_data, VG200 vg1_2_meta.h5) in a temporary
 folder, registered under the builtin names (vrd_*, vg150_*, vg200_*), and the config overrides
 that shrink only input size and widths."""
+
 import json
 import os
 from pathlib import Path
@@ -18,16 +19,56 @@ NUM_TEST = 2  # test images (the first ones in file-name order); every sample im
 
 # input size and widths only: the code path of the paper configs is unchanged
 TINY = [
-    "MODEL.DEVICE", "cpu", "SEED", "0", "DATALOADER.NUM_WORKERS", "0",
-    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "128", "MODEL.VGG.WIDTH_DIVISOR", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.VRD.FC_DIMS", "[32, 32]", "MODEL.VRD.SELECTION_FC_DIM", "32", "MODEL.VRD.SPATIAL_DIM", "16",
-    "MODEL.VRD.SPATIAL_MASK_SIZE", "16", "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 8]",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-    "TEST.DETECTIONS_PER_IMAGE", "8", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",
+    "MODEL.DEVICE",
+    "cpu",
+    "SEED",
+    "0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.VRD.FC_DIMS",
+    "[32, 32]",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "32",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "50",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "20",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "8",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.STEPS",
+    "(1,)",
 ]
 
 
@@ -45,8 +86,12 @@ def write_paper_datasets(shared_vrd: Path, root: Path) -> dict:
         (vrd / f).write_text((shared_vrd / f).read_text())
     for split in ("train", "test"):
         (vrd / f"sg_{split}_images").symlink_to(shared_vrd / "sample_images")
-    records = load_vrd_json(str(vrd / "annotations_train.json"), str(vrd / "sg_train_images"),
-                            str(vrd / "objects.json"), str(vrd / "predicates.json"))
+    records = load_vrd_json(
+        str(vrd / "annotations_train.json"),
+        str(vrd / "sg_train_images"),
+        str(vrd / "objects.json"),
+        str(vrd / "predicates.json"),
+    )
     _write_vg150(shared_vrd, root / "vg", records)
     _write_vg200(shared_vrd, root / "vg200", records)
     return records
@@ -56,7 +101,9 @@ def _write_vg150(shared_vrd, vg, records):
     """VG150's h5: every record as a training image, the first NUM_TEST again as test images;
     VRD classes kept (< 150), predicates modulo 50."""
     vg.mkdir()
-    (vg / "VG-SGG-dicts-with-attri.json").write_text((shared_vrd / "vg150" / "VG-SGG-dicts-with-attri.json").read_text())
+    (vg / "VG-SGG-dicts-with-attri.json").write_text(
+        (shared_vrd / "vg150" / "VG-SGG-dicts-with-attri.json").read_text()
+    )
     (vg / "VG_100K").symlink_to(shared_vrd / "sample_images")
     entries = [(r, 0) for r in records] + [(r, 2) for r in records[:NUM_TEST]]
     boxes, labels, rels, preds, split, fb, lb, fr, lr, image_data = [], [], [], [], [], [], [], [], [], []
@@ -74,15 +121,26 @@ def _write_vg150(shared_vrd, vg, records):
             preds.append(p % 50 + 1)
         lr.append(len(rels) - 1)
         split.append(flag)
-        image_data.append({"image_id": 1000 + i, "width": r["width"], "height": r["height"],
-                           "url": f"https://example/{os.path.basename(r['file_name'])}"})
+        image_data.append(
+            {
+                "image_id": 1000 + i,
+                "width": r["width"],
+                "height": r["height"],
+                "url": f"https://example/{os.path.basename(r['file_name'])}",
+            }
+        )
     with h5py.File(vg / "VG-SGG-with-attri.h5", "w") as h5:
         h5["boxes_%d" % BOX_SCALE] = np.asarray(boxes, dtype=np.float64)
         h5["labels"] = np.asarray(labels, dtype=np.int64)[:, None]
         h5["relationships"] = np.asarray(rels, dtype=np.int64)
         h5["predicates"] = np.asarray(preds, dtype=np.int64)[:, None]
-        for k, v in (("split", split), ("img_to_first_box", fb), ("img_to_last_box", lb),
-                     ("img_to_first_rel", fr), ("img_to_last_rel", lr)):
+        for k, v in (
+            ("split", split),
+            ("img_to_first_box", fb),
+            ("img_to_last_box", lb),
+            ("img_to_first_rel", fr),
+            ("img_to_last_rel", lr),
+        ):
             h5[k] = np.asarray(v, dtype=np.int64)
     (vg / "image_data.json").write_text(json.dumps(image_data))
 
@@ -103,8 +161,10 @@ def _write_vg200(shared_vrd, vg200, records):
                 ann = r["annotations"]
                 rel = np.asarray(r["relations"]).reshape(-1, 3)
                 g = h5.create_group(f"gt/{split}/{stem}")
-                g["rlp_labels"] = np.asarray([[ann[s]["category_id"] + 1, p + 1, ann[o]["category_id"] + 1]
-                                              for s, o, p in rel.tolist()], dtype=np.int64)
+                g["rlp_labels"] = np.asarray(
+                    [[ann[s]["category_id"] + 1, p + 1, ann[o]["category_id"] + 1] for s, o, p in rel.tolist()],
+                    dtype=np.int64,
+                )
                 g["sub_boxes"] = np.asarray([ann[s]["bbox"] for s in rel[:, 0]], dtype=np.float64)
                 g["obj_boxes"] = np.asarray([ann[o]["bbox"] for o in rel[:, 1]], dtype=np.float64)
 
@@ -124,9 +184,18 @@ def register_paper_datasets(root: Path):
     vg = root / "vg"
     for split in ("train", "test"):
         DatasetCatalog.remove(f"vg150_{split}")
-        DatasetCatalog.register(f"vg150_{split}", lambda split=split: load_vg150(
-            str(vg / "VG-SGG-with-attri.h5"), str(vg / "VG-SGG-dicts-with-attri.json"), str(vg / "image_data.json"),
-            str(vg / "VG_100K"), split, num_val=0, name=f"vg150_{split}"))
+        DatasetCatalog.register(
+            f"vg150_{split}",
+            lambda split=split: load_vg150(
+                str(vg / "VG-SGG-with-attri.h5"),
+                str(vg / "VG-SGG-dicts-with-attri.json"),
+                str(vg / "image_data.json"),
+                str(vg / "VG_100K"),
+                split,
+                num_val=0,
+                name=f"vg150_{split}",
+            ),
+        )
     register_vg200(str(root / "vg200"))
 
 

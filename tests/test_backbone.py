@@ -1,9 +1,9 @@
 """VGG16 backbone: stride-16 conv5_3, freezing, torchvision weight conversion and loading."""
+
 import os
 
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -40,8 +40,21 @@ def test_output_shape_and_stride():
     assert net.output_shape()["vgg_conv5"] == ShapeSpec(channels=32, stride=16)
     # 13 convs, named as in the paper / py-faster-rcnn
     convs = [n for n, _ in net.named_children()]
-    assert convs == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-                     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
+    assert convs == [
+        "conv1_1",
+        "conv1_2",
+        "conv2_1",
+        "conv2_2",
+        "conv3_1",
+        "conv3_2",
+        "conv3_3",
+        "conv4_1",
+        "conv4_2",
+        "conv4_3",
+        "conv5_1",
+        "conv5_2",
+        "conv5_3",
+    ]
 
 
 @pytest.mark.parametrize("freeze_at,frozen", [(0, 0), (2, 4), (5, 13)])

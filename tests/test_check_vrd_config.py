@@ -1,11 +1,11 @@
 """check_vrd_config: every shipped config passes; each bad MODEL.VRD value is a ValueError naming
 the key, the rule and the value found, raised when the model is built (not torch's own error)."""
+
 import pytest
+from conftest import CONFIGS, tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
 from detectron2.modeling import build_model
 
 from vrd_d2.config import check_vrd_config
-
-from conftest import CONFIGS, tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
 CONFIG_FILES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("Base-"))
 
@@ -42,10 +42,16 @@ BAD = [
     ("MODEL.VRD.TEST.PAIR_BATCH", "0", "MODEL.VRD.TEST.PAIR_BATCH must be >= 1, found 0"),
     ("MODEL.VRD.TEST.NMS_THRESH", "1.2", "MODEL.VRD.TEST.NMS_THRESH must be in [0.0, 1.0], found 1.2"),
     ("MODEL.VRD.MODE", "sgcls", "MODEL.VRD.MODE must be one of ('sgdet', 'phrase_cls', 'predcls'), found 'sgcls'"),
-    ("MODEL.VRD.TRAIN_STAGE", "all", "MODEL.VRD.TRAIN_STAGE must be one of ('detector', 'triplet', 'selection'), "
-                                     "found 'all'"),
-    ("MODEL.VRD.FEATURES", "fc7", "MODEL.VRD.FEATURES must be one of ('roi_align', 'box_head', 'geometry'), "
-                                  "found 'fc7'"),
+    (
+        "MODEL.VRD.TRAIN_STAGE",
+        "all",
+        "MODEL.VRD.TRAIN_STAGE must be one of ('detector', 'triplet', 'selection'), " "found 'all'",
+    ),
+    (
+        "MODEL.VRD.FEATURES",
+        "fc7",
+        "MODEL.VRD.FEATURES must be one of ('roi_align', 'box_head', 'geometry'), " "found 'fc7'",
+    ),
 ]
 
 
@@ -58,8 +64,9 @@ def test_bad_value_names_key_rule_and_value(key, value, message):
 
 
 def test_the_mask_must_hold_one_cell_per_conv_halving():
-    cfg = tiny_config("Shapes/geometry_only.yaml", "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 4, 4, 4]",
-                      "MODEL.VRD.SPATIAL_MASK_SIZE", "8")
+    cfg = tiny_config(
+        "Shapes/geometry_only.yaml", "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 4, 4, 4]", "MODEL.VRD.SPATIAL_MASK_SIZE", "8"
+    )
     with pytest.raises(ValueError, match="MODEL.VRD.SPATIAL_MASK_SIZE must be >= 16, found 8"):
         check_vrd_config(cfg)
     cfg.MODEL.VRD.SPATIAL_MASK_SIZE = 16

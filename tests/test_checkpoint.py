@@ -1,5 +1,6 @@
 """VRDCheckpointer: no untrusted unpickling, relation-head shape mismatches and missing relation-head
 weights are errors naming keys and shapes, an empty prior with USE_PRIOR is an error at evaluation."""
+
 import pickle
 
 import numpy as np
@@ -10,9 +11,24 @@ from vrd_d2.checkpoint import VRDCheckpointer, is_relation_head_key
 from vrd_d2.engine import Trainer
 
 SMALL = [
-    "DATASETS.TRAIN", "()", "MODEL.VRD.FC_DIMS", "[8]", "MODEL.VRD.SPATIAL_DIM", "4",
-    "MODEL.VRD.SPATIAL_CONV_DIMS", "[2, 2]", "MODEL.VRD.SPATIAL_MASK_SIZE", "8", "MODEL.VRD.SELECTION_FC_DIM", "4",
-    "MODEL.VGG.WIDTH_DIVISOR", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "8", "MODEL.VRD.USE_PRIOR", "False",
+    "DATASETS.TRAIN",
+    "()",
+    "MODEL.VRD.FC_DIMS",
+    "[8]",
+    "MODEL.VRD.SPATIAL_DIM",
+    "4",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[2, 2]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "8",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "4",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "64",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "8",
+    "MODEL.VRD.USE_PRIOR",
+    "False",
 ]
 
 
@@ -36,11 +52,21 @@ class _WritesAFile:
 
 
 def test_relation_head_key_predicate_old_and_new_layouts():
-    for key in ("roi_heads.relation_predictor.subject_branch.0.weight", "roi_heads.relation_predictor.subject_branch.0.weight",
-                "roi_heads.relation_predictor.selection_head.2.bias", "roi_heads.relation_predictor.spatial_branch.fc.weight", "roi_heads.triplet_counts"):
+    for key in (
+        "roi_heads.relation_predictor.subject_branch.0.weight",
+        "roi_heads.relation_predictor.subject_branch.0.weight",
+        "roi_heads.relation_predictor.selection_head.2.bias",
+        "roi_heads.relation_predictor.spatial_branch.fc.weight",
+        "roi_heads.triplet_counts",
+    ):
         assert is_relation_head_key(key), key
-    for key in ("roi_heads.box_head.fc1.weight", "roi_heads.box_predictor.cls_score.bias", "backbone.conv1.weight",
-                "proposal_generator.rpn_head.conv.weight", "roi_heads.mask_head.mask_fcn1.weight"):
+    for key in (
+        "roi_heads.box_head.fc1.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+        "backbone.conv1.weight",
+        "proposal_generator.rpn_head.conv.weight",
+        "roi_heads.mask_head.mask_fcn1.weight",
+    ):
         assert not is_relation_head_key(key), key
 
 
@@ -63,16 +89,20 @@ def test_pickle_refused_unless_trusted(build, tmp_path):
     state = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
     good.write_bytes(pickle.dumps({"model": state, "__author__": "test"}))
     VRDCheckpointer(model, trust_pickle=True).load(str(good))
-    np.testing.assert_allclose(model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
-                               state["roi_heads.relation_predictor.subject_branch.0.weight"])
+    np.testing.assert_allclose(
+        model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
+        state["roi_heads.relation_predictor.subject_branch.0.weight"],
+    )
     # a .pth of numpy arrays needs unpickling too: refused, then loaded when trusted
     np_pth = tmp_path / "numpy.pth"
     torch.save({"model": {k: v + 1 for k, v in state.items()}}, np_pth)
     with pytest.raises(ValueError, match=r"numpy.pth .*Unsupported global.*numpy.*--trust-pickle"):
         VRDCheckpointer(model).load(str(np_pth))
     VRDCheckpointer(model, trust_pickle=True).load(str(np_pth))
-    np.testing.assert_allclose(model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
-                               state["roi_heads.relation_predictor.subject_branch.0.weight"] + 1)
+    np.testing.assert_allclose(
+        model.roi_heads.relation_predictor.subject_branch[0].weight.detach().numpy(),
+        state["roi_heads.relation_predictor.subject_branch.0.weight"] + 1,
+    )
 
 
 def test_plain_pth_loads_with_weights_only(build, tmp_path):
@@ -100,10 +130,12 @@ def test_relation_head_shape_mismatch_names_key_and_shapes(build, tmp_path):
     with pytest.raises(ValueError, match=msg):
         VRDCheckpointer(sel).load(str(path))
     # predicate count
-    torch.save({"model": build("MODEL.VRD.NUM_PREDICATES", "7", "MODEL.VRD.TRAIN_STAGE", "selection").state_dict()},
-               path)
-    with pytest.raises(ValueError, match=r"predicate_branch.2.weight has shape \(35, 8\) in the checkpoint but "
-                                         r"\(50, 8\)"):
+    torch.save(
+        {"model": build("MODEL.VRD.NUM_PREDICATES", "7", "MODEL.VRD.TRAIN_STAGE", "selection").state_dict()}, path
+    )
+    with pytest.raises(
+        ValueError, match=r"predicate_branch.2.weight has shape \(35, 8\) in the checkpoint but " r"\(50, 8\)"
+    ):
         VRDCheckpointer(build("MODEL.VRD.TRAIN_STAGE", "selection")).load(str(path))
 
 
@@ -125,7 +157,9 @@ def test_missing_relation_head_or_nothing_matched(build, tmp_path):
     path = tmp_path / "det.pth"
     torch.save({"model": detector_only}, path)
     VRDCheckpointer(build()).load(str(path))  # training from a detector: fine
-    with pytest.raises(ValueError, match=r"det.pth lacks relation-head weights: .*roi_heads.relation_predictor.object_branch.0.bias"):
+    with pytest.raises(
+        ValueError, match=r"det.pth lacks relation-head weights: .*roi_heads.relation_predictor.object_branch.0.bias"
+    ):
         VRDCheckpointer(build(), require_relation_head=True).load(str(path))
     torch.save({"model": {"some.other.weight": torch.zeros(3)}}, path)
     with pytest.raises(ValueError, match="matches no weight of the model"):
@@ -160,6 +194,9 @@ def test_train_net_eval_only_refuses_pickle_and_detector_checkpoint(build, tmp_p
     pkl = tmp_path / "w.pkl"
     pkl.write_bytes(pickle.dumps({"model": {}}))
     base = ["--config-file", str(repo_root / "configs" / "Shapes" / "geometry_only.yaml"), "--eval-only"]
-    for weights, msg in ((pkl, "--trust-pickle"), (det, r"lacks relation-head weights|model tensor\(s\) absent from the checkpoint.*relation_predictor")):
+    for weights, msg in (
+        (pkl, "--trust-pickle"),
+        (det, r"lacks relation-head weights|model tensor\(s\) absent from the checkpoint.*relation_predictor"),
+    ):
         with pytest.raises(ValueError, match=msg):
             tool.main(base + SMALL + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")])

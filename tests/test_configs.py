@@ -1,10 +1,10 @@
 """Every config file in configs/ loads with add_vrd_config (unknown keys fail, like DensePose's
 test_setup.py) and names known components; the Shapes stages chain their weights."""
+
 import glob
 import os
 
 import pytest
-
 from detectron2.config import get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_HEAD_REGISTRY, ROI_HEADS_REGISTRY
 
@@ -54,7 +54,9 @@ def test_unknown_key_fails(tmp_path):
 @pytest.mark.parametrize("dataset", ["VRD", "VG150", "VG200", "Shapes"])
 def test_stages_chain_and_freeze(dataset):
     d = os.path.join(REPO, "configs", dataset)
-    s1, s2, s3 = (load(os.path.join(d, f)) for f in ("stage1_detector.yaml", "stage2_triplet.yaml", "stage3_selection.yaml"))
+    s1, s2, s3 = (
+        load(os.path.join(d, f)) for f in ("stage1_detector.yaml", "stage2_triplet.yaml", "stage3_selection.yaml")
+    )
     assert (s1.MODEL.VRD.TRAIN_STAGE, s2.MODEL.VRD.TRAIN_STAGE, s3.MODEL.VRD.TRAIN_STAGE) == TRAIN_STAGES
     assert s2.MODEL.WEIGHTS.startswith(s1.OUTPUT_DIR) and s3.MODEL.WEIGHTS.startswith(s2.OUTPUT_DIR)
     assert s2.MODEL.VGG.FREEZE_CONVS and s2.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"

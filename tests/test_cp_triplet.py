@@ -32,10 +32,7 @@ def brute_log_y(s_s, s_p, s_o):
 
 def rand_factors(n, r, s, p, o, scale=3.0, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return tuple(
-        (torch.randn(n, r, c, generator=g, dtype=torch.float64) * scale).to(dtype)
-        for c in (s, p, o)
-    )
+    return tuple((torch.randn(n, r, c, generator=g, dtype=torch.float64) * scale).to(dtype) for c in (s, p, o))
 
 
 def rand_targets(n, s, p, o, m, seed=0):
@@ -45,9 +42,7 @@ def rand_targets(n, s, p, o, m, seed=0):
     return trip, pair
 
 
-sizes = st.tuples(
-    st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 4), st.integers(1, 5)
-)
+sizes = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 4), st.integers(1, 5))
 
 
 @FAST
@@ -58,9 +53,7 @@ def test_log_partition_and_triplet_log_prob_match_dense(sizes, scale, seed):
     ref = brute_log_y(*f)
     # eq. 6 against the dense sum of the unnormalized tensor
     terms = f[0][:, :, :, None, None] + f[1][:, :, None, :, None] + f[2][:, :, None, None, :]
-    torch.testing.assert_close(
-        log_partition(*f), terms.logsumexp(1).flatten(1).logsumexp(1), rtol=1e-12, atol=1e-9
-    )
+    torch.testing.assert_close(log_partition(*f), terms.logsumexp(1).flatten(1).logsumexp(1), rtol=1e-12, atol=1e-9)
     trip, pair = rand_targets(n, s, p, o, 7, seed)
     torch.testing.assert_close(
         triplet_log_prob(*f, trip, pair),
@@ -141,9 +134,7 @@ def test_extreme_logits_are_finite_and_match_float64(dtype):
     assert torch.isfinite(loss)
     # the paper's plain exp would overflow here in float32
     if dtype == torch.float32:
-        assert not torch.isfinite(
-            f[0].exp().sum(-1) * f[1].exp().sum(-1) * f[2].exp().sum(-1)
-        ).all()
+        assert not torch.isfinite(f[0].exp().sum(-1) * f[1].exp().sum(-1) * f[2].exp().sum(-1)).all()
 
 
 def closed_form_grad(s_s, s_p, s_o, triplets, pair_index):
@@ -158,9 +149,7 @@ def closed_form_grad(s_s, s_p, s_o, triplets, pair_index):
     z = prod.sum(-1)  # eq. 6 in linear space: fine for the moderate logits used here
     for (i, j, k), nn_ in zip(triplets.tolist(), pair_index.tolist()):
         idx = (i, j, k)
-        term = torch.stack(
-            [fac[0][nn_, q, i] + fac[1][nn_, q, j] + fac[2][nn_, q, k] for q in range(r)]
-        )
+        term = torch.stack([fac[0][nn_, q, i] + fac[1][nn_, q, j] + fac[2][nn_, q, k] for q in range(r)])
         resp = term.exp() / term.exp().sum()
         for a in range(3):
             soft = fac[a][nn_].exp() / sums[a][nn_][:, None]  # [R, C_a]
@@ -189,9 +178,7 @@ def test_prior_from_counts_matches_add_one_formula_and_is_sparse():
     prior = TripletPrior.from_counts(counts)
     assert prior.shape == (4, 3, 5) and prior.num_support == 3
     expected = (counts + 1) / (counts.sum() + counts.size)
-    torch.testing.assert_close(
-        prior.to_dense().double(), torch.from_numpy(expected), rtol=1e-6, atol=0
-    )
+    torch.testing.assert_close(prior.to_dense().double(), torch.from_numpy(expected), rtol=1e-6, atol=0)
     assert abs(float(prior.to_dense().sum()) - 1) < 1e-5
     trip = torch.tensor([[0, 1, 2], [2, 2, 2], [3, 2, 4]])
     torch.testing.assert_close(
@@ -231,9 +218,7 @@ def test_triplet_log_score_adds_log_prior():
         brute_log_y(*f)[pair, trip[:, 0], trip[:, 1], trip[:, 2]]
         + prior.to_dense(log=True).double()[trip[:, 0], trip[:, 1], trip[:, 2]]
     )
-    torch.testing.assert_close(
-        triplet_log_score(*f, trip, pair, prior), expected, rtol=1e-6, atol=1e-6
-    )
+    torch.testing.assert_close(triplet_log_score(*f, trip, pair, prior), expected, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- bad input

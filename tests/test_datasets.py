@@ -65,8 +65,7 @@ def test_real_vrd_counts(real_vrd):
     assert real_vrd["test_stats"]["relations_read"] == 7638
     # independent count of distinct relations straight from the json
     distinct = {
-        s: sum(len({_raw_key(r) for r in rels}) for rels in real_vrd[s + "_raw"].values())
-        for s in ("train", "test")
+        s: sum(len({_raw_key(r) for r in rels}) for rels in real_vrd[s + "_raw"].values()) for s in ("train", "test")
     }
     assert distinct == {"train": 29861, "test": 7478}
     assert real_vrd["train_stats"]["duplicate_relations_merged"] == 30355 - 29861 == 494
@@ -82,16 +81,11 @@ def test_real_vrd_counts(real_vrd):
     assert sum(len(d["relations"]) for d in tr) == 29860
     assert sum(len(d["relations"]) for d in te) == 7478
     assert real_vrd["test_stats"]["boxes_clipped"] == 0
-    assert (
-        st["images_without_relations"] == 220
-        and real_vrd["test_stats"]["images_without_relations"] == 45
-    )
+    assert st["images_without_relations"] == 220 and real_vrd["test_stats"]["images_without_relations"] == 45
     md = MetadataCatalog.get(real_vrd["prefix"] + "_train")
     assert len(md.thing_classes) == 100 and len(md.predicate_classes) == 70
     flip = md.flip_predicate_map
-    left, right = md.predicate_classes.index("on the left of"), md.predicate_classes.index(
-        "on the right of"
-    )
+    left, right = md.predicate_classes.index("on the left of"), md.predicate_classes.index("on the right of")
     assert flip[left] == right and flip[right] == left
     assert sum(flip[i] != i for i in flip) == 2
 
@@ -126,9 +120,7 @@ def test_real_vrd_triplets_and_zero_shot(real_vrd):
 @needs_shared
 def test_real_vrd_json_agrees_with_gt_mat(real_vrd):
     """gt.mat boxes [x1 y1 x2 y2] are the json's [ymin ymax xmin xmax] reordered, no offset."""
-    gt = load_lu_gt_mat(
-        str(SHARED_VRD / "lu2016/evaluation/gt.mat"), str(SHARED_VRD / "lu2016/data/imagePath.mat")
-    )
+    gt = load_lu_gt_mat(str(SHARED_VRD / "lu2016/evaluation/gt.mat"), str(SHARED_VRD / "lu2016/data/imagePath.mat"))
     by_name = {d["image_name"]: d for d in real_vrd["test"]}
     assert set(gt) == set(by_name) == set(real_vrd["test_raw"])
     n_rows = 0
@@ -160,9 +152,7 @@ def test_real_vrd_json_agrees_with_gt_mat(real_vrd):
         d = by_name[name]
         boxes = np.array([a["bbox"] for a in d["annotations"]]).reshape(-1, 4)
         cats = [a["category_id"] for a in d["annotations"]]
-        ours = {
-            (cats[s], p, cats[o]) + tuple(boxes[s]) + tuple(boxes[o]) for s, o, p in d["relations"]
-        }
+        ours = {(cats[s], p, cats[o]) + tuple(boxes[s]) + tuple(boxes[o]) for s, o, p in d["relations"]}
         assert ours == set(gt_multiset), name
     assert n_rows == 7638
 
@@ -314,12 +304,7 @@ def test_register_vrd_metadata_and_lazy(small_vrd):
     assert md.gt_mat.endswith("lu2016/evaluation/gt.mat")
     counts = get_triplet_counts("small_vrd_reg_test")
     assert counts.shape == (3, 3, 3) and counts.sum() == 4
-    assert (
-        counts[0, 0, 1] == 1
-        and counts[0, 1, 1] == 1
-        and counts[2, 0, 0] == 1
-        and counts[0, 0, 0] == 1
-    )
+    assert counts[0, 0, 1] == 1 and counts[0, 1, 1] == 1 and counts[2, 0, 0] == 1 and counts[0, 0, 0] == 1
     with pytest.raises(FileNotFoundError, match="annotations_test.json"):
         DatasetCatalog.get("small_vrd_reg_test")
 
@@ -369,9 +354,7 @@ def _write_vg150(root, labels=None, relationships=None):
         f["labels"] = np.array([[1], [2], [3], [1], [3], [1], [2]]) if labels is None else labels
         f["boxes_1024"] = boxes
         f["predicates"] = np.array([[1], [2], [2]])
-        f["relationships"] = (
-            np.array([[0, 1], [2, 0], [4, 3]]) if relationships is None else relationships
-        )
+        f["relationships"] = np.array([[0, 1], [2, 0], [4, 3]]) if relationships is None else relationships
     return root
 
 
@@ -419,14 +402,10 @@ def test_vg150_conversion_rules(tmp_path):
 
 def test_vg150_errors(tmp_path):
     root = _write_vg150(tmp_path / "a", labels=np.array([[1], [2], [0], [1], [3], [1], [2]]))
-    with pytest.raises(
-        ValueError, match=r"VG-SGG-with-attri.h5: image 1 \(11.jpg\), entry box 2: label"
-    ):
+    with pytest.raises(ValueError, match=r"VG-SGG-with-attri.h5: image 1 \(11.jpg\), entry box 2: label"):
         _load_vg(root, "val")  # default num_val=5000: image 1 is in val
     root = _write_vg150(tmp_path / "b", relationships=np.array([[0, 1], [2, 3], [4, 3]]))
-    with pytest.raises(
-        ValueError, match=r"relation 1: boxes \(2, 3\) outside the image's box range 0..2"
-    ):
+    with pytest.raises(ValueError, match=r"relation 1: boxes \(2, 3\) outside the image's box range 0..2"):
         _load_vg(root, "val")
     (root / "VG-SGG-with-attri.h5").write_bytes(b"not an h5 file")
     with pytest.raises(ValueError, match="not a readable HDF5"):
@@ -447,9 +426,7 @@ def test_vg200_h5(tmp_path):
         g["obj_boxes"] = np.array([[5, 5, 20, 20], [5, 5, 20, 20], [1, 2, 30, 40]])
         f.create_group("gt/test")
     _write(tmp_path / "image_data.json", [{"image_id": 7, "width": 50, "height": 60}])
-    (rec,) = load_vg200_h5(
-        str(path), str(tmp_path / "images"), "train", str(tmp_path / "image_data.json")
-    )
+    (rec,) = load_vg200_h5(str(path), str(tmp_path / "images"), "train", str(tmp_path / "image_data.json"))
     assert [a["category_id"] for a in rec["annotations"]] == [0, 1]
     assert [a["bbox"] for a in rec["annotations"]] == [[1, 2, 30, 40], [5, 5, 20, 20]]
     assert rec["relations"].tolist() == [[0, 1, 0], [0, 1, 1], [1, 0, 1]]

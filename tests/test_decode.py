@@ -50,9 +50,7 @@ def assert_exact(scores, triplets, dense, k, tol):
     own = dense[ar, triplets[..., 0], triplets[..., 1], triplets[..., 2]]
     torch.testing.assert_close(own[fin], ref[fin], **tol)
     assert (scores[:, 1:] <= scores[:, :-1]).all()
-    flat = (triplets[..., 0] * dense.shape[2] + triplets[..., 1]) * dense.shape[3] + triplets[
-        ..., 2
-    ]
+    flat = (triplets[..., 0] * dense.shape[2] + triplets[..., 1]) * dense.shape[3] + triplets[..., 2]
     for row in flat:
         assert row.unique().numel() == row.numel(), "a triplet returned twice"
 
@@ -69,9 +67,7 @@ def peaked(n, r, sizes, big=10.0, n_big=2, gen=None, dtype=torch.float64):
 
 
 def rand_counts(sizes, density, gen):
-    c = (torch.rand(*sizes, generator=gen) < density).long() * torch.randint(
-        1, 50, sizes, generator=gen
-    )
+    c = (torch.rand(*sizes, generator=gen) < density).long() * torch.randint(1, 50, sizes, generator=gen)
     return c
 
 
@@ -99,10 +95,7 @@ def test_topk_matches_dense(n, r, sizes, k, method, use_prior, use_weight, kind,
     elif kind == "peaked":
         f = peaked(n, r, sizes, gen=g, dtype=dtype)
     elif kind == "extreme":
-        f = [
-            torch.where(torch.rand(n, r, c, generator=g) < 0.3, 80.0, -80.0).to(dtype)
-            for c in sizes
-        ]
+        f = [torch.where(torch.rand(n, r, c, generator=g) < 0.3, 80.0, -80.0).to(dtype) for c in sizes]
     else:  # many exact ties
         f = [torch.randint(0, 2, (n, r, c), generator=g).to(dtype) for c in sizes]
     counts = rand_counts(sizes, 0.1, g) if use_prior else None
@@ -145,9 +138,7 @@ def test_extreme_peaked_logits_certify_and_linear_underflow_falls_back_to_log():
     f = peaked(3, 3, sizes, big=80.0, n_big=1, gen=g)
     f = [torch.where(x > 50, x, x - 300) for x in f]  # all other logits near -300
     stats = DecodeStats()
-    scores, trip = topk_triplets_per_pair(
-        *f, 20, method="bound", max_enumerate_fraction=1.0, stats=stats
-    )
+    scores, trip = topk_triplets_per_pair(*f, 20, method="bound", max_enumerate_fraction=1.0, stats=stats)
     assert stats.bound == 3
     assert_exact(scores, trip, brute_scores(*f), 20, TOL[torch.float64])
     # the 200th value lies ~760 below the top: float64's linear range underflows, so the
@@ -223,9 +214,7 @@ def test_topk_predicates_given_labels_matches_dense_slice(use_prior):
     v, t = topk_predicates_given_labels(*f, sub, obj, 3, prior=prior, pair_log_weight=w)
     torch.testing.assert_close(v, dense.topk(3, dim=1).values)
     torch.testing.assert_close(dense.gather(1, t[..., 1]), v)
-    assert torch.equal(t[..., 0], sub[:, None].expand(4, 3)) and torch.equal(
-        t[..., 2], obj[:, None].expand(4, 3)
-    )
+    assert torch.equal(t[..., 0], sub[:, None].expand(4, 3)) and torch.equal(t[..., 2], obj[:, None].expand(4, 3))
     v, t = topk_predicates_given_labels(*f, sub, obj, 10, prior=prior, normalize=True)
     assert v.shape == (4, 6)
     torch.testing.assert_close(v.exp().sum(1), torch.ones(4, dtype=torch.float64))
@@ -394,9 +383,7 @@ def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
     weight = torch.randn(5, generator=g, dtype=torch.float64)
     prior = None
     if with_prior:  # ~3% support, counts skewed
-        counts = (torch.rand(20, 15, 20, generator=g) < 0.03).long() * torch.randint(
-            1, 50, (20, 15, 20), generator=g
-        )
+        counts = (torch.rand(20, 15, 20, generator=g) < 0.03).long() * torch.randint(1, 50, (20, 15, 20), generator=g)
         prior = TripletPrior.from_counts(counts)
     stats = DecodeStats()
     v, t = topk_triplets_per_pair(*s, k, prior=prior, pair_log_weight=weight, stats=stats)
@@ -424,9 +411,7 @@ def test_rank1_dominance_path_matches_dense(k, kind, with_prior):
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 10**6),
 )
-def test_float32_dense_selection_holds_the_exact_top_k(
-    n, r, sizes, k, margin, kind, use_prior, dtype, seed
-):
+def test_float32_dense_selection_holds_the_exact_top_k(n, r, sizes, k, margin, kind, use_prior, dtype, seed):
     """The float32 fallback (one batched matmul, rows of largest maxima, rounding margins): for
     every pair it calls reliable, its candidates rescored exactly give the brute-force top-k."""
     from vrd_d2.modeling.decode.common import rescore_sorted

@@ -1,5 +1,6 @@
 """tools/demo.py: JSON scene graphs and PNG drawings for images with 0, 1 and many boxes; a
 corrupt image or boxes that do not fit the image are reported while the others are written."""
+
 import json
 import os
 
@@ -10,13 +11,12 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 import vrd_d2  # noqa: F401
 from vrd_d2 import add_vrd_config
 from vrd_d2.demo import expand_inputs
 from vrd_d2.utils.given_boxes import GivenBoxes, check_boxes_fit, load_given_boxes
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml")
@@ -51,9 +51,24 @@ def test_demo_writes_json_and_png_and_reports_bad_images(tmp_path, weights):
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(boxes))
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", CONFIG, "--weights", weights, "--input", str(images),
-                    "--output", str(out), "--boxes", str(boxes_file), "--top-n", "5",
-                    "--k-per-pair", "1"])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--weights",
+            weights,
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            "--boxes",
+            str(boxes_file),
+            "--top-n",
+            "5",
+            "--k-per-pair",
+            "1",
+        ]
+    )
     assert rc == 1  # two images failed
     written = sorted(os.listdir(out))
     # output names keep the input's extension (#14): pic.png -> pic.png.json, .png, .graph.png
@@ -94,6 +109,7 @@ def test_demo_refuses_boxes_file_errors(tmp_path):
 # validation, range-checked flags, no code run from a weights file. The library's run_demo is
 # called with one predictor; the tool's main() where the command line itself is under test.
 
+
 @pytest.fixture(scope="module")
 def predictor(weights):
     from vrd_d2.demo import setup_demo_cfg
@@ -111,8 +127,16 @@ def run(predictor, paths, out, given, protected=(), overwrite=False, **options):
 
     meta = MetadataCatalog.get("shapes_test")
     folder = OutputFolder(str(out), protected=list(map(str, paths)) + list(protected), overwrite=overwrite)
-    return run_demo(predictor, [str(p) for p in paths], folder, DemoOptions(**options),
-                    meta.thing_classes, meta.predicate_classes, given=given, needs_boxes=True)
+    return run_demo(
+        predictor,
+        [str(p) for p in paths],
+        folder,
+        DemoOptions(**options),
+        meta.thing_classes,
+        meta.predicate_classes,
+        given=given,
+        needs_boxes=True,
+    )
 
 
 def write_image(path, h=90, w=120, seed=0):
@@ -139,7 +163,8 @@ def test_outputs_into_the_input_folder_never_replace_inputs_and_need_overwrite(t
     after = snapshot(folder)
     assert {k: after[k] for k in before} == before  # inputs and the user's photo.json untouched
     assert sorted(set(after) - set(before)) == sorted(
-        f"photo.{e}{s}" for e in ("png", "jpg") for s in (".png", ".json", ".graph.png"))
+        f"photo.{e}{s}" for e in ("png", "jpg") for s in (".png", ".json", ".graph.png")
+    )
     # stems do not collide: each JSON describes its own input
     assert json.loads(after["photo.png.json"])["file_name"].endswith("photo.png")
     assert json.loads(after["photo.jpg.json"])["file_name"].endswith("photo.jpg")
@@ -207,14 +232,17 @@ def test_output_folder_writes_all_files_or_none(tmp_path):
         folder.write("a.jpg", {".json": b"{}", ".png": object()})  # the second file cannot be written
     assert os.listdir(tmp_path / "out") == []  # no a.jpg.json, no temporary part left
     assert folder.write("a.jpg", {".json": b"{}", ".png": b"png"}) == [
-        str(tmp_path / "out" / "a.jpg.json"), str(tmp_path / "out" / "a.jpg.png")]
+        str(tmp_path / "out" / "a.jpg.json"),
+        str(tmp_path / "out" / "a.jpg.png"),
+    ]
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(tmp_path / "out" / "a.jpg.json").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
-@pytest.mark.parametrize("h,w,box", [(1, 1, [0, 0, 1, 1]), (6000, 6000, [100, 200, 3000, 5000]),
-                                     (20, 4000, [0, 0, 2000, 20])])
+@pytest.mark.parametrize(
+    "h,w,box", [(1, 1, [0, 0, 1, 1]), (6000, 6000, [100, 200, 3000, 5000]), (20, 4000, [0, 0, 2000, 20])]
+)
 def test_drawings_are_bounded_whatever_the_image_size(tmp_path, predictor, h, w, box):
     from PIL import Image
 
@@ -254,8 +282,7 @@ def test_each_bad_boxes_entry_fails_only_its_image(tmp_path, predictor):
     folder = tmp_path / "images"
     folder.mkdir()
     entries = {name: entry for name, (entry, _) in BAD_ENTRIES.items()}
-    entries["good.png"] = {"boxes": [[5, 5, 40, 40], [30, 20, 80, 70]], "labels": ["red circle", 1],
-                           "scores": [0.5, 1]}
+    entries["good.png"] = {"boxes": [[5, 5, 40, 40], [30, 20, 80, 70]], "labels": ["red circle", 1], "scores": [0.5, 1]}
     paths = [write_image(folder / name) for name in sorted(entries)]
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(entries))  # json writes NaN / Infinity as Python reads them back
@@ -290,18 +317,20 @@ def test_a_file_name_listed_twice_fails_its_image(tmp_path):
         GivenBoxesFile(str(boxes_file), ["x"])
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--top-n", "-1", "--top-n must be >= 1, found -1"),
-    ("--top-n", "0", "--top-n must be >= 1, found 0"),
-    ("--score-thresh", "nan", "--score-thresh must be a finite number"),
-    ("--score-thresh", "1.5", "--score-thresh must be in [0.0, 1.0], found 1.5"),
-    ("--k-per-pair", "-3", "--k-per-pair must be >= 0, found -3"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--top-n", "-1", "--top-n must be >= 1, found -1"),
+        ("--top-n", "0", "--top-n must be >= 1, found 0"),
+        ("--score-thresh", "nan", "--score-thresh must be a finite number"),
+        ("--score-thresh", "1.5", "--score-thresh must be in [0.0, 1.0], found 1.5"),
+        ("--k-per-pair", "-3", "--k-per-pair must be >= 0, found -3"),
+    ],
+)
 def test_command_line_values_are_range_checked(tmp_path, capsys, flag, value, message):
     demo = load_tool("demo")
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", str(tmp_path / "out"),
-                   flag, value])
+        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", str(tmp_path / "out"), flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -329,8 +358,22 @@ def test_weights_file_with_code_is_refused_and_not_run(tmp_path, capsys, suffix)
     boxes.write_text(json.dumps({"p.png": {"boxes": [[1, 1, 20, 20]]}}))
     demo = load_tool("demo")
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--config-file", CONFIG, "--weights", str(evil), "--input", str(pic), "--output",
-                   str(tmp_path / "out"), "--boxes", str(boxes), "MODEL.DEVICE", "cpu"])
+        demo.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--weights",
+                str(evil),
+                "--input",
+                str(pic),
+                "--output",
+                str(tmp_path / "out"),
+                "--boxes",
+                str(boxes),
+                "MODEL.DEVICE",
+                "cpu",
+            ]
+        )
     assert exit_info.value.code == 2
     assert not marker.exists()
     err = capsys.readouterr().err
@@ -366,9 +409,26 @@ def test_graph_format_both_writes_the_graph_picture_and_the_dot_file(tmp_path, w
     pic = write_image(tmp_path / "p.jpg")
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"p.jpg": {"boxes": [[5, 5, 40, 40], [30, 20, 80, 70]], "labels": [0, 1]}}))
-    rc = demo.main(["--config-file", CONFIG, "--weights", weights, "--input", str(pic), "--output",
-                    str(tmp_path / "out"), "--boxes", str(boxes), "--graph-format", "both", "--top-n", "2",
-                    "MODEL.DEVICE", "cpu"])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--weights",
+            weights,
+            "--input",
+            str(pic),
+            "--output",
+            str(tmp_path / "out"),
+            "--boxes",
+            str(boxes),
+            "--graph-format",
+            "both",
+            "--top-n",
+            "2",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert rc == 0
     assert sorted(os.listdir(tmp_path / "out")) == [f"p.jpg{s}" for s in (".dot", ".graph.png", ".json", ".png")]
     dot = (tmp_path / "out" / "p.jpg.dot").read_text()

@@ -1,5 +1,6 @@
 """The stage-1 accuracy check of the shapes demo: gold-box classification counted per class
 against the json's classes, a crippled detector reported, and the demo stopping on it."""
+
 import json
 
 import numpy as np
@@ -8,11 +9,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 import vrd_d2  # noqa: F401
 from vrd_d2.engine import detector_check, shapes_demo
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def quick_val():
 def _detector_cfg(tmp_path, prefix):
     from types import SimpleNamespace
 
-    return shapes_demo.build_cfg(SimpleNamespace(prefix=prefix, output=str(tmp_path), quick=True, opts=[]),
-                                 "detector", 5)
+    return shapes_demo.build_cfg(
+        SimpleNamespace(prefix=prefix, output=str(tmp_path), quick=True, opts=[]), "detector", 5
+    )
 
 
 def test_crippled_detector_predicts_one_class_and_is_reported(tmp_path, quick_val):
@@ -82,8 +83,12 @@ def test_check_uses_the_accuracy_over_visible_objects():
     """96% over the visible objects passes although a rare class is at 70%; 94% stops and names it."""
     classes = ["a", "b"]
     vis = np.array([[93, 0], [3, 7]])  # class a 93/93, class b 7/10: 100/103 = 97.1%
-    acc = {"classes": classes, "visible": vis, "visible_accuracy": 100.0 * 100 / 103,
-           "per_class": {"a": 100.0, "b": 70.0}}
+    acc = {
+        "classes": classes,
+        "visible": vis,
+        "visible_accuracy": 100.0 * 100 / 103,
+        "per_class": {"a": 100.0, "b": 70.0},
+    }
     detector_check.check_accuracy(acc, "x", 95.0)
     acc["visible_accuracy"] = 94.0
     with pytest.raises(detector_check.DetectorAccuracyError, match=r"94\.0%.*below: b 70\.0% \(mostly called a\)"):

@@ -15,6 +15,7 @@ gradients is the gradient of the mean over the whole batch even though the synth
 different numbers of annotated pairs (1, 2 or 3). Nothing else is random: no flips, one resize
 size, no dropout, GroupNorm (per image) in the frozen backbone.
 """
+
 import json
 import os
 
@@ -29,17 +30,58 @@ COLORS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]  # BGR of red, green, blue
 SIZE = 128
 PAIRS_PER_IMAGE = (1, 2, 3)  # image i has PAIRS_PER_IMAGE[i % 3] annotated pairs
 TINY = [
-    "MODEL.VGG.WIDTH_DIVISOR", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.VRD.FC_DIMS", "[32]", "MODEL.VRD.SELECTION_FC_DIM", "16", "MODEL.VRD.SPATIAL_DIM", "16",
-    "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 8]", "MODEL.VRD.SPATIAL_MASK_SIZE", "16",
-    "MODEL.VRD.TRAIN_STAGE", "triplet", "MODEL.VRD.MODE", "phrase_cls", "MODEL.WEIGHTS", "",
-    "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", str(len(THINGS)),
-    "MODEL.VRD.NUM_PREDICATES", str(len(PREDICATES)),
-    "INPUT.MIN_SIZE_TRAIN", f"({SIZE},)", "INPUT.MAX_SIZE_TRAIN", str(SIZE),
-    "INPUT.MIN_SIZE_TEST", str(SIZE), "INPUT.MAX_SIZE_TEST", str(SIZE), "INPUT.RANDOM_FLIP", "none",
-    "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.05",
-    "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0",
-    "DATASETS.TRAIN", f'("{TRAIN}",)', "DATASETS.TEST", f'("{TEST}",)', "SEED", "3",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.VRD.FC_DIMS",
+    "[32]",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "MODEL.VRD.TRAIN_STAGE",
+    "triplet",
+    "MODEL.VRD.MODE",
+    "phrase_cls",
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    str(len(THINGS)),
+    "MODEL.VRD.NUM_PREDICATES",
+    str(len(PREDICATES)),
+    "INPUT.MIN_SIZE_TRAIN",
+    f"({SIZE},)",
+    "INPUT.MAX_SIZE_TRAIN",
+    str(SIZE),
+    "INPUT.MIN_SIZE_TEST",
+    str(SIZE),
+    "INPUT.MAX_SIZE_TEST",
+    str(SIZE),
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.BASE_LR",
+    "0.05",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "100000",
+    "TEST.EVAL_PERIOD",
+    "0",
+    "DATASETS.TRAIN",
+    f'("{TRAIN}",)',
+    "DATASETS.TEST",
+    f'("{TEST}",)',
+    "SEED",
+    "3",
 ]
 ITERS = 3
 
@@ -53,7 +95,7 @@ def _image(rng, n_boxes):
         x1, y1 = (int(v) for v in rng.randint(0, SIZE - 40, size=2))
         w, h = (int(v) for v in rng.randint(16, 40, size=2))
         c = int(rng.randint(len(THINGS)))
-        img[y1:y1 + h, x1:x1 + w] = COLORS[c]
+        img[y1 : y1 + h, x1 : x1 + w] = COLORS[c]
         objects.append({"bbox": [x1, y1, x1 + w, y1 + h], "category_id": c})
     return img, objects
 
@@ -77,8 +119,16 @@ def write_dataset(root, n_train=4, n_test=3, n_boxes=3):
             if i % 2 == 0:  # a second predicate on the first pair
                 s, o, p = relations[0]
                 relations.append([s, o, (p + 1) % len(PREDICATES)])
-            images.append({"file_name": name, "image_id": 100 * (split == TEST) + i, "height": SIZE,
-                           "width": SIZE, "objects": objects, "relations": relations})
+            images.append(
+                {
+                    "file_name": name,
+                    "image_id": 100 * (split == TEST) + i,
+                    "height": SIZE,
+                    "width": SIZE,
+                    "objects": objects,
+                    "relations": relations,
+                }
+            )
         with open(os.path.join(root, f"{split}.json"), "w") as f:
             json.dump({"thing_classes": THINGS, "predicate_classes": PREDICATES, "images": images}, f)
 
@@ -91,8 +141,7 @@ def register(root):
 
     for name in (TRAIN, TEST):
         if name not in DatasetCatalog.list():
-            register_vrd_json(name, os.path.join(root, f"{name}.json"), os.path.join(root, "img"),
-                              train_split=TRAIN)
+            register_vrd_json(name, os.path.join(root, f"{name}.json"), os.path.join(root, "img"), train_split=TRAIN)
 
 
 def unregister():
@@ -133,10 +182,14 @@ def train_and_evaluate(root, out_dir, ims_per_batch, max_iter=ITERS):
     register(root)
     cfg = get_cfg()
     add_vrd_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "configs", "Shapes", "Base-Shapes.yaml"))
-    cfg.merge_from_list(TINY + ["SOLVER.IMS_PER_BATCH", str(ims_per_batch), "SOLVER.MAX_ITER",
-                                str(max_iter), "OUTPUT_DIR", out_dir])
+    cfg.merge_from_file(
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Shapes", "Base-Shapes.yaml"
+        )
+    )
+    cfg.merge_from_list(
+        TINY + ["SOLVER.IMS_PER_BATCH", str(ims_per_batch), "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", out_dir]
+    )
     cfg.freeze()
     rank = comm.get_rank()
     seed_all_rng(cfg.SEED + rank)  # as default_setup: per-rank seeds, DDP broadcasts rank 0's init
@@ -146,21 +199,26 @@ def train_and_evaluate(root, out_dir, ims_per_batch, max_iter=ITERS):
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     os.makedirs(out_dir, exist_ok=True)
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
-                   os.path.join(out_dir, "initial.pth"))
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, "initial.pth"))
     trainer.train()  # TEST.EVAL_PERIOD 0: the EvalHook evaluates DATASETS.TEST once at the end
     with open(os.path.join(out_dir, f"seen_rank{rank}.json"), "w") as f:
         json.dump(_SEEN, f)
     if rank != 0:
         return
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
-               os.path.join(out_dir, "final.pth"))
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, "final.pth"))
     # total_loss = loss_cp, averaged over the processes (SimpleTrainer.write_metrics)
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     trainable = sorted(k for k, p in model.named_parameters() if p.requires_grad)
     with open(os.path.join(out_dir, "run.json"), "w") as f:
-        json.dump({"world_size": comm.get_world_size(), "losses": losses, "trainable": trainable,
-                   "results": trainer._last_eval_results}, f)  # what the EvalHook got
+        json.dump(
+            {
+                "world_size": comm.get_world_size(),
+                "losses": losses,
+                "trainable": trainable,
+                "results": trainer._last_eval_results,
+            },
+            f,
+        )  # what the EvalHook got
 
 
 def run(root, out_dir, num_procs, ims_per_batch, max_iter=ITERS):
@@ -173,8 +231,12 @@ def run(root, out_dir, num_procs, ims_per_batch, max_iter=ITERS):
     for r in range(num_procs):
         with open(os.path.join(out_dir, f"seen_rank{r}.json")) as f:
             seen.append(json.load(f))
-    return dict(info, seen=seen, initial=torch.load(os.path.join(out_dir, "initial.pth")),
-                final=torch.load(os.path.join(out_dir, "final.pth")))
+    return dict(
+        info,
+        seen=seen,
+        initial=torch.load(os.path.join(out_dir, "initial.pth")),
+        final=torch.load(os.path.join(out_dir, "final.pth")),
+    )
 
 
 def _max_diff(a, b):
@@ -226,8 +288,12 @@ def test_two_process_training_equals_one_process(data_root, tmp_path):
     assert all(k.startswith("roi_heads.") and "branch" in k for k in trainable), trainable
     moved = {k: float((one["final"][k] - one["initial"][k]).abs().max()) for k in trainable}
     assert max(moved.values()) > 1e-2, moved
-    for prefix in ("roi_heads.relation_predictor.spatial_branch.", "roi_heads.relation_predictor.subject_branch.",
-                   "roi_heads.relation_predictor.predicate_branch.", "roi_heads.relation_predictor.object_branch."):
+    for prefix in (
+        "roi_heads.relation_predictor.spatial_branch.",
+        "roi_heads.relation_predictor.subject_branch.",
+        "roi_heads.relation_predictor.predicate_branch.",
+        "roi_heads.relation_predictor.object_branch.",
+    ):
         assert any(v > 1e-4 for k, v in moved.items() if k.startswith(prefix)), prefix
     for run_ in (one, two):
         for k, v in run_["final"].items():

@@ -36,18 +36,30 @@ def _write_lu_mat(path, gts, n_images=None):
     import scipy.io
 
     gts = gts[:n_images] if n_images else gts
-    scipy.io.savemat(path, {
-        "rlp_labels_ours": _cells([g["labels"].astype(np.float64) + 1 for g in gts]),
-        "rlp_confs_ours": _cells([np.linspace(1, 0.5, len(g["labels"])).reshape(-1, 1) for g in gts]),
-        "sub_bboxes_ours": _cells([g["sub_boxes"] for g in gts]),
-        "obj_bboxes_ours": _cells([g["obj_boxes"] for g in gts]),
-    })
+    scipy.io.savemat(
+        path,
+        {
+            "rlp_labels_ours": _cells([g["labels"].astype(np.float64) + 1 for g in gts]),
+            "rlp_confs_ours": _cells([np.linspace(1, 0.5, len(g["labels"])).reshape(-1, 1) for g in gts]),
+            "sub_bboxes_ours": _cells([g["sub_boxes"] for g in gts]),
+            "obj_bboxes_ours": _cells([g["obj_boxes"] for g in gts]),
+        },
+    )
 
 
 def _json_images(names, gts):
-    return [{"image_id": i, "file_name": n, "record": {**g, "scores": np.linspace(1, 0.5, len(g["labels"])),
-                                                       "pair_rank": np.zeros(len(g["labels"]), np.int64)}}
-            for i, (n, g) in enumerate(zip(names, gts))]
+    return [
+        {
+            "image_id": i,
+            "file_name": n,
+            "record": {
+                **g,
+                "scores": np.linspace(1, 0.5, len(g["labels"])),
+                "pair_rank": np.zeros(len(g["labels"]), np.int64),
+            },
+        }
+        for i, (n, g) in enumerate(zip(names, gts))
+    ]
 
 
 def test_lu_mat_results_perfect_score_100(lu_gt, tmp_path):
@@ -56,9 +68,16 @@ def test_lu_mat_results_perfect_score_100(lu_gt, tmp_path):
     _write_lu_mat(res_path, gts)
     eval_results.main([res_path, "--gt-mat", GT_MAT, "--json", out])
     scores = json.load(open(out))
-    for key in ("relationship_R@50", "relationship_R@100", "phrase_R@50", "phrase_R@100",
-                "zeroshot_relationship_R@50", "zeroshot_relationship_R@100",
-                "zeroshot_phrase_R@50", "zeroshot_phrase_R@100"):
+    for key in (
+        "relationship_R@50",
+        "relationship_R@100",
+        "phrase_R@50",
+        "phrase_R@100",
+        "zeroshot_relationship_R@50",
+        "zeroshot_relationship_R@100",
+        "zeroshot_phrase_R@50",
+        "zeroshot_phrase_R@100",
+    ):
         assert scores[key] == pytest.approx(100.0), key
 
 

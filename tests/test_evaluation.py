@@ -32,9 +32,11 @@ B = [20.0, 20.0, 29.0, 29.0]
 
 
 def gt(labels, subs, objs, zeroshot=None):
-    r = {"labels": np.array(labels, np.int64).reshape(-1, 3),
-         "sub_boxes": np.array(subs, np.float64).reshape(-1, 4),
-         "obj_boxes": np.array(objs, np.float64).reshape(-1, 4)}
+    r = {
+        "labels": np.array(labels, np.int64).reshape(-1, 3),
+        "sub_boxes": np.array(subs, np.float64).reshape(-1, 4),
+        "obj_boxes": np.array(objs, np.float64).reshape(-1, 4),
+    }
     if zeroshot is not None:
         r["zeroshot"] = np.array(zeroshot, bool)
     return r
@@ -157,8 +159,9 @@ def test_mean_recall_and_matlab_denominator():
     assert res["mR@50_kfree"] == pytest.approx((0 + 100) / 2)  # predicate 2: 0/2, predicate 4: 1/1
     # MATLAB length() of a 1x3 label matrix is 3: one gt row counts as 3
     g1 = [gt([[1, 2, 3]], [A], [B])]
-    c = count_recall_hits([pred([[1, 2, 3]], [A], [B], [1.0])], g1, "relationship", 0, (50,), 5,
-                          denominator="matlab_length")
+    c = count_recall_hits(
+        [pred([[1, 2, 3]], [A], [B], [1.0])], g1, "relationship", 0, (50,), 5, denominator="matlab_length"
+    )
     assert c.num_gt == 3 and c.hits.tolist() == [1]
 
 
@@ -171,8 +174,13 @@ def test_select_best_k():
     assert select_best_k({1: 10.0, 10: 12.0, 0: 12.0}) == 10  # tie -> smaller, free k largest
     res = {"relationship": {"R@50_k1": 5.0, "R@50_k10": 7.0, "R@50_kfree": 6.0, "R@100_k1": 9.0}}
     assert best_k_from_results(res, "relationship", "R@50") == 10
-    out = evaluate_records([pred([[1, 2, 3]], [A], [B], [1.0], [0])], [gt([[1, 2, 3]], [A], [B])],
-                           k_values=(1, 0), best_k=3, num_predicates=5)
+    out = evaluate_records(
+        [pred([[1, 2, 3]], [A], [B], [1.0], [0])],
+        [gt([[1, 2, 3]], [A], [B])],
+        k_values=(1, 0),
+        best_k=3,
+        num_predicates=5,
+    )
     assert out["relationship"]["best_k"] == 3 and out["relationship"]["R@50_kbest"] == 100.0
     assert "R@50_k3" not in out["relationship"]
 
@@ -212,8 +220,14 @@ def _perfect(gts, keep=lambda j: True):
         idx = [j for j in range(len(g["labels"])) if keep(j)]
         n = len(idx)
         scores = np.linspace(1.0, 0.5, n) if n else np.zeros(0)
-        preds.append(pred(g["labels"][idx].reshape(-1, 3), g["sub_boxes"][idx].reshape(-1, 4),
-                          g["obj_boxes"][idx].reshape(-1, 4), scores))
+        preds.append(
+            pred(
+                g["labels"][idx].reshape(-1, 3),
+                g["sub_boxes"][idx].reshape(-1, 4),
+                g["obj_boxes"][idx].reshape(-1, 4),
+                scores,
+            )
+        )
         preds[-1]["pair_rank"] = compute_pair_rank(preds[-1]["sub_boxes"], preds[-1]["obj_boxes"], scores)
     return preds
 
@@ -225,8 +239,10 @@ def test_real_vrd_perfect_predictions_score_100(lu_gt):
     preds = _perfect(gts)
     t0 = time.perf_counter()
     res = evaluate_records(preds, gts, k_values=(1, 10, 0), num_predicates=70)
-    print(f"\nVRD-size evaluation (1000 images, 3 k x 2 tasks, gt rows as predictions): "
-          f"{time.perf_counter() - t0:.2f}s")
+    print(
+        f"\nVRD-size evaluation (1000 images, 3 k x 2 tasks, gt rows as predictions): "
+        f"{time.perf_counter() - t0:.2f}s"
+    )
     for task in ("relationship", "phrase"):
         for m in ("R@50", "R@100", "mR@50", "mR@100", "zsR@50", "zsR@100"):
             assert res[task][f"{m}_kfree"] == pytest.approx(100.0), (task, m)
@@ -262,8 +278,10 @@ def test_vrd_size_timing_with_100_predictions(lu_gt):
         preds.append(pred(lab, base + jit, obase + jit[:, ::-1], rng.random(100), rng.integers(0, 3, 100)))
     t0 = time.perf_counter()
     evaluate_records(preds, gts, k_values=(1, 10, 0), num_predicates=70)
-    print(f"\nVRD-size evaluation, 1000 images x 100 predictions, k in (1,10,free), relationship + "
-          f"phrase, R/mR/zsR @50/100: {time.perf_counter() - t0:.2f}s")
+    print(
+        f"\nVRD-size evaluation, 1000 images x 100 predictions, k in (1,10,free), relationship + "
+        f"phrase, R/mR/zsR @50/100: {time.perf_counter() - t0:.2f}s"
+    )
 
 
 # ---------------------------------------------------------------------------- evaluator + gloo
@@ -280,17 +298,26 @@ def _register_toy(name="vrd_d2_test_toy_eval"):
         for i in range(6):
             boxes = rng_boxes = np.random.default_rng(i).uniform(0, 100, (4, 2))
             boxes = np.concatenate([rng_boxes, rng_boxes + 20], 1)
-            anns = [{"bbox": b.tolist(), "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c)}
-                    for b, c in zip(boxes, [0, 1, 2, i % 3])]
+            anns = [
+                {"bbox": b.tolist(), "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c)}
+                for b, c in zip(boxes, [0, 1, 2, i % 3])
+            ]
             rel = np.array([[0, 1, i % 2], [2, 3, 1], [1, 0, 0]][: 1 + i % 3], np.int64)
-            recs.append({"file_name": f"img{i}.jpg", "image_id": i, "height": 200, "width": 200,
-                         "annotations": anns, "relations": rel,
-                         "relations_complete": np.concatenate([rel, [[3, 2, 1]]])})
+            recs.append(
+                {
+                    "file_name": f"img{i}.jpg",
+                    "image_id": i,
+                    "height": 200,
+                    "width": 200,
+                    "annotations": anns,
+                    "relations": rel,
+                    "relations_complete": np.concatenate([rel, [[3, 2, 1]]]),
+                }
+            )
         return recs
 
     DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"], predicate_classes=["p", "q"],
-                                  evaluator_type="vrd")
+    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"], predicate_classes=["p", "q"], evaluator_type="vrd")
     del rng
     return name
 

@@ -3,6 +3,7 @@ lists that are not lists of strings, malformed sizes/boxes/metadata, bad h5 and 
 ValueError naming the file and the entry. Property tests feed the json loaders random malformed
 documents: a ValueError naming the file, or a load whose counts add up. A malformed class file
 under $DETECTRON2_DATASETS does not break ``import vrd_d2``."""
+
 import json
 import os
 import subprocess
@@ -43,23 +44,36 @@ def _vrd_dir(root, anns, meta=None, raw=None):
 
 
 def _load_vrd(root, stats=None):
-    return load_vrd_json(*(os.path.join(root, n) for n in ("annotations_train.json", "img", "objects.json",
-                                                            "predicates.json", "train_image_metadata.json")),
-                         stats=stats)
+    return load_vrd_json(
+        *(
+            os.path.join(root, n)
+            for n in ("annotations_train.json", "img", "objects.json", "predicates.json", "train_image_metadata.json")
+        ),
+        stats=stats,
+    )
 
 
-@pytest.mark.parametrize("anns, match", [
-    ({"a.jpg": [_rel(p=3.7)]}, r"image a.jpg, entry 0: predicate must be an integer, found 3.7"),
-    ({"a.jpg": [_rel(), _rel(sc=0.9)]}, r"image a.jpg, entry 1: subject category must be an integer, found 0.9"),
-    ({"a.jpg": [_rel(p=True)]}, r"entry 0: predicate must be an integer, found True"),
-    ({"a.jpg": [_rel(p="1")]}, r"entry 0: predicate must be an integer, found '1'"),
-    ({"a.jpg": [_rel(sb="x")]}, r"entry 0: subject bbox \[ymin, ymax, xmin, xmax\] must be a list of 4 numbers"),
-    ({"a.jpg": [_rel(ob=[0, 30, "x", 40])]}, r"entry 0: object bbox .* coordinate must be a finite number, found 'x'"),
-    ({"a.jpg": [_rel(ob=[0, 30, True, 40])]}, r"entry 0: object bbox .* coordinate must be a finite number, found True"),
-    ({"a.jpg": [5]}, r"image a.jpg, entry 0: a relation must be a json object, found int"),
-    ({"a.jpg": {"x": 1}}, r"image a.jpg: the relations must be a list, found dict"),
-    ([], r"must map image names to relation lists, found list"),
-])
+@pytest.mark.parametrize(
+    "anns, match",
+    [
+        ({"a.jpg": [_rel(p=3.7)]}, r"image a.jpg, entry 0: predicate must be an integer, found 3.7"),
+        ({"a.jpg": [_rel(), _rel(sc=0.9)]}, r"image a.jpg, entry 1: subject category must be an integer, found 0.9"),
+        ({"a.jpg": [_rel(p=True)]}, r"entry 0: predicate must be an integer, found True"),
+        ({"a.jpg": [_rel(p="1")]}, r"entry 0: predicate must be an integer, found '1'"),
+        ({"a.jpg": [_rel(sb="x")]}, r"entry 0: subject bbox \[ymin, ymax, xmin, xmax\] must be a list of 4 numbers"),
+        (
+            {"a.jpg": [_rel(ob=[0, 30, "x", 40])]},
+            r"entry 0: object bbox .* coordinate must be a finite number, found 'x'",
+        ),
+        (
+            {"a.jpg": [_rel(ob=[0, 30, True, 40])]},
+            r"entry 0: object bbox .* coordinate must be a finite number, found True",
+        ),
+        ({"a.jpg": [5]}, r"image a.jpg, entry 0: a relation must be a json object, found int"),
+        ({"a.jpg": {"x": 1}}, r"image a.jpg: the relations must be a list, found dict"),
+        ([], r"must map image names to relation lists, found list"),
+    ],
+)
 def test_vrd_json_bad_entries(tmp_path, anns, match):
     root = _vrd_dir(str(tmp_path), anns)
     with pytest.raises(ValueError, match=r"annotations_train.json.*" + match):
@@ -72,24 +86,30 @@ def test_vrd_json_integral_floats_still_load(tmp_path):
     assert rec["relations"].tolist() == [[0, 1, 3]]
 
 
-@pytest.mark.parametrize("raw, match", [
-    (b'{"a.jpg": [], "b.jpg": [], "a.jpg": []}', r"annotations_train.json: key 'a.jpg' appears twice"),
-    (b'{"a.jpg": [{"predicate": 0, "predicate": 1}]}', r"annotations_train.json: key 'predicate' appears twice"),
-    ('{"caf\u00e9.jpg": []}'.encode("latin-1"), r"annotations_train.json is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b'{"a.jpg": [], "b.jpg": [], "a.jpg": []}', r"annotations_train.json: key 'a.jpg' appears twice"),
+        (b'{"a.jpg": [{"predicate": 0, "predicate": 1}]}', r"annotations_train.json: key 'predicate' appears twice"),
+        ('{"caf\u00e9.jpg": []}'.encode("latin-1"), r"annotations_train.json is not UTF-8 text"),
+    ],
+)
 def test_vrd_json_duplicate_keys_and_encoding(tmp_path, raw, match):
     with pytest.raises(ValueError, match=match):
         _load_vrd(_vrd_dir(str(tmp_path), None, raw=raw))
 
 
-@pytest.mark.parametrize("meta, match", [
-    ({"a.jpg": {"width": 100, "height": "abc"}}, r"image a.jpg: height must be an integer, found 'abc'"),
-    ({"a.jpg": {"width": 100}}, r"image a.jpg: expected \{'width': .., 'height': ..\}, found keys \['width'\]"),
-    ({"a.jpg": {"width": 100, "height": 0}}, r"image a.jpg: height and width must be positive"),
-    ({"a.jpg": [100, 80]}, r"image a.jpg: the entry must be a json object, found list"),
-    ([["a.jpg", 100, 80]], r"the top level must be a json object, found list"),
-    ('{"a.jpg": {"width": 1, "height": 2}, "a.jpg": {"width": 1, "height": 2}}', r"key 'a.jpg' appears twice"),
-])
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        ({"a.jpg": {"width": 100, "height": "abc"}}, r"image a.jpg: height must be an integer, found 'abc'"),
+        ({"a.jpg": {"width": 100}}, r"image a.jpg: expected \{'width': .., 'height': ..\}, found keys \['width'\]"),
+        ({"a.jpg": {"width": 100, "height": 0}}, r"image a.jpg: height and width must be positive"),
+        ({"a.jpg": [100, 80]}, r"image a.jpg: the entry must be a json object, found list"),
+        ([["a.jpg", 100, 80]], r"the top level must be a json object, found list"),
+        ('{"a.jpg": {"width": 1, "height": 2}, "a.jpg": {"width": 1, "height": 2}}', r"key 'a.jpg' appears twice"),
+    ],
+)
 def test_vrd_metadata_errors_name_file_and_image(tmp_path, meta, match):
     root = _vrd_dir(str(tmp_path), {"a.jpg": [_rel()]}, meta=meta)
     with pytest.raises(ValueError, match=r"train_image_metadata.json.*" + match):
@@ -99,10 +119,17 @@ def test_vrd_metadata_errors_name_file_and_image(tmp_path, meta, match):
 # ------------------------------------------------------------------ custom vrd json
 def _custom(**over):
     doc = {
-        "thing_classes": ["a", "b"], "predicate_classes": ["p", "q"],
-        "images": [{"file_name": "x.png", "height": 10, "width": 10,
-                    "objects": [{"bbox": [0, 0, 5, 5], "category_id": 0}, {"bbox": [5, 5, 9, 9], "category_id": 1}],
-                    "relations": [[0, 1, 0]]}],
+        "thing_classes": ["a", "b"],
+        "predicate_classes": ["p", "q"],
+        "images": [
+            {
+                "file_name": "x.png",
+                "height": 10,
+                "width": 10,
+                "objects": [{"bbox": [0, 0, 5, 5], "category_id": 0}, {"bbox": [5, 5, 9, 9], "category_id": 1}],
+                "relations": [[0, 1, 0]],
+            }
+        ],
     }
     for path, value in over.items():
         *parents, last = path.split("__")
@@ -116,25 +143,35 @@ def _custom(**over):
     return doc
 
 
-@pytest.mark.parametrize("doc, match", [
-    (_custom(thing_classes="person"), r"thing_classes must be a list of strings, found 'person'"),
-    (_custom(predicate_classes=["p", 3]), r"predicate_classes must be a list of strings"),
-    ([1, 2], r"the top level must be a json object, found list"),
-    (_custom(images={"x": 1}), r"images must be a list, found dict"),
-    (_custom(images__0__relations=[[0, 1.5, 0]]), r"image 0 \(x.png\), entry relations\[0\]: object object index "
-                                                  r"must be an integer, found 1.5"),
-    (_custom(images__0__relations=[[0, 1, True]]), r"entry relations\[0\]: predicate must be an integer, found True"),
-    (_custom(images__0__relations=[[0, 1]]), r"entry relations\[0\]: expected \[subject, object, predicate\]"),
-    (_custom(images__0__objects__0={"bbox": [0, 0, 5, 5], "category_id": 0.9}),
-     r"entry objects\[0\]: category_id must be an integer, found 0.9"),
-    (_custom(images__0__objects__1={"bbox": "x", "category_id": 1}), r"entry objects\[1\]: bbox .* must be a list"),
-    (_custom(images__0__objects__1="box"), r"entry objects\[1\]: an object must be a json object, found str"),
-    (_custom(images__0__height="abc"), r"image 0 \(x.png\): height must be an integer, found 'abc'"),
-    (_custom(images__0=[]), r"image entry 0: an image entry must be a json object, found list"),
-    (_custom(images__0__file_name=7), r"image entry 0: file_name must be a non-empty string, found 7"),
-    (_custom(flip_predicate_pairs=[["p"]]), r"flip_predicate_pairs entry 0 \['p'\] must be two names"),
-    (_custom(flip_predicate_pairs="pq"), r"flip_predicate_pairs must be a list, found str"),
-])
+@pytest.mark.parametrize(
+    "doc, match",
+    [
+        (_custom(thing_classes="person"), r"thing_classes must be a list of strings, found 'person'"),
+        (_custom(predicate_classes=["p", 3]), r"predicate_classes must be a list of strings"),
+        ([1, 2], r"the top level must be a json object, found list"),
+        (_custom(images={"x": 1}), r"images must be a list, found dict"),
+        (
+            _custom(images__0__relations=[[0, 1.5, 0]]),
+            r"image 0 \(x.png\), entry relations\[0\]: object object index " r"must be an integer, found 1.5",
+        ),
+        (
+            _custom(images__0__relations=[[0, 1, True]]),
+            r"entry relations\[0\]: predicate must be an integer, found True",
+        ),
+        (_custom(images__0__relations=[[0, 1]]), r"entry relations\[0\]: expected \[subject, object, predicate\]"),
+        (
+            _custom(images__0__objects__0={"bbox": [0, 0, 5, 5], "category_id": 0.9}),
+            r"entry objects\[0\]: category_id must be an integer, found 0.9",
+        ),
+        (_custom(images__0__objects__1={"bbox": "x", "category_id": 1}), r"entry objects\[1\]: bbox .* must be a list"),
+        (_custom(images__0__objects__1="box"), r"entry objects\[1\]: an object must be a json object, found str"),
+        (_custom(images__0__height="abc"), r"image 0 \(x.png\): height must be an integer, found 'abc'"),
+        (_custom(images__0=[]), r"image entry 0: an image entry must be a json object, found list"),
+        (_custom(images__0__file_name=7), r"image entry 0: file_name must be a non-empty string, found 7"),
+        (_custom(flip_predicate_pairs=[["p"]]), r"flip_predicate_pairs entry 0 \['p'\] must be two names"),
+        (_custom(flip_predicate_pairs="pq"), r"flip_predicate_pairs must be a list, found str"),
+    ],
+)
 def test_custom_json_bad_documents(tmp_path, doc, match):
     path = tmp_path / "data.json"
     path.write_text(json.dumps(doc))
@@ -144,7 +181,11 @@ def test_custom_json_bad_documents(tmp_path, doc, match):
 
 # ------------------------------------------------------------------ property tests (hypothesis)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 5)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=3),
     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
     max_leaves=6,
 )
@@ -169,8 +210,10 @@ def _mutate(data, node, depth=0):
 def _check_counts(records, stats, n_images, n_relations):
     assert len(records) == stats["images"] == n_images
     assert stats["relations_read"] == n_relations
-    assert (stats["relations_kept"] + stats["duplicate_relations_merged"] + stats["relations_dropped_degenerate"]
-            == stats["relations_read"])
+    assert (
+        stats["relations_kept"] + stats["duplicate_relations_merged"] + stats["relations_dropped_degenerate"]
+        == stats["relations_read"]
+    )
     assert sum(len(r["relations"]) for r in records) == stats["relations_kept"]
 
 
@@ -220,12 +263,21 @@ def _vg150(root, image_data=None, **arrays):
     with open(os.path.join(root, "dicts.json"), "w") as f:
         json.dump({"idx_to_label": {"1": "man", "2": "shirt"}, "idx_to_predicate": {"1": "wearing"}}, f)
     with open(os.path.join(root, "image_data.json"), "w") as f:
-        json.dump(image_data or [{"image_id": 1, "width": 100, "height": 100},
-                                 {"image_id": 2, "width": 100, "height": 100}], f)
-    base = dict(split=np.array([2, 2]), img_to_first_box=np.array([0, 2]), img_to_last_box=np.array([1, 3]),
-                img_to_first_rel=np.array([0, 2]), img_to_last_rel=np.array([1, 2]),
-                labels=np.array([[1], [2], [1], [2]]), boxes_1024=np.array([[50, 50, 20, 20]] * 4),
-                predicates=np.array([[1], [1], [1]]), relationships=np.array([[0, 1], [1, 0], [2, 3]]))
+        json.dump(
+            image_data or [{"image_id": 1, "width": 100, "height": 100}, {"image_id": 2, "width": 100, "height": 100}],
+            f,
+        )
+    base = dict(
+        split=np.array([2, 2]),
+        img_to_first_box=np.array([0, 2]),
+        img_to_last_box=np.array([1, 3]),
+        img_to_first_rel=np.array([0, 2]),
+        img_to_last_rel=np.array([1, 2]),
+        labels=np.array([[1], [2], [1], [2]]),
+        boxes_1024=np.array([[50, 50, 20, 20]] * 4),
+        predicates=np.array([[1], [1], [1]]),
+        relationships=np.array([[0, 1], [1, 0], [2, 3]]),
+    )
     base.update(arrays)
     with h5py.File(os.path.join(root, "vg.h5"), "w") as f:
         for k, v in base.items():
@@ -233,17 +285,38 @@ def _vg150(root, image_data=None, **arrays):
     return [os.path.join(root, n) for n in ("vg.h5", "dicts.json", "image_data.json")] + [root, "test"]
 
 
-@pytest.mark.parametrize("image_data, arrays, match", [
-    (None, {"predicates": np.array([[1], [1]])}, r"vg.h5: predicates has 2 rows but relationships has shape \(3, 2\)"),
-    (None, {"labels": np.array([[1], [2], [1.5], [2]])}, r"vg.h5: labels row 2: ids must be integers, found \[1.5\]"),
-    (None, {"labels": np.array([[True], [True], [True], [True]])}, r"vg.h5: labels must hold integers, found dtype bool"),
-    (None, {"relationships": np.array([[0, 1], [1, 0.5], [2, 3]])}, r"vg.h5: relationships row 1"),
-    ([{"image_id": 1, "width": 100, "height": 100}, {"image_id": 2, "height": 100}],
-     {}, r"image_data.json: entry 1: keys \['width'\] missing"),
-    ([{"image_id": 1, "width": 100, "height": "abc"}, {"image_id": 2, "width": 1, "height": 1}],
-     {}, r"image_data.json: entry 0: height must be an integer, found 'abc'"),
-    ([[1, 100, 100], [2, 100, 100]], {}, r"image_data.json: entry 0: an image entry must be a json object"),
-])
+@pytest.mark.parametrize(
+    "image_data, arrays, match",
+    [
+        (
+            None,
+            {"predicates": np.array([[1], [1]])},
+            r"vg.h5: predicates has 2 rows but relationships has shape \(3, 2\)",
+        ),
+        (
+            None,
+            {"labels": np.array([[1], [2], [1.5], [2]])},
+            r"vg.h5: labels row 2: ids must be integers, found \[1.5\]",
+        ),
+        (
+            None,
+            {"labels": np.array([[True], [True], [True], [True]])},
+            r"vg.h5: labels must hold integers, found dtype bool",
+        ),
+        (None, {"relationships": np.array([[0, 1], [1, 0.5], [2, 3]])}, r"vg.h5: relationships row 1"),
+        (
+            [{"image_id": 1, "width": 100, "height": 100}, {"image_id": 2, "height": 100}],
+            {},
+            r"image_data.json: entry 1: keys \['width'\] missing",
+        ),
+        (
+            [{"image_id": 1, "width": 100, "height": "abc"}, {"image_id": 2, "width": 1, "height": 1}],
+            {},
+            r"image_data.json: entry 0: height must be an integer, found 'abc'",
+        ),
+        ([[1, 100, 100], [2, 100, 100]], {}, r"image_data.json: entry 0: an image entry must be a json object"),
+    ],
+)
 def test_vg150_bad_files(tmp_path, image_data, arrays, match):
     with pytest.raises(ValueError, match=match):
         load_vg150(*_vg150(str(tmp_path), image_data, **arrays))
@@ -289,17 +362,31 @@ def test_lu_mat_fractional_labels_and_empty_names(tmp_path):
             c[0, i] = np.asarray(a, dtype=np.float64)
         return c
 
-    scipy_io.savemat(tmp_path / "gt.mat", {"gt_tuple_label": cells([[1, 2, 3]], [[1, 3.7, 2]]),
-                                           "gt_sub_bboxes": cells([[0, 0, 5, 5]], [[0, 0, 5, 5]]),
-                                           "gt_obj_bboxes": cells([[1, 1, 6, 6]], [[1, 1, 6, 6]])})
-    with pytest.raises(ValueError, match=r"gt.mat: image 1 \(b.jpg\): gt_tuple_label: value row 0: ids must be "
-                                         r"integers, found \[1.0, 3.7, 2.0\]"):
+    scipy_io.savemat(
+        tmp_path / "gt.mat",
+        {
+            "gt_tuple_label": cells([[1, 2, 3]], [[1, 3.7, 2]]),
+            "gt_sub_bboxes": cells([[0, 0, 5, 5]], [[0, 0, 5, 5]]),
+            "gt_obj_bboxes": cells([[1, 1, 6, 6]], [[1, 1, 6, 6]]),
+        },
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"gt.mat: image 1 \(b.jpg\): gt_tuple_label: value row 0: ids must be "
+        r"integers, found \[1.0, 3.7, 2.0\]",
+    ):
         load_lu_gt_mat(str(tmp_path / "gt.mat"), str(tmp_path / "imagePath.mat"))
-    scipy_io.savemat(tmp_path / "det.mat", {"detection_bboxes": cells([[0, 0, 5, 5]], [[0, 0, 5]]),
-                                            "detection_labels": cells([[1]], [[1]]),
-                                            "detection_confs": cells([[0.5]], [[0.5]])})
-    with pytest.raises(ValueError, match=r"det.mat: image 1 \(b.jpg\): detection_bboxes: shape \(1, 3\) does not "
-                                         r"hold rows of 4"):
+    scipy_io.savemat(
+        tmp_path / "det.mat",
+        {
+            "detection_bboxes": cells([[0, 0, 5, 5]], [[0, 0, 5]]),
+            "detection_labels": cells([[1]], [[1]]),
+            "detection_confs": cells([[0.5]], [[0.5]]),
+        },
+    )
+    with pytest.raises(
+        ValueError, match=r"det.mat: image 1 \(b.jpg\): detection_bboxes: shape \(1, 3\) does not " r"hold rows of 4"
+    ):
         load_lu_detections(str(tmp_path / "det.mat"), str(tmp_path / "imagePath.mat"))
     names[0, 1] = np.array([], dtype="<U1")
     scipy_io.savemat(tmp_path / "imagePath.mat", {"imagePath": names})
@@ -328,8 +415,12 @@ def test_malformed_class_files_do_not_break_import(tmp_path):
         "        print('ERROR', name, e)\n"
         "print('shapes registered:', 'shapes_train' in DatasetCatalog.list())\n"
     )
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), OMP_NUM_THREADS="1",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(tmp_path),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout

@@ -32,17 +32,14 @@ def _record(tmp_path, boxes, relations, h=48, w=64):
         "width": w,
         # one class per box, so a box can be recognised after augmentation
         "annotations": [
-            {"bbox": list(b), "bbox_mode": BoxMode.XYXY_ABS, "category_id": k}
-            for k, b in enumerate(boxes)
+            {"bbox": list(b), "bbox_mode": BoxMode.XYXY_ABS, "category_id": k} for k, b in enumerate(boxes)
         ],
         "relations": np.asarray(relations, dtype=np.int64).reshape(-1, 3),
     }
 
 
 def _mapper(augs, flip=None, is_train=True):
-    return VRDDatasetMapper(
-        is_train, augmentations=augs, image_format="BGR", flip_predicate_map=flip
-    )
+    return VRDDatasetMapper(is_train, augmentations=augs, image_format="BGR", flip_predicate_map=flip)
 
 
 def test_remap_relations_by_hand():
@@ -153,9 +150,7 @@ def test_filter_images_without_relations(caplog):
 def test_from_config_reads_input_keys_and_metadata():
     import vrd_d2.data  # noqa: F401  registers shapes_* (lazily: nothing is generated here)
 
-    MetadataCatalog.get("mapper_no_flip_ds").set(
-        thing_classes=["a"], predicate_classes=["p"], flip_predicate_map=None
-    )
+    MetadataCatalog.get("mapper_no_flip_ds").set(thing_classes=["a"], predicate_classes=["p"], flip_predicate_map=None)
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (100,)
     cfg.INPUT.MAX_SIZE_TRAIN = 200
@@ -164,10 +159,7 @@ def test_from_config_reads_input_keys_and_metadata():
     m = VRDDatasetMapper(cfg, is_train=True)  # default RANDOM_FLIP="horizontal": shapes has a map
     names = [type(a).__name__ for a in m.augmentations.augs]
     assert names == ["ResizeShortestEdge", "RandomFlip"]
-    left, right = (
-        MetadataCatalog.get("shapes_train").predicate_classes.index(n)
-        for n in ("left of", "right of")
-    )
+    left, right = (MetadataCatalog.get("shapes_train").predicate_classes.index(n) for n in ("left of", "right of"))
     assert m.flip_lut[left] == right and m.flip_lut[right] == left
     # inference on a dataset without a flip map: no flip at test time, so it is accepted
     VRDDatasetMapper(cfg, is_train=False)
@@ -198,9 +190,7 @@ def test_real_vrd_sample_image(tmp_path):
     exp = torch.tensor([a["bbox"] for a in rec["annotations"]], dtype=torch.float32) * scale
     assert torch.allclose(out["instances"].gt_boxes.tensor, exp, rtol=1e-2, atol=1.0)
     # the same record pointing at the official folder, where the image is absent: a clear error
-    rec2 = dict(
-        rec, file_name=str(SHARED_VRD / "sg_test_images" / os.path.basename(rec["file_name"]))
-    )
+    rec2 = dict(rec, file_name=str(SHARED_VRD / "sg_test_images" / os.path.basename(rec["file_name"])))
     with pytest.raises(FileNotFoundError, match="sg_test_images"):
         _mapper([], is_train=False)(rec2)
 
@@ -213,8 +203,7 @@ def test_image_free_mapping_for_the_geometry_only_head(tmp_path):
     os.remove(rec["file_name"])
     for k, a in enumerate(rec["annotations"]):
         a["score"] = 0.5 + 0.1 * k
-    m = VRDDatasetMapper(True, augmentations=[T.ResizeShortestEdge(96, 200)], image_format="BGR",
-                         load_image=False)
+    m = VRDDatasetMapper(True, augmentations=[T.ResizeShortestEdge(96, 200)], image_format="BGR", load_image=False)
     out = m(rec)
     assert "image" not in out
     assert out["instances"].image_size == (48, 64)

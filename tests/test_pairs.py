@@ -1,9 +1,9 @@
 """vrd_d2.modeling.pairs: all ordered pairs, the pair cap, proposal matching, the annotated
 triplets of each pair; against brute force and hand counts."""
+
 import logging
 
 import torch
-
 from detectron2.structures import Boxes, pairwise_iou
 
 from vrd_d2.modeling.pairs import all_ordered_pairs, cap_pairs, match_proposals_to_gt, pair_triplets
@@ -27,7 +27,7 @@ def test_pair_triplets_hand_count():
 
 def test_match_proposals_to_gt_brute_force():
     g = torch.Generator().manual_seed(0)
-    gt = torch.tensor([[0., 0, 10, 10], [20, 20, 40, 40]])
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]])
     jitter = torch.rand(12, 4, generator=g) * 6 - 3
     props = torch.cat((gt[0] + jitter[:6], gt[1] + jitter[6:]))
     p_idx, g_idx = match_proposals_to_gt(Boxes(props), Boxes(gt), per_gt=4, iou_thresh=0.5)

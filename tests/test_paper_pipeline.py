@@ -2,22 +2,21 @@
 ablation file) runs 2 iterations / an evaluation on the 60 real VRD sample images, written as each
 dataset's files, at the paper's code path with only input size and widths shrunk; each stage
 starts from the real checkpoint its config names. Skipped when ../shared/data/vrd is absent."""
+
 import glob
 import math
 import os
 
 import pytest
 import torch
-
+from conftest import REPO
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from paper_data import TINY, register_paper_datasets, restore_builtin_datasets, write_paper_datasets
 
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, check_stage_inputs
 from vrd_d2.engine.pipeline import DATASETS, Step, evaluation_file, plan_steps
-
-from conftest import REPO
-from paper_data import TINY, register_paper_datasets, restore_builtin_datasets, write_paper_datasets
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,14 @@ def _imagenet_like(cfg, path):
     at the shrunk widths."""
     if not path.exists():
         model = Trainer.build_model(cfg)
-        torch.save({"model": {k: v for k, v in model.state_dict().items()
-                              if k.startswith(("backbone.", "roi_heads.box_head."))}}, path)
+        torch.save(
+            {
+                "model": {
+                    k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "roi_heads.box_head."))
+                }
+            },
+            path,
+        )
 
 
 def _two_iterations(cfg, num_images):
@@ -66,8 +71,9 @@ def _run(step, extra, num_images):
         res = Trainer.test(cfg, model)
         assert res and os.path.isfile(evaluation_file(step, cfg.DATASETS.TEST[0]))
         if cfg.MODEL.VRD.TEST.PROTOCOL == "both":  # VG: Lu's and SGB's figures in every task
-            assert all(any(m.startswith("sgb/") for m in v) and any(m.endswith("_k1") for m in v)
-                       for v in res.values()), res
+            assert all(
+                any(m.startswith("sgb/") for m in v) and any(m.endswith("_k1") for m in v) for v in res.values()
+            ), res
         return cfg
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -98,8 +104,9 @@ def test_every_config_runs_on_real_images(paper_root, dataset):
     num_images = {"detector": with_ann, "triplet": with_rel, "selection": with_rel}
     steps = plan_steps(dataset, proposals=True, ablation=dataset != "vg200", repo=str(REPO), output_root=out)
     # the plan covers every config file of the dataset but the geometry-only head (tools/vrd_real.py)
-    files = {os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", d, "**", "*.yaml"),
-                                                         recursive=True)}
+    files = {
+        os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", d, "**", "*.yaml"), recursive=True)
+    }
     planned = {s.config for s in steps}
     assert files - planned <= {f"configs/{d}/Base-{d}.yaml", f"configs/{d}/geometry_only.yaml"}
     # proposals chain: evaluation after stage 4 uses the selection head retrained on stage 4's output
@@ -117,14 +124,19 @@ def test_every_config_runs_on_real_images(paper_root, dataset):
             produced[os.path.join(step.output_dir, "model_final.pth")] = step.name
     for config in sorted(files - planned - {f"configs/{d}/Base-{d}.yaml"}):  # the geometry-only head
         name = os.path.basename(config)[:-5]
-        _run(Step(name, config, False, os.path.join(out, d, name), "", ("OUTPUT_DIR", os.path.join(out, d, name))),
-             [], num_images)
+        _run(
+            Step(name, config, False, os.path.join(out, d, name), "", ("OUTPUT_DIR", os.path.join(out, d, name))),
+            [],
+            num_images,
+        )
     for name in ("stage3_selection", "stage4_selection"):
         assert cfgs[name].MODEL.VRD.TRAIN_STAGE == "selection"
-    s3, s4, s4sel = (_state(os.path.join(out, d, n, "model_final.pth"))
-                     for n in ("stage3_selection", "stage4_proposals", "stage4_selection"))
+    s3, s4, s4sel = (
+        _state(os.path.join(out, d, n, "model_final.pth"))
+        for n in ("stage3_selection", "stage4_proposals", "stage4_selection")
+    )
     assert not _same(s3, s4, "roi_heads.relation_predictor.spatial_branch.")  # stage 4 retrains the spatial branch ...
-    assert _same(s4, s4sel, "roi_heads.relation_predictor.spatial_branch.")   # ... stage 4's selection keeps it ...
+    assert _same(s4, s4sel, "roi_heads.relation_predictor.spatial_branch.")  # ... stage 4's selection keeps it ...
     assert not _same(s4, s4sel, "roi_heads.relation_predictor.selection_head.")  # ... and retrains X_sel on it
     for mode in ("sgdet", "phrase_cls", "predcls"):
         assert cfgs[f"eval_{mode}"].MODEL.VRD.MODE == mode

@@ -1,6 +1,7 @@
 """The pipeline library: the pre-flight check of a stage's input checkpoint, schedules in epochs,
 and tools/reproduce.py's plan (stage order, weights chaining, one chain per rank), resumability and
 missing-files message."""
+
 import io
 import json
 import math
@@ -8,15 +9,13 @@ import os
 
 import pytest
 import torch
-
+from conftest import REPO, tiny_config
 from detectron2.modeling import build_model
+from tools_loader import load_tool
 
 from vrd_d2.engine import Trainer, check_stage_inputs, resolve_schedule, stage_training_dicts
 from vrd_d2.engine.pipeline import SGB_COLUMNS, format_table, missing_dataset_files, plan_steps, reproduce
 from vrd_d2.evaluation.protocols import merge_protocols
-
-from conftest import REPO, tiny_config
-from tools_loader import load_tool
 
 SMALL = ["MODEL.VRD.USE_PRIOR", "False", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 
@@ -51,8 +50,9 @@ def test_checkpoint_of_another_rank_is_an_error_naming_tensor_and_shapes(tmp_pat
     assert "roi_heads.relation_predictor.subject_branch.4.weight: checkpoint (30, 256), model (6, 256)" in msg
     assert "roi_heads.relation_predictor.predicate_branch.4.weight: checkpoint (50, 256), model (10, 256)" in msg
     with pytest.raises(ValueError, match="predicate_branch"):  # evaluation too
-        check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt),
-                           eval_only=True)
+        check_stage_inputs(
+            _shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt), eval_only=True
+        )
     # stage 4 fine-tunes the triplet net: it must start from the same rank
     with pytest.raises(ValueError, match="subject_branch"):
         check_stage_inputs(_shapes_cfg("stage2_triplet_proposals.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", ckpt))
@@ -62,8 +62,15 @@ def test_checkpoint_of_another_rank_is_an_error_naming_tensor_and_shapes(tmp_pat
 
 def test_checkpoint_of_another_dataset_is_an_error(tmp_path):
     ckpt = _save(_shapes_cfg("stage2_triplet.yaml"), tmp_path / "shapes.pth")
-    cfg = _shapes_cfg("stage2_triplet.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "9", "MODEL.VRD.NUM_PREDICATES", "4",
-                      "MODEL.WEIGHTS", ckpt)
+    cfg = _shapes_cfg(
+        "stage2_triplet.yaml",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "9",
+        "MODEL.VRD.NUM_PREDICATES",
+        "4",
+        "MODEL.WEIGHTS",
+        ckpt,
+    )
     with pytest.raises(ValueError) as e:
         check_stage_inputs(cfg)
     msg = str(e.value)
@@ -111,8 +118,11 @@ def test_paper_schedule_on_the_real_vrd_annotations(shared_vrd):
     raw = json.loads((shared_vrd / "annotations_train.json").read_text())
     assert sum(1 for rels in raw.values() if rels) == 3780
     # trained on: a relation between two distinct boxes (two images relate a box to itself only)
-    with_rel = sum(1 for rels in raw.values()
-                   if len({(r[x]["category"], tuple(r[x]["bbox"])) for r in rels for x in ("subject", "object")}) >= 2)
+    with_rel = sum(
+        1
+        for rels in raw.values()
+        if len({(r[x]["category"], tuple(r[x]["bbox"])) for r in rels for x in ("subject", "object")}) >= 2
+    )
     name = "vrd_train_pipeline_test"
     register_vrd_split(name, str(shared_vrd), "train")
     try:
@@ -128,8 +138,13 @@ def test_plan_chains_weights_and_one_chain_per_rank(tmp_path):
     out = str(tmp_path / "out")
     steps = plan_steps("vrd", proposals=True, ablation=True, repo=str(REPO), output_root=out)
     names = [s.name for s in steps]
-    assert names[:5] == ["stage1_detector", "stage2_triplet", "stage3_selection", "stage2_triplet_proposals",
-                         "stage4_selection"]
+    assert names[:5] == [
+        "stage1_detector",
+        "stage2_triplet",
+        "stage3_selection",
+        "stage2_triplet_proposals",
+        "stage4_selection",
+    ]
     assert names[5:8] == ["eval_sgdet", "eval_phrase_cls", "eval_predcls"]
     by = {s.name: s for s in steps}
     final = lambda n: os.path.join(by[n].output_dir, "model_final.pth")  # noqa: E731
@@ -145,21 +160,29 @@ def test_plan_chains_weights_and_one_chain_per_rank(tmp_path):
         outputs |= {s2.output_dir, s3.output_dir}
     assert len(outputs) == 10  # each rank its own stage 2 and stage 3
     assert by["ablations/rank5"].output_dir == by["stage2_triplet"].output_dir  # rank 5 is the main model
-    assert [by[n].label for n in ("ablations/no_prior", "ablations/full")] == ["rank 5 + X_sel",
-                                                                             "rank 5 + X_sel + prior"]
+    assert [by[n].label for n in ("ablations/no_prior", "ablations/full")] == [
+        "rank 5 + X_sel",
+        "rank 5 + X_sel + prior",
+    ]
     with pytest.raises(ValueError, match="ablation"):
         plan_steps("vg200", ablation=True, repo=str(REPO))
 
 
 def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
-    load_tool("reproduce").main(["--dataset", "vg150", "--ablation", "--dry-run", "--num-gpus", "2",
-                                 "--output-root", str(tmp_path / "o")])
+    load_tool("reproduce").main(
+        ["--dataset", "vg150", "--ablation", "--dry-run", "--num-gpus", "2", "--output-root", str(tmp_path / "o")]
+    )
     lines = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
     configs = [l.split("--config-file ")[1].split()[0] for l in lines]
-    assert configs[:6] == ["configs/VG150/stage1_detector.yaml", "configs/VG150/stage2_triplet.yaml",
-                           "configs/VG150/stage3_selection.yaml", "configs/VG150/eval_sgdet.yaml",
-                           "configs/VG150/eval_phrase_cls.yaml", "configs/VG150/eval_predcls.yaml"]
+    assert configs[:6] == [
+        "configs/VG150/stage1_detector.yaml",
+        "configs/VG150/stage2_triplet.yaml",
+        "configs/VG150/stage3_selection.yaml",
+        "configs/VG150/eval_sgdet.yaml",
+        "configs/VG150/eval_phrase_cls.yaml",
+        "configs/VG150/eval_predcls.yaml",
+    ]
     assert configs[6:9] == [f"configs/VG150/ablations/rank1{s}.yaml" for s in ("", "_selection", "_eval")]
     assert all("--num-gpus 2" in l for l in lines) and len(lines) == 6 + 15 + 3
     assert f"MODEL.WEIGHTS {tmp_path}/o/VG150/stage1_detector/model_final.pth" in lines[1]
@@ -167,8 +190,11 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
 
 def _fake_dataset(root, dataset="vrd"):
     for p in missing_dataset_files(dataset, str(root)):
-        os.makedirs(p, exist_ok=True) if p.endswith("/") else (os.makedirs(os.path.dirname(p), exist_ok=True),
-                                                               open(p, "w").close())
+        (
+            os.makedirs(p, exist_ok=True)
+            if p.endswith("/")
+            else (os.makedirs(os.path.dirname(p), exist_ok=True), open(p, "w").close())
+        )
 
 
 def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
@@ -193,13 +219,15 @@ def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
     kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO())
     reproduce("vrd", **kw)
     assert [a[a.index("--config-file") + 1] for a in ran] == [
-        "configs/VRD/stage3_selection.yaml", "configs/VRD/eval_sgdet.yaml", "configs/VRD/eval_phrase_cls.yaml",
-        "configs/VRD/eval_predcls.yaml"]
+        "configs/VRD/stage3_selection.yaml",
+        "configs/VRD/eval_sgdet.yaml",
+        "configs/VRD/eval_phrase_cls.yaml",
+        "configs/VRD/eval_predcls.yaml",
+    ]
     assert "--resume" in ran[0] and "--eval-only" in ran[1]
     table = open(os.path.join(out, "VRD", "table.md")).read()
     assert "Table 1 (VRD)" in table and "| predicate classification | relationship | 12.50 | – | – | 30.25 |" in table
-    assert set(json.load(open(os.path.join(out, "VRD", "table.json")))["results"]) == {"sgdet", "phrase_cls",
-                                                                                      "predcls"}
+    assert set(json.load(open(os.path.join(out, "VRD", "table.json")))["results"]) == {"sgdet", "phrase_cls", "predcls"}
     ran.clear()
     reproduce("vrd", **kw)  # everything finished: nothing runs
     assert ran == []
@@ -223,8 +251,12 @@ def test_reproduce_dry_run_evaluates_vg_with_both_protocols(tmp_path, capsys, mo
     no training step does; VRD keeps the configs' protocol (auto = Lu) unless overridden."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
     reproduce_tool = load_tool("reproduce")
-    for dataset, extra in (("vg150", ["--ablation"]), ("vg200", []), ("vrd", []),
-                           ("vrd", ["MODEL.VRD.TEST.PROTOCOL", "both"])):
+    for dataset, extra in (
+        ("vg150", ["--ablation"]),
+        ("vg200", []),
+        ("vrd", []),
+        ("vrd", ["MODEL.VRD.TEST.PROTOCOL", "both"]),
+    ):
         reproduce_tool.main(["--dataset", dataset, "--dry-run", "--output-root", str(tmp_path / "o"), *extra])
         lines = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
         evals = [l for l in lines if "--eval-only" in l]
@@ -244,27 +276,65 @@ def test_reproduce_dry_run_evaluates_vg_with_both_protocols(tmp_path, capsys, mo
 
 def _lu_sgb(lu_r50_k1, sgb_r20):
     """A synthetic results dict as VRDEvaluator(protocol="both") returns it (sgdet tasks)."""
-    lu = {t: {"R@50_k1": lu_r50_k1, "R@100_k1": lu_r50_k1 + 1, "R@50_kfree": lu_r50_k1 + 2,
-              "R@100_kfree": lu_r50_k1 + 3, "mR@50_k1": 1.0} for t in ("relationship", "phrase")}
-    sgb = {t: dict({f"{m}@{k}": sgb_r20 + i for i, (m, k) in enumerate((m, k) for m in ("R", "ngR", "mR")
-                                                                          for k in (20, 50, 100))},
-                   **{"zR@20": 0.5, "ng-mR@20": 0.25}) for t in ("relationship", "phrase")}
+    lu = {
+        t: {
+            "R@50_k1": lu_r50_k1,
+            "R@100_k1": lu_r50_k1 + 1,
+            "R@50_kfree": lu_r50_k1 + 2,
+            "R@100_kfree": lu_r50_k1 + 3,
+            "mR@50_k1": 1.0,
+        }
+        for t in ("relationship", "phrase")
+    }
+    sgb = {
+        t: dict(
+            {
+                f"{m}@{k}": sgb_r20 + i
+                for i, (m, k) in enumerate((m, k) for m in ("R", "ngR", "mR") for k in (20, 50, 100))
+            },
+            **{"zR@20": 0.5, "ng-mR@20": 0.25},
+        )
+        for t in ("relationship", "phrase")
+    }
     return merge_protocols(lu, sgb)
 
 
 def test_table_shows_lu_and_sgb_columns_side_by_side():
-    res = {"sgdet": _lu_sgb(10.0, 20.0), "predcls": {"predcls": merge_protocols(
-        {"predcls": {"R@50_k1": 50.0, "R@50_kfree": float("nan")}}, {"predcls": {"R@20": 60.0}})["predcls"]}}
+    res = {
+        "sgdet": _lu_sgb(10.0, 20.0),
+        "predcls": {
+            "predcls": merge_protocols(
+                {"predcls": {"R@50_k1": 50.0, "R@50_kfree": float("nan")}}, {"predcls": {"R@20": 60.0}}
+            )["predcls"]
+        },
+    }
     md = format_table("Table 3 (VG150)", res)
     header = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
-    assert header == ["evaluation", "task", "Lu R@50 k=1", "Lu R@100 k=1", "Lu R@50 free k", "Lu R@100 free k",
-                      "SGB R@20", "SGB R@50", "SGB R@100", "SGB ngR@20", "SGB ngR@50", "SGB ngR@100",
-                      "SGB mR@20", "SGB mR@50", "SGB mR@100"]
+    assert header == [
+        "evaluation",
+        "task",
+        "Lu R@50 k=1",
+        "Lu R@100 k=1",
+        "Lu R@50 free k",
+        "Lu R@100 free k",
+        "SGB R@20",
+        "SGB R@50",
+        "SGB R@100",
+        "SGB ngR@20",
+        "SGB ngR@50",
+        "SGB ngR@100",
+        "SGB mR@20",
+        "SGB mR@50",
+        "SGB mR@100",
+    ]
     lu_cells = "10.00 | 11.00 | 12.00 | 13.00"
     sgb_cells = " | ".join(f"{20.0 + i:.2f}" for i in range(9))  # R@20..100, ngR@20..100, mR@20..100 in order
     assert f"| detected boxes (SGDet) | relationship | {lu_cells} | {sgb_cells} |" in md
     assert f"| detected boxes (SGDet) | phrase | {lu_cells} | {sgb_cells} |" in md
-    assert "| predicate classification (PredCls) | predcls | 50.00 | – | – | – | 60.00 | " + " | ".join(["–"] * 8) + " |" in md
+    assert (
+        "| predicate classification (PredCls) | predcls | 50.00 | – | – | – | 60.00 | " + " | ".join(["–"] * 8) + " |"
+        in md
+    )
     assert "per-image mean" in md  # the note naming both protocols
     # an SGB-only evaluation (protocol sgb / auto on VG) fills the SGB columns, Lu's stay empty
     sgb_only = format_table("t", {"sgdet": {"relationship": {"R@20": 5.0, "R@50": 6.0, "ngR@100": 7.0}}})
@@ -291,8 +361,9 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
         with open(os.path.join(d, "vrd_evaluation.json"), "w") as f:
             json.dump({"protocol": "both", "results": _lu_sgb(10.0 * len(ran), 20.0)}, f)
 
-    reproduce("vg150", output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run,
-              out=io.StringIO())
+    reproduce(
+        "vg150", output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO()
+    )
     assert len(ran) == 3
     md = open(os.path.join(out, "VG150", "table.md")).read()
     assert "Table 3 (VG150)" in md and "SGB R@20" in md and "Lu R@50 k=1" in md

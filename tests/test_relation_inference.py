@@ -2,13 +2,13 @@
 from the predictor's logits (s_s, s_p, s_o, sel), the counts, the box scores and the paper's
 formulas, with MODEL.VRD.CRF_NORMALIZE off (eq. 7: psi_c psi_u) and on (divided by its per-pair
 sum)."""
+
 import numpy as np
 import pytest
 import torch
+from test_roi_heads import P, S, build, make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2.modeling.pairs import all_ordered_pairs
-
-from test_roi_heads import P, S, build, make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
 BOX_SCORES = (0.9, 0.6, 0.3)
 
@@ -57,17 +57,31 @@ def test_every_triplet_score_matches_the_dense_brute_force(mode, normalize):
         if normalize:
             crf = crf / crf.sum((1, 2, 3), keepdim=True)
         scores = crf * weight[:, None, None, None]
-        expected = {(n, s, p, o): float(scores[n, s, p, o])
-                    for n in range(n_pairs) for s in range(S) for p in range(P) for o in range(S)}
+        expected = {
+            (n, s, p, o): float(scores[n, s, p, o])
+            for n in range(n_pairs)
+            for s in range(S)
+            for p in range(P)
+            for o in range(S)
+        }
     row_of_pair = {tuple(p): i for i, p in enumerate(pairs.tolist())}
     got = {}
-    for (i, j), s, p, o, score in zip(rel.pair_indices.tolist(), rel.subject_classes.tolist(),
-                                      rel.predicate_classes.tolist(), rel.object_classes.tolist(), rel.scores.tolist()):
+    for (i, j), s, p, o, score in zip(
+        rel.pair_indices.tolist(),
+        rel.subject_classes.tolist(),
+        rel.predicate_classes.tolist(),
+        rel.object_classes.tolist(),
+        rel.scores.tolist(),
+    ):
         got[row_of_pair[i, j], s, p, o] = score
     assert len(got) == len(rel) == len(expected) and set(got) == set(expected)
     keys = sorted(expected)
-    torch.testing.assert_close(torch.tensor([got[k] for k in keys], dtype=torch.float64),
-                               torch.tensor([expected[k] for k in keys], dtype=torch.float64), rtol=2e-4, atol=1e-12)
+    torch.testing.assert_close(
+        torch.tensor([got[k] for k in keys], dtype=torch.float64),
+        torch.tensor([expected[k] for k in keys], dtype=torch.float64),
+        rtol=2e-4,
+        atol=1e-12,
+    )
     assert (rel.scores[:-1] >= rel.scores[1:]).all()
 
 
@@ -83,9 +97,15 @@ def test_the_normaliser_changes_the_ranking_across_pairs():
         model.roi_heads.set_triplet_counts(np.random.RandomState(6).randint(0, 20, (S, P, S)))
         with torch.no_grad():
             rel = model(make_inputs((3,)))[0]["relations"]
-        out[normalize] = [(tuple(pi), s, p, o) for pi, s, p, o in zip(
-            rel.pair_indices.tolist(), rel.subject_classes.tolist(), rel.predicate_classes.tolist(),
-            rel.object_classes.tolist())]
+        out[normalize] = [
+            (tuple(pi), s, p, o)
+            for pi, s, p, o in zip(
+                rel.pair_indices.tolist(),
+                rel.subject_classes.tolist(),
+                rel.predicate_classes.tolist(),
+                rel.object_classes.tolist(),
+            )
+        ]
     assert out[False] != out[True] and set(out[False]) == set(out[True])
     for pair in {r[0] for r in out[True]}:
         assert [r for r in out[False] if r[0] == pair] == [r for r in out[True] if r[0] == pair]

@@ -1,22 +1,24 @@
 """The relation predictor built on its own (as detectron2's tests/modeling build heads: fixed seed,
 ShapeSpec inputs, inside EventStorage), and MODEL.VRD.FEATURES: which inputs each value reads, its
 deprecated boolean aliases and their errors."""
+
 import logging
 
 import pytest
 import torch
-from torch import nn
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from test_roi_heads import P, S, make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
+from torch import nn
 
 from vrd_d2.config import resolve_pair_features
 from vrd_d2.modeling.relation_predictor import (
-    RELATION_PREDICTOR_REGISTRY, CPRelationPredictor, build_relation_predictor)
+    RELATION_PREDICTOR_REGISTRY,
+    CPRelationPredictor,
+    build_relation_predictor,
+)
 from vrd_d2.modeling.spatial import PAIR_GEOMETRY_DIM
-
-from test_roi_heads import P, S, make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
 FEATURE = "vgg_conv5"
 STRIDE, CHANNELS, BOX_HEAD_DIM = 16, 8, 12

@@ -10,13 +10,22 @@ from hypothesis import strategies as st
 
 from vrd_d2.evaluation import load_results_json
 
-GOOD_ROW = {"subject_box": [0, 0, 9, 9], "object_box": [20, 20, 29, 29], "subject": 1, "predicate": 2,
-            "object": 3, "score": 0.5, "pair_rank": 0}
+GOOD_ROW = {
+    "subject_box": [0, 0, 9, 9],
+    "object_box": [20, 20, 29, 29],
+    "subject": 1,
+    "predicate": 2,
+    "object": 3,
+    "score": 0.5,
+    "pair_rank": 0,
+}
 
 
 def _doc(rows, **image):
-    return {"format": "vrd_d2.relations.v1", "images": [dict({"image_id": 7, "file_name": "a.jpg"}, **image,
-                                                             relations=rows)]}
+    return {
+        "format": "vrd_d2.relations.v1",
+        "images": [dict({"image_id": 7, "file_name": "a.jpg"}, **image, relations=rows)],
+    }
 
 
 def _write(tmp_path, doc, name="res.json"):
@@ -45,7 +54,7 @@ def test_good_document_loads_every_row(tmp_path):
         ('"images"', r"res.json: expected a list of images .* found str"),
         ('{"images": 3}', r"res.json: expected a list of images .* found int"),
         ('{"images": [], "images": []}', r"res.json: key 'images' appears twice"),
-        ('[5]', r"res.json: image entry 0 must be an object, found int"),
+        ("[5]", r"res.json: image entry 0 must be an object, found int"),
         ('[{"relations": []}]', r"res.json: image entry 0 has neither image_id nor file_name"),
         ('[{"image_id": [1]}]', r"res.json: image entry 0: image_id must be an integer or a string"),
         ('[{"image_id": 1, "file_name": 3}]', r"image entry 0: file_name must be a string, found 3"),
@@ -92,25 +101,38 @@ def test_latin1_bytes_name_the_file(tmp_path):
 
 
 # ------------------------------------------------------------------------ property tests
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=False, width=32),
-                     st.text(max_size=3))
-_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c,
-                                                                                      max_size=3), max_leaves=8)
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=False, width=32), st.text(max_size=3)
+)
+_values = st.recursive(
+    _scalars, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=8
+)
 _box = st.one_of(st.lists(st.floats(0, 100, width=32), min_size=4, max_size=4), _values)
 _row = st.fixed_dictionaries(
     {},
-    optional={"subject_box": _box, "object_box": _box, "subject": _values | st.integers(0, 5),
-              "predicate": _values | st.integers(0, 5), "object": st.integers(0, 5) | _values,
-              "score": st.floats(0, 1) | _values, "pair_rank": st.integers(0, 3) | _values},
+    optional={
+        "subject_box": _box,
+        "object_box": _box,
+        "subject": _values | st.integers(0, 5),
+        "predicate": _values | st.integers(0, 5),
+        "object": st.integers(0, 5) | _values,
+        "score": st.floats(0, 1) | _values,
+        "pair_rank": st.integers(0, 3) | _values,
+    },
 )
 _image = st.one_of(
-    st.fixed_dictionaries({"image_id": st.integers(0, 9) | _values},
-                          optional={"file_name": st.text(max_size=4) | _values,
-                                    "relations": st.lists(_row, max_size=4) | _values}),
+    st.fixed_dictionaries(
+        {"image_id": st.integers(0, 9) | _values},
+        optional={"file_name": st.text(max_size=4) | _values, "relations": st.lists(_row, max_size=4) | _values},
+    ),
     _values,
 )
-_document = st.one_of(st.lists(_image, max_size=4), st.fixed_dictionaries({"images": st.lists(_image, max_size=4)}),
-                      st.dictionaries(st.text(max_size=6), _values, max_size=3), _values)
+_document = st.one_of(
+    st.lists(_image, max_size=4),
+    st.fixed_dictionaries({"images": st.lists(_image, max_size=4)}),
+    st.dictionaries(st.text(max_size=6), _values, max_size=3),
+    _values,
+)
 
 
 def _count(doc):
@@ -139,17 +161,21 @@ def test_random_documents_load_completely_or_name_the_file(tmp_path, doc, cut):
         assert rec["labels"].shape[1:] == (3,) and rec["sub_boxes"].shape[1:] == (4,)
 
 
-_mutation = st.tuples(st.integers(0, 2), st.integers(0, 3), st.sampled_from(sorted(GOOD_ROW)),
-                      st.one_of(st.just("<delete>"), _values))
+_mutation = st.tuples(
+    st.integers(0, 2), st.integers(0, 3), st.sampled_from(sorted(GOOD_ROW)), st.one_of(st.just("<delete>"), _values)
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n_rows=st.lists(st.integers(0, 4), min_size=1, max_size=3), mutations=st.lists(_mutation, max_size=3))
 def test_mutated_valid_documents_load_completely_or_name_the_entry(tmp_path, n_rows, mutations):
     """Valid documents with a few fields deleted or replaced by random JSON values."""
-    doc = {"images": [{"image_id": i, "file_name": f"im{i}.jpg",
-                       "relations": [dict(GOOD_ROW, score=0.1 * j) for j in range(n)]}
-                      for i, n in enumerate(n_rows)]}
+    doc = {
+        "images": [
+            {"image_id": i, "file_name": f"im{i}.jpg", "relations": [dict(GOOD_ROW, score=0.1 * j) for j in range(n)]}
+            for i, n in enumerate(n_rows)
+        ]
+    }
     for im_idx, row_idx, key, value in mutations:
         rows = doc["images"][im_idx % len(n_rows)]["relations"]
         if not rows:

@@ -1,6 +1,7 @@
 """Exact resume: tools/train_net.py killed with SIGKILL after a periodic checkpoint, resumed with
 --resume, ends with the same weights, SGD momentum buffers and LR schedule as an uninterrupted run
 of the same seed (a real kill of a real subprocess)."""
+
 import os
 import signal
 import subprocess
@@ -14,21 +15,53 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 80
 # a tiny geometry-only head; warmup and a LR step inside the run, so the scheduler state matters
 OPTS = [
-    "MODEL.VRD.FC_DIMS", "[32]", "MODEL.VRD.SPATIAL_DIM", "16", "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 8]",
-    "MODEL.VRD.SPATIAL_MASK_SIZE", "16", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "5",
-    "SOLVER.STEPS", "(40,)", "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", "10",
-    "SOLVER.MOMENTUM", "0.9", "DATASETS.TEST", "()", "SEED", "3",
+    "MODEL.VRD.FC_DIMS",
+    "[32]",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "5",
+    "SOLVER.STEPS",
+    "(40,)",
+    "SOLVER.MAX_ITER",
+    str(MAX_ITER),
+    "SOLVER.CHECKPOINT_PERIOD",
+    "10",
+    "SOLVER.MOMENTUM",
+    "0.9",
+    "DATASETS.TEST",
+    "()",
+    "SEED",
+    "3",
 ]
 
 
 def _cmd(out_dir, *flags):
-    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-            os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml"), *flags, *OPTS, "OUTPUT_DIR", str(out_dir)]
+    return [
+        sys.executable,
+        os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file",
+        os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml"),
+        *flags,
+        *OPTS,
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def _final(out_dir):
@@ -51,13 +84,19 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     stopped_at = (killed_dir / "last_checkpoint").read_text().strip()
     assert stopped_at != "model_final.pth"
 
-    resumed = subprocess.run(_cmd(killed_dir, "--resume"), cwd=REPO, env=_env(), stdout=logs["resumed"],
-                             stderr=subprocess.STDOUT, timeout=240)
+    resumed = subprocess.run(
+        _cmd(killed_dir, "--resume"),
+        cwd=REPO,
+        env=_env(),
+        stdout=logs["resumed"],
+        stderr=subprocess.STDOUT,
+        timeout=240,
+    )
     assert full.wait(timeout=240) == 0, (tmp_path / "full.log").read_text()[-3000:]
     resumed_log = (tmp_path / "resumed.log").read_text()
     assert resumed.returncode == 0, resumed_log[-3000:]
     assert f"Loading from {killed_dir / stopped_at}" in resumed_log.replace("[Checkpointer] ", "")
-    start = int(stopped_at[len("model_"):-len(".pth")]) + 1
+    start = int(stopped_at[len("model_") : -len(".pth")]) + 1
     assert 0 < start < MAX_ITER
 
     a, b = _final(full_dir), _final(killed_dir)
@@ -68,8 +107,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     opt_a, opt_b = a["trainer"]["optimizer_trainer"]["optimizer"], b["trainer"]["optimizer_trainer"]["optimizer"]
     assert len(opt_a["state"]) == len(opt_b["state"]) > 0
     for i in opt_a["state"]:
-        torch.testing.assert_close(opt_b["state"][i]["momentum_buffer"], opt_a["state"][i]["momentum_buffer"],
-                                   rtol=1e-5, atol=1e-6, msg=f"momentum of parameter {i}")
+        torch.testing.assert_close(
+            opt_b["state"][i]["momentum_buffer"],
+            opt_a["state"][i]["momentum_buffer"],
+            rtol=1e-5,
+            atol=1e-6,
+            msg=f"momentum of parameter {i}",
+        )
     assert [g["lr"] for g in opt_a["param_groups"]] == [g["lr"] for g in opt_b["param_groups"]]
     assert a["trainer"]["hooks"]["LRScheduler"] == b["trainer"]["hooks"]["LRScheduler"]
     assert a["trainer"]["sampler"] == b["trainer"]["sampler"]

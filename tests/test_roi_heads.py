@@ -1,6 +1,7 @@
 """The relation ROI heads and VRDRCNN: the relation field, gold-box modes, empty images,
 checkpoints (and version-1 checkpoints), geometry-only. Tiny random models on CPU. The pair and
 spatial-mask tests are in test_pairs.py and test_spatial.py."""
+
 import logging
 import os
 from collections import OrderedDict
@@ -8,7 +9,6 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -59,9 +59,15 @@ def make_inputs(n_boxes=(3, 4), size=64, orig=128, seed=0):
         inst.gt_boxes = Boxes(torch.cat((xy, xy + wh), 1))
         inst.gt_classes = torch.randint(0, S, (n,), generator=g)
         rel = [(i, (i + 1) % n, i % P) for i in range(n)] if n >= 2 else []
-        out.append({"image": torch.randint(0, 255, (3, size, size), generator=g).float(), "height": orig,
-                    "width": orig, "instances": inst,
-                    "relations": torch.tensor(rel, dtype=torch.long).reshape(-1, 3)})
+        out.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), generator=g).float(),
+                "height": orig,
+                "width": orig,
+                "instances": inst,
+                "relations": torch.tensor(rel, dtype=torch.long).reshape(-1, 3),
+            }
+        )
     return out
 
 
@@ -133,6 +139,7 @@ def test_union_over_k_matches_each_k_selection():
         pairs = all_ordered_pairs(4)
         out = heads.relation_predictor.pair_logits(feats, [boxes], [pairs], [(64, 64)])
         from vrd_d2.modeling.cp_triplet import dense_log_prob
+
         dense = dense_log_prob(out["s_s"], out["s_p"], out["s_o"]).flatten(1)
         dense = dense + torch.nn.functional.logsigmoid(out["sel"])[:, None]
     for k in (1, 2, 0):
@@ -205,8 +212,11 @@ def _version1_state_dict(model, with_metadata=True):
     old = OrderedDict((k.replace("roi_heads.relation_predictor.", "roi_heads."), v.clone()) for k, v in sd.items())
     assert len(old) == len(sd) and any(k.startswith("roi_heads.subject_branch.") for k in old)
     if with_metadata:
-        meta = OrderedDict((k.replace("roi_heads.relation_predictor.", "roi_heads."), dict(v))
-                           for k, v in sd._metadata.items() if k != "roi_heads.relation_predictor")
+        meta = OrderedDict(
+            (k.replace("roi_heads.relation_predictor.", "roi_heads."), dict(v))
+            for k, v in sd._metadata.items()
+            if k != "roi_heads.relation_predictor"
+        )
         meta["roi_heads"]["version"] = 1
         old._metadata = meta
     return old
@@ -219,8 +229,9 @@ def test_version1_checkpoint_loads_with_identical_outputs(tmp_path, with_metadat
     a.roi_heads.set_triplet_counts(np.random.RandomState(0).randint(0, 3, (S, P, S)))
     torch.save({"model": _version1_state_dict(a, with_metadata)}, tmp_path / "old.pth")
     b = build(cfg, seed=1)
-    assert not torch.equal(b.roi_heads.relation_predictor.subject_branch[0].weight,
-                           a.roi_heads.relation_predictor.subject_branch[0].weight)
+    assert not torch.equal(
+        b.roi_heads.relation_predictor.subject_branch[0].weight, a.roi_heads.relation_predictor.subject_branch[0].weight
+    )
     incompatible = DetectionCheckpointer(b).load(str(tmp_path / "old.pth"))
     assert incompatible is not None
     sa, sb = a.state_dict(), b.state_dict()
@@ -248,8 +259,9 @@ def test_version1_checkpoint_with_another_shape_is_skipped_with_a_warning(tmp_pa
         DetectionCheckpointer(b).load(str(tmp_path / "old.pth"))
     assert "roi_heads.subject_branch.2.weight" in caplog.text
     assert torch.equal(b.roi_heads.relation_predictor.subject_branch[-1].weight, before)
-    assert torch.equal(b.roi_heads.relation_predictor.spatial_branch.fc.weight,
-                       a.roi_heads.relation_predictor.spatial_branch.fc.weight)
+    assert torch.equal(
+        b.roi_heads.relation_predictor.spatial_branch.fc.weight, a.roi_heads.relation_predictor.spatial_branch.fc.weight
+    )
 
 
 def test_empty_checkpoint_prior_keeps_the_training_prior(tmp_path):
@@ -309,10 +321,14 @@ def test_prior_alone_scores_are_the_add1_frequencies():
     assert len(rel) > 0
     for (s, p, o), score, (i, j) in zip(
         zip(rel.subject_classes.tolist(), rel.predicate_classes.tolist(), rel.object_classes.tolist()),
-        rel.scores.tolist(), rel.pair_indices.tolist(),
+        rel.scores.tolist(),
+        rel.pair_indices.tolist(),
     ):
-        same_pair = [(pp, sc) for pp, sc, pr in zip(rel.predicate_classes.tolist(), rel.scores.tolist(),
-                                                    rel.pair_indices.tolist()) if pr == [i, j]]
+        same_pair = [
+            (pp, sc)
+            for pp, sc, pr in zip(rel.predicate_classes.tolist(), rel.scores.tolist(), rel.pair_indices.tolist())
+            if pr == [i, j]
+        ]
         for pp, sc in same_pair:  # ratios within a pair follow (count + 1)
             assert sc / score == pytest.approx((counts[s, pp, o] + 1) / (counts[s, p, o] + 1), rel=1e-4)
 

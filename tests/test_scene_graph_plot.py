@@ -1,5 +1,6 @@
 """The scene graph drawn as a graph (#15): PNGs for 0, 1, 2 and 30 relations opened and checked for
 size and content, labels that do not overlap, and the Graphviz .dot text parsed back."""
+
 import re
 
 import numpy as np
@@ -15,11 +16,25 @@ PREDICATES = ["on", "wear", "next to", "in front of", "has", "behind", "above", 
 
 def make_graph(num_objects, pairs):
     """A scene-graph dict as ``scene_graph_dict`` writes it, relation k on ``pairs[k]``."""
-    objects = [{"id": i, "box": [0, 0, 1, 1], "label": NAMES[i % len(NAMES)], "label_id": i % len(NAMES),
-                "score": 1.0} for i in range(num_objects)]
-    rels = [{"subject": s, "object": o, "subject_label": NAMES[s % 10], "object_label": NAMES[o % 10],
-             "predicate": PREDICATES[k % 10], "predicate_id": k % 10, "subject_id": s % 10, "object_id": o % 10,
-             "score": 1.0 / (k + 1), "pair_rank": 0} for k, (s, o) in enumerate(pairs)]
+    objects = [
+        {"id": i, "box": [0, 0, 1, 1], "label": NAMES[i % len(NAMES)], "label_id": i % len(NAMES), "score": 1.0}
+        for i in range(num_objects)
+    ]
+    rels = [
+        {
+            "subject": s,
+            "object": o,
+            "subject_label": NAMES[s % 10],
+            "object_label": NAMES[o % 10],
+            "predicate": PREDICATES[k % 10],
+            "predicate_id": k % 10,
+            "subject_id": s % 10,
+            "object_id": o % 10,
+            "score": 1.0 / (k + 1),
+            "pair_rank": 0,
+        }
+        for k, (s, o) in enumerate(pairs)
+    ]
     return {"objects": objects, "relations": rels}
 
 
@@ -38,9 +53,13 @@ GRAPHS = {
 
 def overlapping_pairs(boxes):
     """Pairs (i, j) of [x0, y0, x1, y1] boxes whose interiors intersect (brute force)."""
-    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-            if min(boxes[i][2], boxes[j][2]) > max(boxes[i][0], boxes[j][0])
-            and min(boxes[i][3], boxes[j][3]) > max(boxes[i][1], boxes[j][1])]
+    return [
+        (i, j)
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if min(boxes[i][2], boxes[j][2]) > max(boxes[i][0], boxes[j][0])
+        and min(boxes[i][3], boxes[j][3]) > max(boxes[i][1], boxes[j][1])
+    ]
 
 
 @pytest.mark.parametrize("num_relations", [0, 1, 2, 30])
@@ -101,7 +120,7 @@ def parse_dot(text):
         attrs, body = {}, stmt
         if ("sym", "[") in stmt:
             cut = stmt.index(("sym", "["))
-            body, inner = stmt[:cut], [t for t in stmt[cut + 1: -1] if t != ("sym", ",")]
+            body, inner = stmt[:cut], [t for t in stmt[cut + 1 : -1] if t != ("sym", ",")]
             attrs = {inner[i][1]: inner[i + 2][1] for i in range(0, len(inner), 3)}
         names = [t[1] for t in body]
         if names and names[0] not in ("graph", "node", "edge"):

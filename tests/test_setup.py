@@ -1,5 +1,6 @@
 """The environment: detectron2 imports, its missing compiled ops fail clearly, vrd_d2 registers
 its components, and a stock Faster R-CNN runs on CPU."""
+
 import os
 import shutil
 import subprocess
@@ -28,15 +29,24 @@ def test_compiled_ops_placeholder_raises_clear_import_error():
 
 
 def test_vrd_d2_registers_components():
-    import vrd_d2  # noqa: F401
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_HEADS_REGISTRY
+
+    import vrd_d2  # noqa: F401
 
     assert "build_vgg16_backbone" in BACKBONE_REGISTRY._obj_map
     assert "VRDRCNN" in META_ARCH_REGISTRY._obj_map
     assert "VRDROIHeads" in ROI_HEADS_REGISTRY._obj_map
-    for name in ("vrd_train", "vrd_test", "vg150_train", "vg150_val", "vg150_test",
-                 "shapes_train", "shapes_val", "shapes_test"):
+    for name in (
+        "vrd_train",
+        "vrd_test",
+        "vg150_train",
+        "vg150_val",
+        "vg150_test",
+        "shapes_train",
+        "shapes_val",
+        "shapes_test",
+    ):
         assert name in DatasetCatalog.list(), name
 
 
@@ -84,15 +94,18 @@ def test_setup_env_reports_failing_step(tmp_path):
     """A setup failure names the step and leaves no half-built environment behind."""
     env = dict(os.environ)
     # No package index reachable: the torch step fails after the venv was created.
-    env.update(VRD_D2_CACHE=str(tmp_path / "cache"), PIP_NO_INDEX="1",
-               PIP_FIND_LINKS=str(tmp_path / "empty"), VRD_D2_USE_SYSTEM_DETECTRON2="0")
+    env.update(
+        VRD_D2_CACHE=str(tmp_path / "cache"),
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(tmp_path / "empty"),
+        VRD_D2_USE_SYSTEM_DETECTRON2="0",
+    )
     (tmp_path / "empty").mkdir()
     work = tmp_path / "checkout"
     work.mkdir()
     shutil.copytree(os.path.join(REPO, "scripts"), work / "scripts")
     shutil.copy(os.path.join(REPO, "setup.py"), work / "setup.py")
-    proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "FAILED at step: torch" in proc.stderr, proc.stderr[-2000:]
     assert not (work / ".venv").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vrd_d2.evaluation import (
+    VRDEvaluator,
     count_recall_hits,
     evaluate_records,
     evaluate_records_sgb,
@@ -21,7 +22,6 @@ from vrd_d2.evaluation import (
     write_results_json,
     zeroshot_rows,
 )
-from vrd_d2.evaluation import VRDEvaluator
 from vrd_d2.evaluation.protocols import SGB_PREFIX, format_protocol_table, split_protocols
 
 A = [0.0, 0.0, 9.0, 9.0]  # 10 x 10 pixels (inclusive convention)
@@ -31,9 +31,11 @@ FAR = [100.0, 100.0, 109.0, 109.0]
 
 
 def gt(labels, subs, objs, zeroshot=None):
-    r = {"labels": np.array(labels, np.int64).reshape(-1, 3),
-         "sub_boxes": np.array(subs, np.float64).reshape(-1, 4),
-         "obj_boxes": np.array(objs, np.float64).reshape(-1, 4)}
+    r = {
+        "labels": np.array(labels, np.int64).reshape(-1, 3),
+        "sub_boxes": np.array(subs, np.float64).reshape(-1, 4),
+        "obj_boxes": np.array(objs, np.float64).reshape(-1, 4),
+    }
     if zeroshot is not None:
         r["zeroshot"] = np.array(zeroshot, bool)
     return r
@@ -68,8 +70,12 @@ def test_iou_keeps_maskrcnn_benchmark_plus_one():
 
 def test_hit_needs_all_three_labels_and_both_boxes():
     g = gt([[0, 1, 2]], [A], [B])
-    p = pred([[0, 1, 2], [0, 1, 3], [4, 1, 2], [0, 1, 2], [0, 1, 2]],
-             [A, A, A, FAR, A], [B, B, B, B, FAR], [0.9, 0.8, 0.7, 0.6, 0.5])
+    p = pred(
+        [[0, 1, 2], [0, 1, 3], [4, 1, 2], [0, 1, 2], [0, 1, 2]],
+        [A, A, A, FAR, A],
+        [B, B, B, B, FAR],
+        [0.9, 0.8, 0.7, 0.6, 0.5],
+    )
     assert sgb_hit_matrix(p, g, np.arange(5), "relationship")[:, 0].tolist() == [True, False, False, False, False]
 
 
@@ -228,10 +234,18 @@ def test_real_vrd_perfect_predictions_give_100_under_sgb(shared_vrd, tmp_path):
     names, gts = load_lu_ground_truth(str(gt_mat), str(path_mat))
     # every ground-truth row as a prediction, each its pair's best (pair_rank 0): the graph
     # constraint keeps them all; at most 41 relations per image, so K = 50 and 100 see them all
-    images = [{"image_id": i, "file_name": n,
-               "record": {**g, "scores": np.linspace(1, 0.5, len(g["labels"])),
-                          "pair_rank": np.zeros(len(g["labels"]), np.int64)}}
-              for i, (n, g) in enumerate(zip(names, gts))]
+    images = [
+        {
+            "image_id": i,
+            "file_name": n,
+            "record": {
+                **g,
+                "scores": np.linspace(1, 0.5, len(g["labels"])),
+                "pair_rank": np.zeros(len(g["labels"]), np.int64),
+            },
+        }
+        for i, (n, g) in enumerate(zip(names, gts))
+    ]
     res_path, out = str(tmp_path / "res.json"), str(tmp_path / "scores.json")
     write_results_json(res_path, images)
     eval_results.main([res_path, "--gt-mat", str(gt_mat), "--protocol", "sgb", "--json", out])
@@ -263,12 +277,15 @@ def test_real_vrd_lu_mat_results_under_sgb(shared_vrd, tmp_path):
         return c
 
     res_path, out = str(tmp_path / "res.mat"), str(tmp_path / "scores.json")
-    scipy.io.savemat(res_path, {
-        "rlp_labels_ours": cells([g["labels"].astype(np.float64) + 1 for g in gts]),
-        "rlp_confs_ours": cells([np.linspace(1, 0.5, len(g["labels"])).reshape(-1, 1) for g in gts]),
-        "sub_bboxes_ours": cells([g["sub_boxes"] for g in gts]),
-        "obj_bboxes_ours": cells([g["obj_boxes"] for g in gts]),
-    })
+    scipy.io.savemat(
+        res_path,
+        {
+            "rlp_labels_ours": cells([g["labels"].astype(np.float64) + 1 for g in gts]),
+            "rlp_confs_ours": cells([np.linspace(1, 0.5, len(g["labels"])).reshape(-1, 1) for g in gts]),
+            "sub_bboxes_ours": cells([g["sub_boxes"] for g in gts]),
+            "obj_bboxes_ours": cells([g["obj_boxes"] for g in gts]),
+        },
+    )
     eval_results.main([res_path, "--gt-mat", str(gt_mat), "--protocol", "sgb", "--json", out])
     scores = json.load(open(out))
     for task in ("relationship", "phrase"):
@@ -292,17 +309,35 @@ def _two_image_dataset(tmp_path):
     name = "vrd_d2_test_sgb_tool"
     boxes = [A, B, C, FAR]
     if name not in DatasetCatalog.list():
+
         def load():
             anns = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c} for b, c in zip(boxes, [0, 1, 2, 0])]
-            return [{"file_name": "im0.jpg", "image_id": 0, "height": 200, "width": 200, "annotations": anns,
-                     "relations": np.array([[0, 1, 0], [0, 2, 1], [1, 2, 0], [3, 1, 1]])},
-                    {"file_name": "im1.jpg", "image_id": 1, "height": 200, "width": 200, "annotations": anns,
-                     "relations": np.array([[0, 1, 1]])}]
+            return [
+                {
+                    "file_name": "im0.jpg",
+                    "image_id": 0,
+                    "height": 200,
+                    "width": 200,
+                    "annotations": anns,
+                    "relations": np.array([[0, 1, 0], [0, 2, 1], [1, 2, 0], [3, 1, 1]]),
+                },
+                {
+                    "file_name": "im1.jpg",
+                    "image_id": 1,
+                    "height": 200,
+                    "width": 200,
+                    "annotations": anns,
+                    "relations": np.array([[0, 1, 1]]),
+                },
+            ]
+
         DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"], predicate_classes=["p", "q"])
     row = {"subject_box": A, "object_box": B, "subject": 0, "object": 1, "score": 0.9, "pair_rank": 0}
-    images = [{"image_id": 0, "file_name": "im0.jpg", "relations": [dict(row, predicate=0)]},
-              {"image_id": 1, "file_name": "im1.jpg", "relations": [dict(row, predicate=1)]}]
+    images = [
+        {"image_id": 0, "file_name": "im0.jpg", "relations": [dict(row, predicate=0)]},
+        {"image_id": 1, "file_name": "im1.jpg", "relations": [dict(row, predicate=1)]},
+    ]
     res = tmp_path / "res.json"
     res.write_text(json.dumps({"images": images}))
     return name, res, load_predictions(str(res), None, DatasetCatalog.get(name), name)
@@ -322,7 +357,8 @@ def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
         assert scores["relationship_R@50"] == pytest.approx(expected)
         assert scores["phrase_R@100"] == pytest.approx(expected)
     assert {f"{t}_R@{k}" for t in ("relationship", "phrase") for k in (20, 50, 100)} <= set(
-        json.load(open(tmp_path / "sgb.json")))
+        json.load(open(tmp_path / "sgb.json"))
+    )
 
 
 def test_both_protocols_in_one_pass_equal_the_single_protocol_runs(tmp_path):

@@ -192,14 +192,15 @@ def test_shadowed_objects_hide_their_colour(shapes_train_json):
     assert abs(frac - shapes.SHADOW_PROB) < 0.03, frac
     checked = collections.Counter()
     for d in shapes_train_json[:100]:
-        img = cv2.imread(os.path.join(os.path.dirname(MetadataCatalog.get("shapes_train").json_file),
-                                      d["file_name"])).astype(int)
+        img = cv2.imread(
+            os.path.join(os.path.dirname(MetadataCatalog.get("shapes_train").json_file), d["file_name"])
+        ).astype(int)
         boxes = [o["bbox"] for o in d["objects"]]
         for k, o in enumerate(d["objects"]):
             x1, y1, x2, y2 = o["bbox"]
             cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
             # objects drawn later (inside a square) may cover this one's centre
-            if any(b[0] <= cx < b[2] and b[1] <= cy < b[3] for b in boxes[k + 1:]):
+            if any(b[0] <= cx < b[2] and b[1] <= cy < b[3] for b in boxes[k + 1 :]):
                 continue
             b, g, r = img[cy, cx]
             if o["shadowed"]:

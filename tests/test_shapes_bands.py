@@ -1,21 +1,23 @@
 """Run-to-run bands of the shapes demo: mean / min / max of the headline figures by hand, and
 --seeds/--threads on --quick runs (each run's own results.json against the band)."""
+
 import json
 
 import numpy as np
 import pytest
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2.engine import shapes_bands, shapes_demo
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def _results(x):
     """Fake test results of one run: every figure of variant i is x + i."""
     res = {}
     for i, v in enumerate(shapes_demo.VARIANTS):
-        res[v] = {"phrase_cls": {"R@50_kfree": x + i, "R@100_kfree": x + i + 0.5},
-                  "predcls": {"R@50_kfree": x + i + 0.25}}
+        res[v] = {
+            "phrase_cls": {"R@50_kfree": x + i, "R@100_kfree": x + i + 0.5},
+            "predcls": {"R@50_kfree": x + i + 0.25},
+        }
     res[shapes_demo.FULL]["relationship"] = {"R@50_kfree": 2 * x}
     return res
 
@@ -30,8 +32,10 @@ def test_band_by_hand():
     assert s["max_dev"] == pytest.approx(3.0)
     sg = b[f"{shapes_demo.FULL} | sgdet relationship R@50"]
     assert (sg["mean"], sg["max_dev"]) == (pytest.approx(24.0), pytest.approx(6.0))
-    records = [{"seed": k, "threads": 1, "headline": r, "detector_visible_accuracy": 99.0, "seconds": 60.0}
-               for k, r in enumerate(runs)]
+    records = [
+        {"seed": k, "threads": 1, "headline": r, "detector_visible_accuracy": 99.0, "seconds": 60.0}
+        for k, r in enumerate(runs)
+    ]
     table = shapes_bands.format_band_table(records, "cmd")
     assert "| rank 1 | 13.00 (11.00–16.00) | 13.50 (11.50–16.50) | 13.25 (11.25–16.25) | – |" in table
     assert "NOT every figure within ±3 points" in table  # sgdet is 6 points from its mean
@@ -48,8 +52,23 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     readme.write_text("a\n<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\nb\n")
     band_file = tmp_path / "band.json"
     out = tmp_path / "out"
-    rc = tool.main(["--quick", "--seeds", "0", "1", "--threads", "1", "--output", str(out), "--update-readme",
-                    "--readme", str(readme), "--band-file", str(band_file)])
+    rc = tool.main(
+        [
+            "--quick",
+            "--seeds",
+            "0",
+            "1",
+            "--threads",
+            "1",
+            "--output",
+            str(out),
+            "--update-readme",
+            "--readme",
+            str(readme),
+            "--band-file",
+            str(band_file),
+        ]
+    )
     assert rc == 0
     stored = json.loads(band_file.read_text())
     assert [(r["seed"], r["threads"]) for r in stored["runs"]] == [(0, 1), (1, 1)]

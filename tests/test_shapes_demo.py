@@ -1,15 +1,15 @@
 """tools/shapes_demo.py (make demo): the whole pipeline with --quick (2 iterations a stage, a few
 images), checking the structure of what it prints and writes, not the numbers; --reuse skips the
 trained stages; the README section is replaced between its markers only."""
+
 import json
 import os
 from types import SimpleNamespace
 
 import pytest
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2.engine import shapes_demo
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,9 @@ def quick_run(tmp_path_factory):
     tool = load_tool("shapes_demo")
     out = tmp_path_factory.mktemp("shapes_demo")
     readme = out / "README.md"
-    readme.write_text("# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n")
+    readme.write_text(
+        "# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n"
+    )
     rc = tool.main(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
     return shapes_demo, out, readme, rc
 

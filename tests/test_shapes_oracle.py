@@ -1,15 +1,15 @@
 """The shapes oracle: expected labels against a simulation of the annotator, the hidden-colour
 posterior on hand-built scenes, rank 1 exact when every colour is visible, and the rank gap the
 generator is built for (issue #13: >= 3 points at free-k R@50)."""
+
 import json
 
 import numpy as np
 import pytest
+from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2.data.datasets import shapes
 from vrd_d2.data.datasets import shapes_oracle as oracle
-
-from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 RED_SQUARE, RED_CIRCLE, BLUE_CIRCLE, BLUE_TRIANGLE = 1, 0, 3, 5
 
@@ -36,8 +36,11 @@ def test_expected_labels_match_a_simulated_annotator(valid):
 
 def test_shadowed_object_inside_a_visible_square_has_the_other_colour():
     """A nested object never has its host's colour: a shadowed circle inside a red square is blue."""
-    objs = [_obj((10, 10, 60, 60), RED_SQUARE), _obj((20, 20, 30, 30), BLUE_CIRCLE, shadowed=True),
-            _obj((80, 80, 90, 90), RED_CIRCLE)]
+    objs = [
+        _obj((10, 10, 60, 60), RED_SQUARE),
+        _obj((20, 20, 30, 30), BLUE_CIRCLE, shadowed=True),
+        _obj((80, 80, 90, 90), RED_CIRCLE),
+    ]
     look, u = oracle.pair_tensors(objs)[(1, 0)]
     assert look == pytest.approx(1.0)  # touching boxes: gap 0
     assert u[RED_CIRCLE].sum() == 0 and u[BLUE_CIRCLE, :, RED_SQUARE].sum() > 0
@@ -61,7 +64,8 @@ def test_free_shadowed_object_is_a_mixture_weighted_by_the_class_probabilities()
     # the blue circle goes with "same colour as", the red one with "different colour from"
     assert u[BLUE_CIRCLE, same, BLUE_TRIANGLE] == pytest.approx(p_blue / (p_red + p_blue) * shapes.LABEL_PROBS[same])
     assert u[RED_CIRCLE, different, BLUE_TRIANGLE] == pytest.approx(
-        p_red / (p_red + p_blue) * shapes.LABEL_PROBS[different])
+        p_red / (p_red + p_blue) * shapes.LABEL_PROBS[different]
+    )
     assert u[BLUE_CIRCLE, different].sum() == 0 and u[RED_CIRCLE, same].sum() == 0
     # rank 1 (product of marginals) puts mass on the impossible (red circle, same colour as) triplet
     q = u / u.sum()

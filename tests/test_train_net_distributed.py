@@ -1,5 +1,6 @@
 """tools/train_net.py end to end on CPU: a 2-process gloo run (--num-cpu-procs 2) trains a few
 iterations and evaluates; a 1-process --eval-only run of its checkpoint gives the same results."""
+
 import os
 import re
 import subprocess
@@ -9,20 +10,63 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "MODEL.VGG.WIDTH_DIVISOR", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.VRD.FC_DIMS", "[32]", "MODEL.VRD.SELECTION_FC_DIM", "16", "MODEL.VRD.SPATIAL_DIM", "16",
-    "MODEL.VRD.SPATIAL_CONV_DIMS", "[4, 8]", "MODEL.VRD.SPATIAL_MASK_SIZE", "16",
-    "MODEL.VRD.TRAIN_STAGE", "triplet", "MODEL.VRD.MODE", "phrase_cls", "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "4",
-    "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.01", "DATASETS.TEST", '("shapes_val",)', "SEED", "1",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.VRD.FC_DIMS",
+    "[32]",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "MODEL.VRD.TRAIN_STAGE",
+    "triplet",
+    "MODEL.VRD.MODE",
+    "phrase_cls",
+    "MODEL.WEIGHTS",
+    "",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "DATASETS.TEST",
+    '("shapes_val",)',
+    "SEED",
+    "1",
 ]
 
 
 def _run(flags, out_dir, opts=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-           os.path.join(REPO, "configs", "Shapes", "Base-Shapes.yaml")] + list(flags) + TINY + ["OUTPUT_DIR", str(out_dir)] + list(opts)
+    cmd = (
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "train_net.py"),
+            "--config-file",
+            os.path.join(REPO, "configs", "Shapes", "Base-Shapes.yaml"),
+        ]
+        + list(flags)
+        + TINY
+        + ["OUTPUT_DIR", str(out_dir)]
+        + list(opts)
+    )
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]

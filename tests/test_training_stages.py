@@ -1,29 +1,32 @@
 """MODEL.VRD.TRAIN_STAGE: one SGD step changes exactly the parameters the stage trains, the
 losses each stage returns, total-norm clipping, training on proposals."""
+
 import copy
 
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
-from vrd_d2.engine import SGDWithTotalNormClip, build_vrd_optimizer
-
 from test_roi_heads import make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
-
-
+from vrd_d2.engine import SGDWithTotalNormClip, build_vrd_optimizer
 
 # parameter-name prefixes each stage trains (everything else must stay bit-identical)
 TRAINED = {
     "detector": ("backbone.", "proposal_generator.", "roi_heads.box_head.", "roi_heads.box_predictor."),
-    "triplet": ("roi_heads.relation_predictor.spatial_branch.", "roi_heads.relation_predictor.subject_branch.",
-                "roi_heads.relation_predictor.predicate_branch.", "roi_heads.relation_predictor.object_branch."),
+    "triplet": (
+        "roi_heads.relation_predictor.spatial_branch.",
+        "roi_heads.relation_predictor.subject_branch.",
+        "roi_heads.relation_predictor.predicate_branch.",
+        "roi_heads.relation_predictor.object_branch.",
+    ),
     "selection": ("roi_heads.relation_predictor.selection_head.",),
 }
-LOSSES = {"detector": {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"},
-          "triplet": {"loss_cp"}, "selection": {"loss_sel"}}
+LOSSES = {
+    "detector": {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"},
+    "triplet": {"loss_cp"},
+    "selection": {"loss_sel"},
+}
 
 
 def _one_step(cfg):
@@ -87,7 +90,7 @@ def test_total_norm_clipping_matches_manual():
     w0 = [p.detach().clone() for p in a]
     opt = SGDWithTotalNormClip(a, clip_norm=20.0, lr=1.0, momentum=0.0)
     opt.step()
-    total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    total = torch.sqrt(sum((g**2).sum() for g in grads))
     assert total > 20
     for p, w, g in zip(a, w0, grads):
         torch.testing.assert_close(p.detach(), w - g * (20.0 / total), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
 """The geometry-only head on the real VRD annotations (skipped without ../shared/data/vrd), and
 tools/vrd_real.py's input checks."""
+
 import os
 
 import pytest
@@ -16,8 +17,9 @@ from vrd_d2.engine import build_vrd_optimizer, vrd_real
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_VRD = os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
-needs_vrd = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_VRD, "annotations_train.json")),
-                               reason="real VRD annotations not present")
+needs_vrd = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(SHARED_VRD, "annotations_train.json")), reason="real VRD annotations not present"
+)
 
 
 def test_missing_vrd_files_are_named(tmp_path):
@@ -35,8 +37,9 @@ def test_geometry_only_head_learns_on_real_annotations():
     """A few SGD steps on 32 real training images (no pixels read): loss_cp falls."""
     if "vrdslice_train" not in DatasetCatalog.list():
         register_all_vrd(SHARED_VRD, prefix="vrdslice_full")
-        DatasetCatalog.register("vrdslice_train", lambda: [
-            d for d in DatasetCatalog.get("vrdslice_full_train") if len(d["relations"])][:32])
+        DatasetCatalog.register(
+            "vrdslice_train", lambda: [d for d in DatasetCatalog.get("vrdslice_full_train") if len(d["relations"])][:32]
+        )
         meta = MetadataCatalog.get("vrdslice_full_train").as_dict()
         meta.pop("name")
         MetadataCatalog.get("vrdslice_train").set(**meta)
@@ -54,7 +57,7 @@ def test_geometry_only_head_learns_on_real_annotations():
     batches = []
     dicts = DatasetCatalog.get("vrdslice_train")
     for i in range(0, 32, 8):
-        batches.append([mapper(d) for d in dicts[i:i + 8]])
+        batches.append([mapper(d) for d in dicts[i : i + 8]])
     assert all("image" not in x for b in batches for x in b)
     opt = build_vrd_optimizer(cfg, model)
     losses = []
@@ -103,9 +106,12 @@ def _register_slices(root, prefix="vrdrealslice", n_train=64, n_test=30):
     if f"{prefix}_test_lu_det" in DatasetCatalog.list():
         return prefix
     register_all_vrd(str(root), prefix=f"{prefix}_full")
-    register_lu_detections(f"{prefix}_full_test_lu_det", f"{prefix}_full_test",
-                           str(root / "lu2016" / "data" / "objectDetRCNN.mat"),
-                           str(root / "lu2016" / "data" / "imagePath.mat"))
+    register_lu_detections(
+        f"{prefix}_full_test_lu_det",
+        f"{prefix}_full_test",
+        str(root / "lu2016" / "data" / "objectDetRCNN.mat"),
+        str(root / "lu2016" / "data" / "imagePath.mat"),
+    )
     for split, n in (("train", n_train), ("test", n_test), ("test_lu_det", n_test)):
         full = f"{prefix}_full_{split}"
         DatasetCatalog.register(f"{prefix}_{split}", lambda full=full, n=n: DatasetCatalog.get(full)[:n])
@@ -141,7 +147,11 @@ def test_variant_crf_normalize_applies(tiny_cfg):
     full = vrd_real.VARIANTS["rank 5 + X_sel"]
     assert eq7.crf_normalize is False and full.crf_normalize is None
     assert (eq7.rank, eq7.use_cp, eq7.use_selection, eq7.use_prior) == (
-        full.rank, full.use_cp, full.use_selection, full.use_prior)
+        full.rank,
+        full.use_cp,
+        full.use_selection,
+        full.use_prior,
+    )
 
 
 def test_eq7_row_reuses_the_rank5_weights(tmp_path):
@@ -197,6 +207,7 @@ def test_saved_predictions_rescored_by_eval_results(seed_runs):
     assert path.is_file()
     assert not (seed_runs / "again" / "eval" / "rank_1" / "lu_det" / "relations_results.json").exists()
     # the run scored the first 30 test images: the ground truth is that registered slice
-    scores = load_tool("eval_results").main([str(path), "--dataset", "vrdrealslice_test", "--protocol", "sgb",
-                                             "--json", str(seed_runs / "sgb.json")])
+    scores = load_tool("eval_results").main(
+        [str(path), "--dataset", "vrdrealslice_test", "--protocol", "sgb", "--json", str(seed_runs / "sgb.json")]
+    )
     assert "relationship_R@50" in scores and 0.0 <= scores["relationship_R@50"] <= 100.0

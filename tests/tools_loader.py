@@ -1,4 +1,5 @@
 """Import a script of tools/ as a module (tools/ is not a package)."""
+
 import importlib.util
 import os
 

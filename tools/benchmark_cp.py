@@ -104,17 +104,13 @@ def bench_loss(args, device, gen, rows, results):
                 f = [x * 3 for x in f]
                 # one annotated triplet per pair, plus a second one on every 4th pair (multimodal)
                 m = n + n // 4
-                trip = torch.stack([torch.randint(c, (m,), generator=gen) for c in sizes], 1).to(
-                    device
-                )
+                trip = torch.stack([torch.randint(c, (m,), generator=gen) for c in sizes], 1).to(device)
                 pair = torch.cat([torch.arange(n), torch.arange(0, n, 4)]).to(device)
                 t_cp, v_cp = timed(lambda: cp_loss_backward(f, trip, pair), device, repeat=5)
                 nd = min(n, args.dense_pairs)
                 sel = pair < nd
                 fd = [x[:nd] for x in f]
-                t_dense, v_dense = timed(
-                    lambda: dense_loss_backward(fd, trip[sel], pair[sel], args.chunk), device
-                )
+                t_dense, v_dense = timed(lambda: dense_loss_backward(fd, trip[sel], pair[sel], args.chunk), device)
                 v_cp_sub = cp_loss_backward(fd, trip[sel], pair[sel])
                 rel = abs(v_cp_sub - v_dense) / max(1e-12, abs(v_dense))
                 t_dense_n = t_dense * n / nd
@@ -167,14 +163,10 @@ def decode_row(label, sizes, kind, prior, r, n, nd, device, gen, rows, repeat=9)
     preemption."""
     f = make_factors(n, r, sizes, kind, gen, device)
     paths = DecodeStats()
-    t_fast, (v, t) = timed(
-        lambda: topk_triplets_per_pair(*f, 100, prior=prior, stats=paths), device, repeat=repeat
-    )
+    t_fast, (v, t) = timed(lambda: topk_triplets_per_pair(*f, 100, prior=prior, stats=paths), device, repeat=repeat)
     stats = paths.as_dict()
     nd = min(n, nd)
-    t_dense, (rv, rt) = timed(
-        lambda: dense_topk_triplets(*[x[:nd] for x in f], 100, prior=prior), device, repeat=2
-    )
+    t_dense, (rv, rt) = timed(lambda: dense_topk_triplets(*[x[:nd] for x in f], 100, prior=prior), device, repeat=2)
     t_dense_n = t_dense * n / nd
     ok = same_as_dense(v[:nd], t[:nd], rv, rt, 1e-4)
     rows.append(
@@ -294,9 +286,7 @@ def bench_fallback(args, device, gen, rows, results):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small settings, < 1 min on 2 CPU cores")
     ap.add_argument("--full", action="store_true", help="dense measured at the same N as CP (slow)")
     ap.add_argument("--json", default=None, help="write the results to this file")

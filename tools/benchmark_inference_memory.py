@@ -12,6 +12,7 @@ The relation head runs pairs in chunks of MODEL.VRD.TEST.PAIR_BATCH and keeps on
 lists, so the peak should grow at most linearly in the number of pairs: the printed
 "bytes / pair" column should not grow with n.
 """
+
 import argparse
 import json
 import os
@@ -47,8 +48,11 @@ def measure(config_file, n_boxes, opts, device):
         g = torch.Generator().manual_seed(n)
         xy = torch.rand(n, 2, generator=g) * (size * 0.8)
         wh = 4 + torch.rand(n, 2, generator=g) * size * 0.2
-        inst = Instances((size, size), gt_boxes=Boxes(torch.cat((xy, xy + wh), 1)),
-                         gt_classes=torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (n,), generator=g))
+        inst = Instances(
+            (size, size),
+            gt_boxes=Boxes(torch.cat((xy, xy + wh), 1)),
+            gt_classes=torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (n,), generator=g),
+        )
         return [{"image": torch.rand(3, size, size, generator=g) * 255, "instances": inst}]
 
     with torch.no_grad():
@@ -81,8 +85,16 @@ def main(argv=None):
         return 0
     rows = []
     for n in args.boxes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--config-file", args.config_file, "--device", args.device,
-               "--worker", str(n)] + args.opts
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--config-file",
+            args.config_file,
+            "--device",
+            args.device,
+            "--worker",
+            str(n),
+        ] + args.opts
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     print(f"{'boxes':>6} {'pairs':>7} {'peak MiB':>9} {'bytes/pair':>11} {'ratio vs first':>15}")

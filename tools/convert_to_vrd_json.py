@@ -24,10 +24,7 @@ def convert(dataset: str, output: str, image_root=None) -> int:
     from vrd_d2.data.datasets.custom import dump_vrd_json
 
     if dataset not in DatasetCatalog.list():
-        raise KeyError(
-            f"dataset {dataset!r} is not registered; known: "
-            f"{sorted(n for n in DatasetCatalog.list())}"
-        )
+        raise KeyError(f"dataset {dataset!r} is not registered; known: " f"{sorted(n for n in DatasetCatalog.list())}")
     records = DatasetCatalog.get(dataset)
     md = MetadataCatalog.get(dataset)
     root = image_root or md.get("image_root", None)
@@ -51,8 +48,7 @@ def main(argv=None):
     parser.add_argument(
         "--image-root",
         default=None,
-        help="write file names relative to this folder (default: image_root "
-        "metadata of the dataset)",
+        help="write file names relative to this folder (default: image_root " "metadata of the dataset)",
     )
     args = parser.parse_args(argv)
     setup_logger(name="vrd_d2")

@@ -7,6 +7,7 @@ Convert torchvision's ImageNet VGG16 to a checkpoint DetectionCheckpointer loads
 
 The input is a torchvision ``vgg16().state_dict()`` file (e.g. from torchvision's model zoo).
 """
+
 import argparse
 import os
 
@@ -25,8 +26,14 @@ def main(argv=None):
         state = state["state_dict"]
     model = convert_torchvision_vgg16(state)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save({"model": model, "__author__": "torchvision vgg16 (tools/convert_torchvision_vgg.py)",
-                "matching_heuristics": False}, args.output)
+    torch.save(
+        {
+            "model": model,
+            "__author__": "torchvision vgg16 (tools/convert_torchvision_vgg.py)",
+            "matching_heuristics": False,
+        },
+        args.output,
+    )
     print(f"wrote {len(model)} tensors to {args.output}")
 
 

@@ -19,6 +19,7 @@ failing image (unreadable, a bad --boxes entry, boxes that do not fit it, an exi
 reported and skipped; the others are still processed; the exit status is 1 if any failed.
 Weights in a pickle (.pkl) file are refused unless --trust-pickle (unpickling can run code).
 """
+
 import argparse
 import logging
 import pickle
@@ -41,8 +42,11 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--weights", default="", help="checkpoint (overrides MODEL.WEIGHTS)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a .pkl weights file (unpickling runs code: only for files you trust)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a .pkl weights file (unpickling runs code: only for files you trust)",
+    )
     p.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
     p.add_argument("--output", required=True, help="folder for <image>.json, <image>.png, <image>.graph.png")
     p.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
@@ -51,8 +55,12 @@ def get_parser():
     p.add_argument("--top-n", type=int, default=10, help="relations drawn and written per image (>= 1)")
     p.add_argument("--score-thresh", type=float, default=0.0, help="minimum relation score, in [0, 1]")
     p.add_argument("--k-per-pair", type=int, default=1, help="relations per box pair (0 = any)")
-    p.add_argument("--graph-format", default="png", choices=sorted(GRAPH_FORMATS),
-                   help="the scene graph as <image>.graph.png (png), <image>.dot (dot), both, or none")
+    p.add_argument(
+        "--graph-format",
+        default="png",
+        choices=sorted(GRAPH_FORMATS),
+        help="the scene graph as <image>.graph.png (png), <image>.dot (dot), both, or none",
+    )
     p.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return p
 
@@ -61,8 +69,12 @@ def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     try:
-        options = DemoOptions(top_n=args.top_n, score_thresh=args.score_thresh, k_per_pair=args.k_per_pair,
-                              graph_formats=GRAPH_FORMATS[args.graph_format])
+        options = DemoOptions(
+            top_n=args.top_n,
+            score_thresh=args.score_thresh,
+            k_per_pair=args.k_per_pair,
+            graph_formats=GRAPH_FORMATS[args.graph_format],
+        )
     except ValueError as e:
         parser.error(str(e))
     setup_logger(name="vrd_d2")
@@ -81,9 +93,17 @@ def main(argv=None):
         predictor = VRDPredictor(cfg, trust_pickle=args.trust_pickle)
     except (ValueError, OSError, pickle.UnpicklingError) as e:
         parser.exit(2, f"demo: error: {e}\n")
-    report = run_demo(predictor, paths, output, options, meta.thing_classes, meta.predicate_classes,
-                      given=given, needs_boxes=needs_given_boxes(cfg),
-                      progress=lambda p: tqdm.tqdm(p, desc="demo", unit="img", disable=len(p) < 2))
+    report = run_demo(
+        predictor,
+        paths,
+        output,
+        options,
+        meta.thing_classes,
+        meta.predicate_classes,
+        given=given,
+        needs_boxes=needs_given_boxes(cfg),
+        progress=lambda p: tqdm.tqdm(p, desc="demo", unit="img", disable=len(p) < 2),
+    )
     logger.info(report.summary(args.output))
     for path, why in report.failures:
         logger.error("demo: FAILED %s: %s", path, why)

@@ -39,9 +39,13 @@ def get_parser():
     src.add_argument("--gt-mat", help="Lu et al.'s evaluation/gt.mat")
     p.add_argument("--image-path-mat", help="imagePath.mat (default: <gt.mat>/../../data/)")
     p.add_argument("--zeroshot-mat", help="zeroShot.mat (default: beside gt.mat)")
-    p.add_argument("--protocol", default="auto", choices=PROTOCOLS,
-                   help="lu (Lu et al.), sgb (Scene-Graph-Benchmark), auto (SGB for VG150/VG200) "
-                   "or both (Lu's scores, then SGB's as sgb_<task>_<metric>)")
+    p.add_argument(
+        "--protocol",
+        default="auto",
+        choices=PROTOCOLS,
+        help="lu (Lu et al.), sgb (Scene-Graph-Benchmark), auto (SGB for VG150/VG200) "
+        "or both (Lu's scores, then SGB's as sgb_<task>_<metric>)",
+    )
     p.add_argument("--sgb-zeroshot-triplets", help="SGB's zeroshot_triplet.pytorch (zero-shot rows of zR@K)")
     p.add_argument("--mode", default="sgdet", choices=["sgdet", "phrase_cls", "predcls"])
     p.add_argument("--k", type=int, default=0, help="k per pair for --json under Lu (0 = free k)")
@@ -60,10 +64,17 @@ def main(argv=None):
     for k in args.k_values:
         check_int(k, "--k-values", low=0, where="eval_results.py")
     results, table, protocol = evaluate_results_file(
-        args.results, dataset=args.dataset, gt_mat=args.gt_mat, image_path_mat=args.image_path_mat,
-        protocol=args.protocol, num_objects=args.num_objects, num_predicates=args.num_predicates,
-        mode=args.mode, k_values=list(dict.fromkeys(args.k_values + [args.k])),
-        zeroshot_mat=args.zeroshot_mat, denominator=args.denominator,
+        args.results,
+        dataset=args.dataset,
+        gt_mat=args.gt_mat,
+        image_path_mat=args.image_path_mat,
+        protocol=args.protocol,
+        num_objects=args.num_objects,
+        num_predicates=args.num_predicates,
+        mode=args.mode,
+        k_values=list(dict.fromkeys(args.k_values + [args.k])),
+        zeroshot_mat=args.zeroshot_mat,
+        denominator=args.denominator,
         sgb_zeroshot_triplets=args.sgb_zeroshot_triplets,
     )
     print(table)

@@ -13,6 +13,7 @@ only, or both with the trailing override MODEL.VRD.TEST.PROTOCOL both.
     python tools/reproduce.py --dataset vg150 --ablation --dry-run
     python tools/reproduce.py --dataset vrd MODEL.VRD.TEST.PROTOCOL both
 """
+
 import argparse
 import os
 import subprocess
@@ -24,8 +25,11 @@ from vrd_d2.engine.pipeline import DATASETS, reproduce
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--proposals", action="store_true", help="stage 4 (triplet net on RPN proposals), then "
-                   "stage 3 again, and evaluate that model")
+    p.add_argument(
+        "--proposals",
+        action="store_true",
+        help="stage 4 (triplet net on RPN proposals), then " "stage 3 again, and evaluate that model",
+    )
     p.add_argument("--ablation", action="store_true", help="the Table 4 rows (vrd, vg150)")
     p.add_argument("--num-gpus", type=int, default=1, help="passed to tools/train_net.py (detectron2's launch)")
     p.add_argument("--output-root", default="output", help="replaces the configs' output/ folder")
@@ -38,10 +42,19 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        return reproduce(args.dataset, proposals=args.proposals, ablation=args.ablation, num_gpus=args.num_gpus,
-                         output_root=args.output_root, dry_run=args.dry_run, opts=args.opts, repo=repo,
-                         datasets_root=os.path.join(repo, os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))),
-                         run=lambda argv: subprocess.run(argv, cwd=repo, check=True), out=sys.stdout)
+        return reproduce(
+            args.dataset,
+            proposals=args.proposals,
+            ablation=args.ablation,
+            num_gpus=args.num_gpus,
+            output_root=args.output_root,
+            dry_run=args.dry_run,
+            opts=args.opts,
+            repo=repo,
+            datasets_root=os.path.join(repo, os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))),
+            run=lambda argv: subprocess.run(argv, cwd=repo, check=True),
+            out=sys.stdout,
+        )
     except FileNotFoundError as e:
         sys.exit(str(e))
 

@@ -23,6 +23,7 @@ the README and the band to configs/Shapes/demo_band.json. After stage 1 the dete
 classification accuracy on shapes_val is printed; below --min-detector-accuracy (95%) the run
 stops with exit code 2. Exits 1 on any other failure.
 """
+
 import argparse
 import logging
 import os
@@ -46,9 +47,14 @@ def get_parser():
     p.add_argument("--update-readme", action="store_true", help="replace the shapes-demo section of README.md")
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="2 iterations a stage, 4-8 images a split (tests)")
-    p.add_argument("--min-detector-accuracy", type=float, default=None, metavar="PERCENT",
-                   help="stop after stage 1 when the detector classifies fewer of the visible gold boxes of "
-                   f"shapes_val correctly (default {shapes_demo.MIN_DETECTOR_ACCURACY:g}; 0 with --quick)")
+    p.add_argument(
+        "--min-detector-accuracy",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="stop after stage 1 when the detector classifies fewer of the visible gold boxes of "
+        f"shapes_val correctly (default {shapes_demo.MIN_DETECTOR_ACCURACY:g}; 0 with --quick)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (cfg.SEED) ...")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="... and per torch thread count")
     p.add_argument("--band-file", default=shapes_bands.BAND_FILE, help=argparse.SUPPRESS)

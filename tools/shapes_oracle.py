@@ -11,6 +11,7 @@ By default it scores the images of shapes_<split> (the demo's test split); ``--i
 N fresh images from the generator instead (a larger sample). ``--json FILE`` writes
 optimal_R50_free_k, rank1_R50_free_k, rank5_R50_free_k (percent; and the *_no_sel values).
 """
+
 import argparse
 import json
 import sys

@@ -19,6 +19,7 @@ continues an interrupted run exactly (weights, SGD momentum, LR schedule, data o
 Multi-GPU: ``--num-gpus N`` (detectron2's launch, NCCL). CPU: ``--num-cpu-procs N`` spawns N gloo
 processes (with ``MODEL.DEVICE cpu``).
 """
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -50,8 +51,12 @@ def main(args):
     if args.eval_only:
         check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)
-        VRDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, trust_pickle=getattr(args, "trust_pickle", False),
-                        require_relation_head=True).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        VRDCheckpointer(
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            trust_pickle=getattr(args, "trust_pickle", False),
+            require_relation_head=True,
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -63,11 +68,18 @@ def main(args):
 
 def get_parser():
     parser = default_argument_parser()
-    parser.add_argument("--num-cpu-procs", type=int, default=0,
-                        help="number of gloo CPU processes (use with MODEL.DEVICE cpu); overrides --num-gpus")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow MODEL.WEIGHTS files that need arbitrary unpickling (.pkl): only for files "
-                             "from a source you trust, since unpickling can run code")
+    parser.add_argument(
+        "--num-cpu-procs",
+        type=int,
+        default=0,
+        help="number of gloo CPU processes (use with MODEL.DEVICE cpu); overrides --num-gpus",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow MODEL.WEIGHTS files that need arbitrary unpickling (.pkl): only for files "
+        "from a source you trust, since unpickling can run code",
+    )
     return parser
 
 
@@ -77,5 +89,11 @@ if __name__ == "__main__":
     if args.num_cpu_procs > 0:
         launch_cpu(main, args.num_cpu_procs, dist_url="auto", args=(args,))
     else:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

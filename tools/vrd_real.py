@@ -24,6 +24,7 @@ table (mean (min–max) over seeds) to <output>/bands.md / bands.json (and the R
 (<output>/eval/<variant>/{predcls,lu_det}/) for tools/eval_results.py. The runner is
 vrd_d2.engine.vrd_real.
 """
+
 import argparse
 import sys
 
@@ -37,18 +38,27 @@ from vrd_d2.utils.checks import check_int
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vrd-root", default=None, help="VRD folder (default: $DETECTRON2_DATASETS/vrd, "
-                   "else ../shared/data/vrd)")
+    p.add_argument(
+        "--vrd-root", default=None, help="VRD folder (default: $DETECTRON2_DATASETS/vrd, " "else ../shared/data/vrd)"
+    )
     p.add_argument("--output", default="output/vrd_real")
     p.add_argument("--config-file", default=vrd_real.CONFIG)
     p.add_argument("--variants", nargs="*", choices=list(vrd_real.VARIANTS), help="default: all")
     p.add_argument("--iters", type=int, default=0, help="override SOLVER.MAX_ITER (quick runs)")
     p.add_argument("--prefix", default="vrdreal", help="names the datasets are registered under")
     p.add_argument("--seed", type=int, default=0, help="cfg.SEED of every stage (a repeatable run)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="one run per seed into <output>/seed<S>, and the band table over them")
-    p.add_argument("--save-predictions", action="store_true",
-                   help="write relations_results.json beside each evaluation (tools/eval_results.py)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="one run per seed into <output>/seed<S>, and the band table over them",
+    )
+    p.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="write relations_results.json beside each evaluation (tools/eval_results.py)",
+    )
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE")
     return p

@@ -6,6 +6,7 @@ ROI heads and meta-architecture, and the builtin datasets (cheaply: only class l
 and a malformed one fails only when its dataset is loaded). The evaluator is not registered
 anywhere: ``vrd_d2.engine.Trainer.build_evaluator`` builds ``vrd_d2.evaluation.VRDEvaluator``.
 """
+
 from . import data  # noqa: F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers backbone, heads, meta-arch)
 from .config import add_vrd_config

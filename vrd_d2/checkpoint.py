@@ -16,6 +16,7 @@ evaluation then reports random weights). VRDCheckpointer keeps its file handling
   weights or matches no key of the model, and when ``MODEL.VRD.USE_PRIOR`` is on but the
   triplet prior is empty (no counts in the checkpoint and none from ``DATASETS.TRAIN``).
 """
+
 import logging
 import os
 import pickle
@@ -30,7 +31,13 @@ logger = logging.getLogger(__name__)
 
 # StandardROIHeads' own modules; everything else under ``roi_heads.`` is the relation head.
 DETECTOR_ROI_MODULES = (
-    "box_pooler", "box_head", "box_predictor", "mask_pooler", "mask_head", "keypoint_pooler", "keypoint_head",
+    "box_pooler",
+    "box_head",
+    "box_predictor",
+    "mask_pooler",
+    "mask_head",
+    "keypoint_pooler",
+    "keypoint_head",
 )
 
 TRUST_HINT = (
@@ -58,8 +65,15 @@ class VRDCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that refuses untrusted pickles and mismatched relation-head weights
     (see the module docstring)."""
 
-    def __init__(self, model, save_dir: str = "", *, trust_pickle: bool = False,
-                 require_relation_head: bool = False, **checkpointables):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        trust_pickle: bool = False,
+        require_relation_head: bool = False,
+        **checkpointables,
+    ):
         """
         Args:
             model, save_dir, checkpointables: as DetectionCheckpointer.
@@ -91,7 +105,9 @@ class VRDCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl"):
             if self.trust_pickle:
                 return super()._load_file(filename)
-            raise ValueError(f"VRDCheckpointer: {filename} is a pickle file, which can run code when loaded. {TRUST_HINT}")
+            raise ValueError(
+                f"VRDCheckpointer: {filename} is a pickle file, which can run code when loaded. {TRUST_HINT}"
+            )
         try:
             data = torch.load(filename, map_location=torch.device("cpu"), weights_only=not self.trust_pickle)
         except pickle.UnpicklingError as e:
@@ -114,7 +130,7 @@ class VRDCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         state = checkpoint["model"]
         if any(k.startswith("module.") for k in state):  # saved from DDP, as fvcore strips it
-            state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+            state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
             checkpoint["model"] = state
         model_state = self.model.state_dict()
         self._check_relation_shapes(state, model_state)
@@ -124,8 +140,10 @@ class VRDCheckpointer(DetectionCheckpointer):
             raise ValueError(f"VRDCheckpointer: {self._path}: {e}") from None
         for key, shape_ckpt, shape_model in incompatible.incorrect_shapes:
             if not is_relation_head_key(key):  # relation-head keys were logged above
-                    logger.info(f"VRDCheckpointer: detector weight {key} re-initialised: shape {shape_ckpt} in "
-                            f"{self._path}, {shape_model} in the model (e.g. another class count)")
+                logger.info(
+                    f"VRDCheckpointer: detector weight {key} re-initialised: shape {shape_ckpt} in "
+                    f"{self._path}, {shape_model} in the model (e.g. another class count)"
+                )
         if self.require_relation_head:
             self._check_relation_keys(incompatible.missing_keys, model_state)
         return incompatible
@@ -141,8 +159,10 @@ class VRDCheckpointer(DetectionCheckpointer):
                 if got == want:
                     continue
                 if not self.require_relation_head and (key in trained or key.endswith("triplet_counts")):
-                    logger.info(f"VRDCheckpointer: relation-head weight {key} re-initialised: shape {got} in "
-                                f"{self._path}, {want} in the model, which this run trains")
+                    logger.info(
+                        f"VRDCheckpointer: relation-head weight {key} re-initialised: shape {got} in "
+                        f"{self._path}, {want} in the model, which this run trains"
+                    )
                 else:
                     raise ValueError(
                         f"VRDCheckpointer: {self._path}: relation-head weight {key} has shape {got} in the "

@@ -3,6 +3,7 @@
 Like PointRend's ``add_pointrend_config``: every key with its default and a one-line why. The
 paper's values (Dupty, Zhang & Lee, AAAI 2020) are the defaults; configs/Shapes/ shrinks them.
 """
+
 import logging
 
 from detectron2.config import CfgNode as CN
@@ -147,17 +148,23 @@ def resolve_pair_features(cfg, *, warn: bool = False) -> str:
         raise ValueError(f"vrd_d2/config.py: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {features!r}")
     on = [(key, value) for key, value in _FEATURE_ALIASES if vrd.get(key, False)]
     if len(on) > 1:
-        raise ValueError("vrd_d2/config.py: MODEL.VRD.GEOMETRY_ONLY and MODEL.VRD.USE_BOX_HEAD_FEATURES are both "
-                         "True; they are deprecated: set MODEL.VRD.FEATURES to 'geometry' or 'box_head'")
+        raise ValueError(
+            "vrd_d2/config.py: MODEL.VRD.GEOMETRY_ONLY and MODEL.VRD.USE_BOX_HEAD_FEATURES are both "
+            "True; they are deprecated: set MODEL.VRD.FEATURES to 'geometry' or 'box_head'"
+        )
     if not on:
         return features
     key, value = on[0]
     if features not in ("roi_align", value):
-        raise ValueError(f"vrd_d2/config.py: MODEL.VRD.{key} True selects FEATURES {value!r}, but MODEL.VRD.FEATURES "
-                         f"is {features!r}; drop the deprecated MODEL.VRD.{key}")
+        raise ValueError(
+            f"vrd_d2/config.py: MODEL.VRD.{key} True selects FEATURES {value!r}, but MODEL.VRD.FEATURES "
+            f"is {features!r}; drop the deprecated MODEL.VRD.{key}"
+        )
     if warn:
-        logger.warning(f"vrd_d2: MODEL.VRD.{key} is deprecated and will be removed in the next release: "
-                       f"use MODEL.VRD.FEATURES: {value!r}")
+        logger.warning(
+            f"vrd_d2: MODEL.VRD.{key} is deprecated and will be removed in the next release: "
+            f"use MODEL.VRD.FEATURES: {value!r}"
+        )
     return value
 
 
@@ -178,7 +185,9 @@ def check_vrd_config(cfg) -> str:
             check_int(d, f"MODEL.VRD.{key}[{i}]", low=1, where=where)
     # each stride-2 conv of the spatial branch halves the mask: at least 2 cells a side per conv,
     # and no fewer than 4 cells (a 2 x 2 mask cannot show how two boxes are placed)
-    check_int(v.SPATIAL_MASK_SIZE, "MODEL.VRD.SPATIAL_MASK_SIZE", low=max(4, 2 ** len(v.SPATIAL_CONV_DIMS)), where=where)
+    check_int(
+        v.SPATIAL_MASK_SIZE, "MODEL.VRD.SPATIAL_MASK_SIZE", low=max(4, 2 ** len(v.SPATIAL_CONV_DIMS)), where=where
+    )
     check_int(v.MAX_PAIRS_PER_IMAGE, "MODEL.VRD.MAX_PAIRS_PER_IMAGE (0 = no cap)", low=0, where=where)
     check_float(v.PROPOSAL_IOU, "MODEL.VRD.PROPOSAL_IOU", low=0.0, high=1.0, where=where)
     check_float(v.SELECTION_NEG_PER_POS, "MODEL.VRD.SELECTION_NEG_PER_POS", low=0.0, where=where)

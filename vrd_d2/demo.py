@@ -4,6 +4,7 @@ image, and the scene graph drawn as a graph (PNG and/or Graphviz ``.dot``).
 One bad image (unreadable, boxes that do not fit it, a bad ``--boxes`` entry, an output that
 exists) fails alone: :func:`run_demo` reports it and goes on with the others.
 """
+
 import glob
 import json
 import logging
@@ -25,8 +26,17 @@ from .utils.given_boxes import GivenBoxes, check_boxes_fit
 from .utils.scene_graph_plot import plot_scene_graph, scene_graph_dot
 from .utils.visualizer import RelationVisualizer, scene_graph_dict
 
-__all__ = ["DemoOptions", "DemoReport", "setup_demo_cfg", "needs_given_boxes", "expand_inputs",
-           "render_outputs", "run_demo", "IMAGE_EXTS", "GRAPH_FORMATS"]
+__all__ = [
+    "DemoOptions",
+    "DemoReport",
+    "setup_demo_cfg",
+    "needs_given_boxes",
+    "expand_inputs",
+    "render_outputs",
+    "run_demo",
+    "IMAGE_EXTS",
+    "GRAPH_FORMATS",
+]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 # --graph-format -> the graph files written: <name>.graph.png and/or <name>.dot
@@ -170,15 +180,18 @@ def run_demo(
             image = read_image(path, format="BGR")
             entry = given.get(name)
             if entry is None and needs_boxes:
-                raise ValueError(f"{name}: this model needs given boxes (--boxes / --boxes-from-dataset)"
-                                 " and none are listed for this image")
+                raise ValueError(
+                    f"{name}: this model needs given boxes (--boxes / --boxes-from-dataset)"
+                    " and none are listed for this image"
+                )
             if entry is not None:
                 check_boxes_fit(name, image.shape, entry, num_classes=len(thing_classes))
                 outputs = predictor(image, entry.boxes, entry.labels, entry.scores)
             else:
                 outputs = predictor(image)
-            rel = select_relations(outputs["relations"].to("cpu"), options.k_per_pair, options.top_n,
-                                   options.score_thresh)
+            rel = select_relations(
+                outputs["relations"].to("cpu"), options.k_per_pair, options.top_n, options.score_thresh
+            )
             graph = scene_graph_dict(outputs["instances"].to("cpu"), rel, thing_classes, predicate_classes)
             graph.update(file_name=path, height=image.shape[0], width=image.shape[1])
             files = render_outputs(np.ascontiguousarray(image[:, :, ::-1]), graph, options.graph_formats)

@@ -1,5 +1,6 @@
 """Single-image inference for demos: Detectron2's DefaultPredictor plus given boxes, with weights
 loaded safely (no pickle unless trusted; a checkpoint without the relation head is an error)."""
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -71,9 +72,7 @@ class VRDPredictor(DefaultPredictor):
                 "width": width,
             }
             if boxes is not None:
-                inputs["instances"] = given_instances(
-                    transform, resized.shape[:2], boxes, labels, scores
-                )
+                inputs["instances"] = given_instances(transform, resized.shape[:2], boxes, labels, scores)
             return self.model([inputs])[0]
 
 
@@ -87,8 +86,10 @@ def load_weights(model: torch.nn.Module, path: str, trust_pickle: bool = False):
             checkpoint holds no (or mismatched) relation-head weights.
     """
     if not path:
-        raise ValueError("no weights given (MODEL.WEIGHTS / --weights is empty): the relation head "
-                         "would be random; pass the model_final.pth of a trained model")
+        raise ValueError(
+            "no weights given (MODEL.WEIGHTS / --weights is empty): the relation head "
+            "would be random; pass the model_final.pth of a trained model"
+        )
     return VRDCheckpointer(model, trust_pickle=trust_pickle, require_relation_head=True).load(path)
 
 
@@ -108,8 +109,9 @@ def given_instances(transform, image_size, boxes, labels=None, scores=None) -> I
     return inst
 
 
-def select_relations(relations: Instances, k_per_pair: int = 0, top_n: int = 20,
-                     score_thresh: float = 0.0) -> Instances:
+def select_relations(
+    relations: Instances, k_per_pair: int = 0, top_n: int = 20, score_thresh: float = 0.0
+) -> Instances:
     """
     The top ``top_n`` rows of a relation field with at most ``k_per_pair`` triplets per pair
     (0 = any number) and a score of at least ``score_thresh``, sorted by score.

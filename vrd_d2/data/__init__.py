@@ -15,8 +15,8 @@ from .datasets import (
     register_vrd_json,
     register_vrd_split,
 )
-from .samplers import ResumableTrainingSampler, find_resumable_sampler
 from .mapper import VRDDatasetMapper, filter_images_without_relations, remap_relations
+from .samplers import ResumableTrainingSampler, find_resumable_sampler
 from .triplet_counts import compute_triplet_counts, get_triplet_counts
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -64,16 +64,8 @@ def _count_hflips(transforms) -> int:
 def filter_images_without_relations(dataset_dicts: List[dict], min_boxes: int = 2) -> List[dict]:
     """Drop training images with no relation or fewer than ``min_boxes`` boxes (logged counts)."""
     no_rel = sum(1 for d in dataset_dicts if len(d.get("relations", ())) == 0)
-    few = sum(
-        1
-        for d in dataset_dicts
-        if len(d.get("relations", ())) > 0 and len(d.get("annotations", ())) < min_boxes
-    )
-    kept = [
-        d
-        for d in dataset_dicts
-        if len(d.get("relations", ())) > 0 and len(d.get("annotations", ())) >= min_boxes
-    ]
+    few = sum(1 for d in dataset_dicts if len(d.get("relations", ())) > 0 and len(d.get("annotations", ())) < min_boxes)
+    kept = [d for d in dataset_dicts if len(d.get("relations", ())) > 0 and len(d.get("annotations", ())) >= min_boxes]
     logger.info(
         f"Removed {no_rel} images without relations and {few} images with relations but "
         f"fewer than {min_boxes} boxes. {len(kept)} of {len(dataset_dicts)} images left."
@@ -180,8 +172,7 @@ class VRDDatasetMapper(DatasetMapper):
         if n_flips % 2 == 1 and len(rel):
             if self.flip_lut is None:  # a HFlipTransform came from outside the checked list
                 raise ValueError(
-                    "VRDDatasetMapper: a horizontal flip was applied but there is "
-                    "no flip_predicate_map"
+                    "VRDDatasetMapper: a horizontal flip was applied but there is " "no flip_predicate_map"
                 )
             rel = rel.copy()
             rel[:, 2] = self.flip_lut[rel[:, 2]]
@@ -209,15 +200,12 @@ class VRDDatasetMapper(DatasetMapper):
         file_name = dataset_dict["file_name"]
         if not os.path.isfile(file_name):
             raise FileNotFoundError(
-                f"VRDDatasetMapper: image file not found: {file_name} "
-                f"(image_id {dataset_dict.get('image_id')})"
+                f"VRDDatasetMapper: image file not found: {file_name} " f"(image_id {dataset_dict.get('image_id')})"
             )
         try:
             image = utils.read_image(file_name, format=self.image_format)
         except Exception as e:
-            raise OSError(
-                f"VRDDatasetMapper: cannot read image {file_name}: " f"{type(e).__name__}: {e}"
-            ) from e
+            raise OSError(f"VRDDatasetMapper: cannot read image {file_name}: " f"{type(e).__name__}: {e}") from e
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

@@ -1,4 +1,5 @@
 """A training sampler whose index stream can be continued where an interrupted run stopped."""
+
 import itertools
 
 from detectron2.data.samplers import TrainingSampler

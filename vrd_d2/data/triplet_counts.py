@@ -11,9 +11,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["compute_triplet_counts", "get_triplet_counts"]
 
 
-def compute_triplet_counts(
-    dataset_dicts: Iterable[dict], num_objects: int, num_predicates: int
-) -> np.ndarray:
+def compute_triplet_counts(dataset_dicts: Iterable[dict], num_objects: int, num_predicates: int) -> np.ndarray:
     """Count annotated (subject class, predicate, object class) triplets.
 
     Args:
@@ -54,14 +52,11 @@ def get_triplet_counts(name: str) -> np.ndarray:
                     f"get_triplet_counts({name!r}): metadata of training split "
                     f"{train!r} has no {key!r} (is the dataset installed?)"
                 )
-        counts = compute_triplet_counts(
-            DatasetCatalog.get(train), len(tmd.thing_classes), len(tmd.predicate_classes)
-        )
+        counts = compute_triplet_counts(DatasetCatalog.get(train), len(tmd.thing_classes), len(tmd.predicate_classes))
         counts.setflags(write=False)
         tmd.set(triplet_counts=counts)
         logger.info(
-            f"Triplet counts of {train}: {int(counts.sum())} relations, "
-            f"{int((counts > 0).sum())} distinct triplets"
+            f"Triplet counts of {train}: {int(counts.sum())} relations, " f"{int((counts > 0).sum())} distinct triplets"
         )
     if name != train and md.get("triplet_counts", None) is None:
         md.set(triplet_counts=counts)

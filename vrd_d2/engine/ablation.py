@@ -4,6 +4,7 @@ One variant is one :class:`Variant` (named fields, not a positional tuple); the 
 (:mod:`vrd_d2.engine.shapes_demo`) and the real-VRD script (:mod:`vrd_d2.engine.vrd_real`) list
 theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table helpers below.
 """
+
 import logging
 import os
 import time
@@ -86,8 +87,18 @@ def train_stage(cfg, *, reuse: bool = True, seed: bool = False) -> Tuple[str, fl
     return final, time.perf_counter() - start
 
 
-def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *, variant: Optional[Variant] = None,
-                     eval_mode: Optional[str] = None, seed: bool = False, **evaluator_kwargs) -> Dict[str, dict]:
+def evaluate_variant(
+    cfg,
+    weights: str,
+    dataset: str,
+    mode: str,
+    out_dir: str,
+    *,
+    variant: Optional[Variant] = None,
+    eval_mode: Optional[str] = None,
+    seed: bool = False,
+    **evaluator_kwargs,
+) -> Dict[str, dict]:
     """VRDEvaluator results of the model ``weights`` on ``dataset``.
 
     mode: MODEL.VRD.MODE of the model (gold boxes or detected ones); eval_mode: the evaluator's
@@ -109,8 +120,14 @@ def evaluate_variant(cfg, weights: str, dataset: str, mode: str, out_dir: str, *
     VRDCheckpointer(model, require_relation_head=bool(weights)).load(weights)
     model.eval()
     evaluator_kwargs.setdefault("save_predictions", False)
-    evaluator = VRDEvaluator(dataset, mode=eval_mode or mode, output_dir=out_dir, distributed=False,
-                             k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR), **evaluator_kwargs)
+    evaluator = VRDEvaluator(
+        dataset,
+        mode=eval_mode or mode,
+        output_dir=out_dir,
+        distributed=False,
+        k_values=tuple(cfg.MODEL.VRD.TEST.K_PER_PAIR),
+        **evaluator_kwargs,
+    )
     with torch.no_grad():
         res = inference_on_dataset(model, Trainer.build_test_loader(cfg, dataset), evaluator)
     if not res:

@@ -9,6 +9,7 @@ stops a run whose accuracy is below a threshold.
 On the shapes data a shadowed object's colour cannot be seen (its class is a guess between two
 colours), so the check uses the visible objects; shadowed ones are reported apart.
 """
+
 import json
 import logging
 from collections import OrderedDict
@@ -76,8 +77,10 @@ def gold_box_accuracy(cfg, weights: str, dataset: str) -> Dict[str, object]:
         for x in batch:
             f = shadow.get(x["image_id"], [False] * len(x["instances"]))
             if len(f) != len(x["instances"]):
-                raise ValueError(f"{dataset}: image {x['image_id']} has {len(x['instances'])} gold boxes "
-                                 f"but {len(f)} objects in {MetadataCatalog.get(dataset).json_file}")
+                raise ValueError(
+                    f"{dataset}: image {x['image_id']} has {len(x['instances'])} gold boxes "
+                    f"but {len(f)} objects in {MetadataCatalog.get(dataset).json_file}"
+                )
             flags += f
         flags = np.asarray(flags, bool)
         np.add.at(conf["visible"], (true[~flags], pred[~flags]), 1)
@@ -85,7 +88,8 @@ def gold_box_accuracy(cfg, weights: str, dataset: str) -> Dict[str, object]:
     total = conf["visible"] + conf["shadowed"]
     vis = conf["visible"]
     per_class = OrderedDict(
-        (name, (100.0 * vis[c, c] / vis[c].sum()) if vis[c].sum() else None) for c, name in enumerate(classes))
+        (name, (100.0 * vis[c, c] / vis[c].sum()) if vis[c].sum() else None) for c, name in enumerate(classes)
+    )
     return {
         "classes": classes,
         "confusion": total,
@@ -93,8 +97,9 @@ def gold_box_accuracy(cfg, weights: str, dataset: str) -> Dict[str, object]:
         "shadowed": conf["shadowed"],
         "accuracy": 100.0 * np.trace(total) / max(1, total.sum()),
         "visible_accuracy": 100.0 * np.trace(vis) / max(1, vis.sum()),
-        "shadowed_accuracy": (100.0 * np.trace(conf["shadowed"]) / conf["shadowed"].sum()
-                              if conf["shadowed"].sum() else None),
+        "shadowed_accuracy": (
+            100.0 * np.trace(conf["shadowed"]) / conf["shadowed"].sum() if conf["shadowed"].sum() else None
+        ),
         "per_class": per_class,
     }
 
@@ -103,8 +108,10 @@ def format_accuracy(acc: Dict[str, object], dataset: str) -> str:
     """One line: visible-object accuracy, per class, and the shadowed objects apart."""
     per = ", ".join(f"{k} {'–' if v is None else f'{v:.1f}'}" for k, v in acc["per_class"].items())
     shadowed = acc["shadowed"].sum()
-    line = (f"Stage-1 detector, gold-box classification on {dataset}: {acc['visible_accuracy']:.1f}% of "
-            f"{acc['visible'].sum()} visible objects ({per})")
+    line = (
+        f"Stage-1 detector, gold-box classification on {dataset}: {acc['visible_accuracy']:.1f}% of "
+        f"{acc['visible'].sum()} visible objects ({per})"
+    )
     if shadowed:
         line += f"; shadowed objects (colour hidden) {acc['shadowed_accuracy']:.1f}% of {shadowed}"
     return line + "."
@@ -121,10 +128,13 @@ def check_accuracy(acc: Dict[str, object], dataset: str, minimum: float, where: 
     classes = acc["classes"]
     wrong = np.array(acc["visible"], dtype=float)
     np.fill_diagonal(wrong, -1.0)  # the most common wrong label of each class
-    worst = ", ".join(f"{k} {v:.1f}% (mostly called {classes[int(np.argmax(wrong[classes.index(k)]))]})"
-                      for k, v in low)
+    worst = ", ".join(
+        f"{k} {v:.1f}% (mostly called {classes[int(np.argmax(wrong[classes.index(k)]))]})" for k, v in low
+    )
     raise DetectorAccuracyError(
         f"{where}: the detector classifies {acc['visible_accuracy']:.1f}% of the visible gold boxes of "
-        f"{dataset} correctly, below the required {minimum:.1f}%" + (f"; classes below: {worst}" if worst else "")
+        f"{dataset} correctly, below the required {minimum:.1f}%"
+        + (f"; classes below: {worst}" if worst else "")
         + ". Every later stage reads these labels, so the run stops here: train stage 1 longer or "
-        "check its data and schedule.")
+        "check its data and schedule."
+    )

@@ -1,4 +1,5 @@
 """Multi-process training on CPU: detectron2's launch with the gloo backend."""
+
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -10,8 +11,9 @@ __all__ = ["launch_cpu"]
 
 def _cpu_worker(local_rank, main_func, world_size, dist_url, args, timeout):
     """detectron2.engine.launch._distributed_worker for CPU: gloo, no cuda.set_device."""
-    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=local_rank,
-                            timeout=timeout)
+    dist.init_process_group(
+        backend="gloo", init_method=dist_url, world_size=world_size, rank=local_rank, timeout=timeout
+    )
     assert comm._LOCAL_PROCESS_GROUP is None
     comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(world_size)))
     comm.synchronize()

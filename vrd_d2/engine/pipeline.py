@@ -5,6 +5,7 @@ they need, and the paper's tables from the evaluation outputs. ``tools/reproduce
 
 VG150 / VG200 evaluations report both protocols (``MODEL.VRD.TEST.PROTOCOL both``): Lu et al.'s
 columns and the Scene-Graph-Benchmark's side by side in one table (docs/EVALUATION.md)."""
+
 import json
 import math
 import os
@@ -13,9 +14,26 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Step", "DATASETS", "EVAL_MODES", "plan_steps", "step_command", "is_finished", "missing_dataset_files",
-           "collect_results", "format_table", "TABLE_TITLES", "format_command", "evaluation_file", "write_tables",
-           "eval_dataset_of", "reproduce", "table_rows", "BOTH_PROTOCOL_DATASETS", "SGB_COLUMNS"]
+__all__ = [
+    "Step",
+    "DATASETS",
+    "EVAL_MODES",
+    "plan_steps",
+    "step_command",
+    "is_finished",
+    "missing_dataset_files",
+    "collect_results",
+    "format_table",
+    "TABLE_TITLES",
+    "format_command",
+    "evaluation_file",
+    "write_tables",
+    "eval_dataset_of",
+    "reproduce",
+    "table_rows",
+    "BOTH_PROTOCOL_DATASETS",
+    "SGB_COLUMNS",
+]
 
 DATASETS = {"vrd": "VRD", "vg150": "VG150", "vg200": "VG200"}
 ABLATION_DATASETS = ("vrd", "vg150")
@@ -23,8 +41,11 @@ EVAL_MODES = ("sgdet", "phrase_cls", "predcls")
 RANKS = (1, 2, 3, 4, 5)
 TABLE_TITLES = {"vrd": "Table 1 (VRD)", "vg200": "Table 2 (VG200)", "vg150": "Table 3 (VG150)"}
 # Table 4 rows after the rank rows: (config under ablations/, row label); no_selection is an extra row
-ABLATION_ROWS = (("no_prior", "rank 5 + X_sel"), ("full", "rank 5 + X_sel + prior"),
-                 ("no_selection", "rank 5 + prior (no X_sel; not in the paper)"))
+ABLATION_ROWS = (
+    ("no_prior", "rank 5 + X_sel"),
+    ("full", "rank 5 + X_sel + prior"),
+    ("no_selection", "rank 5 + prior (no X_sel; not in the paper)"),
+)
 DEFAULT_OUTPUT_ROOT = "output"
 # evaluated with Lu's and SGB's protocol (the VG community's; the paper's Tables 2 and 3 stand beside it)
 BOTH_PROTOCOL_DATASETS = ("vg150", "vg200")
@@ -64,7 +85,7 @@ def _relocate(path: str, output_root: str) -> str:
     head = DEFAULT_OUTPUT_ROOT + "/"
     if output_root == DEFAULT_OUTPUT_ROOT or not path.startswith(head):
         return path
-    return os.path.join(output_root, path[len(head):])
+    return os.path.join(output_root, path[len(head) :])
 
 
 def _step(repo, name, config, eval_only, output_root, label="", weights=None, output_dir=None) -> Step:
@@ -79,8 +100,14 @@ def _step(repo, name, config, eval_only, output_root, label="", weights=None, ou
     return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
 
 
-def plan_steps(dataset: str, *, proposals: bool = False, ablation: bool = False, repo: str = ".",
-               output_root: str = DEFAULT_OUTPUT_ROOT) -> List[Step]:
+def plan_steps(
+    dataset: str,
+    *,
+    proposals: bool = False,
+    ablation: bool = False,
+    repo: str = ".",
+    output_root: str = DEFAULT_OUTPUT_ROOT,
+) -> List[Step]:
     """The steps of ``dataset`` ("vrd" | "vg150" | "vg200") in order, each reading the previous
     one's ``model_final.pth`` (the configs' MODEL.WEIGHTS, moved under ``output_root``).
 
@@ -93,41 +120,66 @@ def plan_steps(dataset: str, *, proposals: bool = False, ablation: bool = False,
     if ablation and dataset not in ABLATION_DATASETS:
         raise ValueError(f"the Table 4 ablation exists for {ABLATION_DATASETS} (the paper's), not {dataset!r}")
     d = f"configs/{DATASETS[dataset]}"
-    steps = [_step(repo, s, f"{d}/{s}.yaml", False, output_root)
-             for s in ("stage1_detector", "stage2_triplet", "stage3_selection")]
+    steps = [
+        _step(repo, s, f"{d}/{s}.yaml", False, output_root)
+        for s in ("stage1_detector", "stage2_triplet", "stage3_selection")
+    ]
     final = steps[-1]
     if proposals:
-        steps += [_step(repo, s, f"{d}/{s}.yaml", False, output_root)
-                  for s in ("stage2_triplet_proposals", "stage4_selection")]
+        steps += [
+            _step(repo, s, f"{d}/{s}.yaml", False, output_root)
+            for s in ("stage2_triplet_proposals", "stage4_selection")
+        ]
         final = steps[-1]
     for mode in EVAL_MODES:
         if proposals:
-            steps.append(_step(repo, f"eval_{mode}", f"{d}/eval_{mode}.yaml", True, output_root, label=mode,
-                               weights=os.path.join(final.output_dir, "model_final.pth"),
-                               output_dir=os.path.join(output_root, DATASETS[dataset], f"eval_{mode}_proposals")))
+            steps.append(
+                _step(
+                    repo,
+                    f"eval_{mode}",
+                    f"{d}/eval_{mode}.yaml",
+                    True,
+                    output_root,
+                    label=mode,
+                    weights=os.path.join(final.output_dir, "model_final.pth"),
+                    output_dir=os.path.join(output_root, DATASETS[dataset], f"eval_{mode}_proposals"),
+                )
+            )
         else:
             steps.append(_step(repo, f"eval_{mode}", f"{d}/eval_{mode}.yaml", True, output_root, label=mode))
     if ablation:
         a = f"{d}/ablations"
         for r in RANKS:
-            steps += [_step(repo, f"ablations/rank{r}", f"{a}/rank{r}.yaml", False, output_root),
-                      _step(repo, f"ablations/rank{r}_selection", f"{a}/rank{r}_selection.yaml", False, output_root),
-                      _step(repo, f"ablations/rank{r}_eval", f"{a}/rank{r}_eval.yaml", True, output_root,
-                            label=f"rank {r}")]
-        steps += [_step(repo, f"ablations/{n}", f"{a}/{n}.yaml", True, output_root, label=label)
-                  for n, label in ABLATION_ROWS]
+            steps += [
+                _step(repo, f"ablations/rank{r}", f"{a}/rank{r}.yaml", False, output_root),
+                _step(repo, f"ablations/rank{r}_selection", f"{a}/rank{r}_selection.yaml", False, output_root),
+                _step(repo, f"ablations/rank{r}_eval", f"{a}/rank{r}_eval.yaml", True, output_root, label=f"rank {r}"),
+            ]
+        steps += [
+            _step(repo, f"ablations/{n}", f"{a}/{n}.yaml", True, output_root, label=label) for n, label in ABLATION_ROWS
+        ]
     if dataset in BOTH_PROTOCOL_DATASETS:
         steps = [replace(s, opts=s.opts + BOTH_PROTOCOL_OPTS) if s.eval_only else s for s in steps]
     return steps
 
 
-def step_command(step: Step, *, num_gpus: int = 1, python: str = sys.executable,
-                 extra_opts: Sequence[str] = ()) -> List[str]:
+def step_command(
+    step: Step, *, num_gpus: int = 1, python: str = sys.executable, extra_opts: Sequence[str] = ()
+) -> List[str]:
     """``tools/train_net.py`` argv of ``step``: training with ``--resume`` (continues an
     interrupted stage from its last checkpoint, else starts from MODEL.WEIGHTS), evaluation
     with ``--eval-only``."""
-    return [python, "tools/train_net.py", "--config-file", step.config, "--num-gpus", str(num_gpus),
-            "--eval-only" if step.eval_only else "--resume", *step.opts, *extra_opts]
+    return [
+        python,
+        "tools/train_net.py",
+        "--config-file",
+        step.config,
+        "--num-gpus",
+        str(num_gpus),
+        "--eval-only" if step.eval_only else "--resume",
+        *step.opts,
+        *extra_opts,
+    ]
 
 
 def format_command(argv: Sequence[str]) -> str:
@@ -150,8 +202,14 @@ def missing_dataset_files(dataset: str, datasets_root: str) -> List[str]:
     """Every file or folder the builtin registration of ``dataset`` reads, that is absent."""
     if dataset == "vrd":
         root = os.path.join(datasets_root, "vrd")
-        need = ["annotations_train.json", "annotations_test.json", "objects.json", "predicates.json",
-                "sg_train_images/", "sg_test_images/"]
+        need = [
+            "annotations_train.json",
+            "annotations_test.json",
+            "objects.json",
+            "predicates.json",
+            "sg_train_images/",
+            "sg_test_images/",
+        ]
     elif dataset == "vg150":
         root = os.path.join(datasets_root, "vg")
         need = ["VG-SGG-dicts-with-attri.json", "image_data.json", "VG_100K/"]
@@ -185,9 +243,11 @@ _MODE_NAMES = {"sgdet": "detected boxes", "phrase_cls": "phrase classification",
 _SGB_MODE_NAMES = {"sgdet": "SGDet", "phrase_cls": "SGCls", "predcls": "PredCls"}
 #: the SGB columns of the tables: graph constraint (k = 1) R@K, no graph constraint ngR@K, mR@K
 SGB_COLUMNS = tuple(f"{m}@{k}" for m in ("R", "ngR", "mR") for k in (20, 50, 100))
-_SGB_NOTE = ("Lu: Lu et al.'s protocol (hits over all ground truth of the split, k triplets per pair); "
-             "SGB: the Scene-Graph-Benchmark's (per-image mean; R@K with graph constraint = k 1, ngR@K "
-             "without = free k; mR@K over all predicates); see docs/EVALUATION.md.")
+_SGB_NOTE = (
+    "Lu: Lu et al.'s protocol (hits over all ground truth of the split, k triplets per pair); "
+    "SGB: the Scene-Graph-Benchmark's (per-image mean; R@K with graph constraint = k 1, ngR@K "
+    "without = free k; mR@K over all predicates); see docs/EVALUATION.md."
+)
 
 
 def _sgb_value(metrics: dict, name: str):
@@ -198,13 +258,17 @@ def _sgb_value(metrics: dict, name: str):
     return metrics.get(SGB_PREFIX + name, metrics.get(name))
 
 
-def table_rows(results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@100"),
-               ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k"))):
+def table_rows(
+    results: Dict[str, dict],
+    metrics: Sequence[str] = ("R@50", "R@100"),
+    ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k")),
+):
     """(header, rows) of a table: one row per (evaluation, task), Lu's ``metric`` at each k, then,
     when some result has SGB's figures, the :data:`SGB_COLUMNS` (evaluations named also by SGB's
     PredCls / SGCls / SGDet). Cells are floats, None where a figure is absent (or NaN)."""
-    with_sgb = any(_sgb_value(vals, m) is not None for res in results.values() for vals in res.values()
-                   for m in SGB_COLUMNS)
+    with_sgb = any(
+        _sgb_value(vals, m) is not None for res in results.values() for vals in res.values() for m in SGB_COLUMNS
+    )
     header = ["evaluation", "task"] + [f"Lu {m} {kl}" for _, kl in ks for m in metrics]
     header += [f"SGB {m}" for m in SGB_COLUMNS] if with_sgb else []
     rows = []
@@ -219,8 +283,12 @@ def table_rows(results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@10
     return header, rows
 
 
-def format_table(title: str, results: Dict[str, dict], metrics: Sequence[str] = ("R@50", "R@100"),
-                 ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k"))) -> str:
+def format_table(
+    title: str,
+    results: Dict[str, dict],
+    metrics: Sequence[str] = ("R@50", "R@100"),
+    ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k")),
+) -> str:
     """A markdown table of :func:`table_rows`."""
     header, rows = table_rows(results, metrics, ks)
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -249,9 +317,20 @@ def eval_dataset_of(step: Step, repo: str = ".") -> Optional[str]:
     return cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
 
 
-def reproduce(dataset: str, *, proposals: bool = False, ablation: bool = False, num_gpus: int = 1,
-              output_root: str = DEFAULT_OUTPUT_ROOT, dry_run: bool = False, opts: Sequence[str] = (),
-              repo: str = ".", datasets_root: str = "datasets", run=None, out=sys.stdout) -> List[List[str]]:
+def reproduce(
+    dataset: str,
+    *,
+    proposals: bool = False,
+    ablation: bool = False,
+    num_gpus: int = 1,
+    output_root: str = DEFAULT_OUTPUT_ROOT,
+    dry_run: bool = False,
+    opts: Sequence[str] = (),
+    repo: str = ".",
+    datasets_root: str = "datasets",
+    run=None,
+    out=sys.stdout,
+) -> List[List[str]]:
     """Run (or with ``dry_run`` print) the steps of :func:`plan_steps` that are not finished,
     each through ``run(argv)`` with the working directory ``repo``, then write the tables under
     ``<output_root>/<DATASET>/``. Returns the commands run (printed, for a dry run).
@@ -268,12 +347,18 @@ def reproduce(dataset: str, *, proposals: bool = False, ablation: bool = False, 
         missing = missing_dataset_files(dataset, datasets_root)
         first = steps[0]
         weights = os.path.join(repo, first.weights)
-        if first.weights and "://" not in first.weights and not is_finished(first, test_dataset, repo) \
-                and not os.path.isfile(weights):
+        if (
+            first.weights
+            and "://" not in first.weights
+            and not is_finished(first, test_dataset, repo)
+            and not os.path.isfile(weights)
+        ):
             missing.append(f"{weights} (ImageNet VGG16: tools/convert_torchvision_vgg.py)")
         if missing:
-            raise FileNotFoundError(f"tools/reproduce.py --dataset {dataset}: {len(missing)} missing file(s) "
-                                    f"(datasets under $DETECTRON2_DATASETS={datasets_root}):\n  " + "\n  ".join(missing))
+            raise FileNotFoundError(
+                f"tools/reproduce.py --dataset {dataset}: {len(missing)} missing file(s) "
+                f"(datasets under $DETECTRON2_DATASETS={datasets_root}):\n  " + "\n  ".join(missing)
+            )
     for s in steps:
         argv = step_command(s, num_gpus=num_gpus, extra_opts=opts)
         if is_finished(s, test_dataset, repo):
@@ -291,7 +376,8 @@ def reproduce(dataset: str, *, proposals: bool = False, ablation: bool = False, 
             print(f"wrote {path}", file=out)
         if ablation:
             rows = {k: v for k, v in results.items() if k not in EVAL_MODES}
-            for path in write_tables(os.path.join(base, "table4"), f"Table 4 ({DATASETS[dataset]}): phrase "
-                                     "classification", rows):
+            for path in write_tables(
+                os.path.join(base, "table4"), f"Table 4 ({DATASETS[dataset]}): phrase " "classification", rows
+            ):
                 print(f"wrote {path}", file=out)
     return commands

@@ -1,5 +1,6 @@
 """Schedules in epochs: SOLVER.EPOCHS and SOLVER.EPOCH_STEPS become SOLVER.MAX_ITER and
 SOLVER.STEPS from the number of images the stage trains on and SOLVER.IMS_PER_BATCH."""
+
 import logging
 import math
 from typing import List
@@ -20,9 +21,11 @@ def stage_training_dicts(cfg) -> List[dict]:
     with relations (:func:`vrd_d2.data.filter_images_without_relations`)."""
     if cfg.MODEL.VRD.TRAIN_STAGE == "detector":
         return get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     return filter_images_without_relations(dicts)
 
@@ -46,8 +49,10 @@ def resolve_schedule(cfg, num_images: int = None):
     if num_images is None:
         num_images = len(stage_training_dicts(cfg))
     if num_images <= 0:
-        raise ValueError(f"SOLVER.EPOCHS {epochs}: the training set {tuple(cfg.DATASETS.TRAIN)} has no image "
-                         f"to train stage {cfg.MODEL.VRD.TRAIN_STAGE!r} on")
+        raise ValueError(
+            f"SOLVER.EPOCHS {epochs}: the training set {tuple(cfg.DATASETS.TRAIN)} has no image "
+            f"to train stage {cfg.MODEL.VRD.TRAIN_STAGE!r} on"
+        )
     for e in s.EPOCH_STEPS:
         check_float(e, "SOLVER.EPOCH_STEPS entry", low=0.0, high=epochs, where="config")
     max_iter = iterations_for_epochs(epochs, num_images, s.IMS_PER_BATCH)
@@ -56,7 +61,9 @@ def resolve_schedule(cfg, num_images: int = None):
     cfg.defrost()
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = max_iter, steps
     cfg.freeze()
-    logger.info(f"Schedule: {epochs:g} epochs of {num_images} images at {s.IMS_PER_BATCH} images per batch "
-                f"= SOLVER.MAX_ITER {max_iter}; lr x {s.GAMMA:g} at epochs {tuple(s.EPOCH_STEPS)} = "
-                f"SOLVER.STEPS {steps}")
+    logger.info(
+        f"Schedule: {epochs:g} epochs of {num_images} images at {s.IMS_PER_BATCH} images per batch "
+        f"= SOLVER.MAX_ITER {max_iter}; lr x {s.GAMMA:g} at epochs {tuple(s.EPOCH_STEPS)} = "
+        f"SOLVER.STEPS {steps}"
+    )
     return cfg

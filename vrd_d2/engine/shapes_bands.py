@@ -6,6 +6,7 @@ other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2.engine.shapes_de
 :func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table` prints it;
 :func:`format_beside_band` prints one run's figures beside a stored band (``make demo``).
 """
+
 import copy
 import json
 import os
@@ -18,8 +19,17 @@ import torch
 from ..utils.readme import replace_readme_section
 from . import ablation, shapes_demo
 
-__all__ = ["BAND_FILE", "run_cli", "run_matrix", "headline", "band", "format_band_table", "format_beside_band",
-           "save_band", "load_band"]
+__all__ = [
+    "BAND_FILE",
+    "run_cli",
+    "run_matrix",
+    "headline",
+    "band",
+    "format_band_table",
+    "format_beside_band",
+    "save_band",
+    "load_band",
+]
 
 # the stored band that make demo prints its run beside (written by --seeds ... --update-readme)
 BAND_FILE = str(ablation.CONFIG_ROOT / "Shapes" / "demo_band.json")
@@ -32,9 +42,11 @@ def headline(results: Dict[str, dict]) -> "OrderedDict[str, float]":
     relationship detection free-k R@50 of the full model."""
     out = OrderedDict()
     for variant, res in results.items():
-        for task, metric, label in (("phrase_cls", "R@50_kfree", "phrase_cls R@50"),
-                                    ("phrase_cls", "R@100_kfree", "phrase_cls R@100"),
-                                    ("predcls", "R@50_kfree", "predcls R@50")):
+        for task, metric, label in (
+            ("phrase_cls", "R@50_kfree", "phrase_cls R@50"),
+            ("phrase_cls", "R@100_kfree", "phrase_cls R@100"),
+            ("predcls", "R@50_kfree", "predcls R@50"),
+        ):
             out[f"{variant} | {label}"] = float(res[task][metric])
     full = results[shapes_demo.FULL]
     out[f"{shapes_demo.FULL} | sgdet relationship R@50"] = float(full["relationship"]["R@50_kfree"])
@@ -48,8 +60,12 @@ def band(runs: Sequence[Dict[str, float]]) -> "OrderedDict[str, dict]":
     out = OrderedDict()
     for key in runs[0]:
         v = np.array([r[key] for r in runs], dtype=float)
-        out[key] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-                    "max_dev": float(np.abs(v - v.mean()).max())}
+        out[key] = {
+            "mean": float(v.mean()),
+            "min": float(v.min()),
+            "max": float(v.max()),
+            "max_dev": float(np.abs(v - v.mean()).max()),
+        }
     return out
 
 
@@ -71,9 +87,15 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
                 results, timings = shapes_demo.run(opts)
                 with open(os.path.join(opts.output, "results.json")) as f:
                     detector = json.load(f)["detector_accuracy"]
-                records.append({"seed": seed, "threads": t, "headline": headline(results["test"]),
-                                "detector_visible_accuracy": detector["visible_accuracy"],
-                                "seconds": timings["total"]})
+                records.append(
+                    {
+                        "seed": seed,
+                        "threads": t,
+                        "headline": headline(results["test"]),
+                        "detector_visible_accuracy": detector["visible_accuracy"],
+                        "seconds": timings["total"],
+                    }
+                )
     finally:
         torch.set_num_threads(before)
     return records
@@ -87,26 +109,40 @@ def format_band_table(records: Sequence[dict], command: str, quick: bool = False
     labels = list(OrderedDict.fromkeys(k.split(" | ")[1] for k in b))
     rows = []
     for v in variants:
-        cells = [f"{b[k]['mean']:.2f} ({b[k]['min']:.2f}–{b[k]['max']:.2f})" if k in b else "–"
-                 for k in (f"{v} | {lab}" for lab in labels)]
+        cells = [
+            f"{b[k]['mean']:.2f} ({b[k]['min']:.2f}–{b[k]['max']:.2f})" if k in b else "–"
+            for k in (f"{v} | {lab}" for lab in labels)
+        ]
         rows.append([v] + cells)
-    lines = [f"Mean (min–max) over {len(records)} runs of `{command}` on shapes_test, free k"
-             + (" (--quick: meaningless numbers)" if quick else "") + ":", ""]
+    lines = [
+        f"Mean (min–max) over {len(records)} runs of `{command}` on shapes_test, free k"
+        + (" (--quick: meaningless numbers)" if quick else "")
+        + ":",
+        "",
+    ]
     lines += ablation.markdown_rows(["variant"] + labels, rows)
     worst = max(b.items(), key=lambda kv: kv[1]["max_dev"])
-    lines += ["", "Runs: " + "; ".join(
-        f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: detector "
-        f"{r['detector_visible_accuracy']:.1f}%, {r['seconds'] / 60:.1f} min" for r in records) + ".",
+    lines += [
+        "",
+        "Runs: "
+        + "; ".join(
+            f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: detector "
+            f"{r['detector_visible_accuracy']:.1f}%, {r['seconds'] / 60:.1f} min"
+            for r in records
+        )
+        + ".",
         f"Largest distance from the mean: {worst[1]['max_dev']:.2f} points ({worst[0]}); "
         + ("every figure within" if worst[1]["max_dev"] <= TOLERANCE else "NOT every figure within")
-        + f" ±{TOLERANCE:g} points of its mean."]
+        + f" ±{TOLERANCE:g} points of its mean.",
+    ]
     return "\n".join(lines)
 
 
 def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE) -> None:
     with open(path, "w") as f:
-        json.dump({"command": command, "runs": list(records), "band": band([r["headline"] for r in records])},
-                  f, indent=1)
+        json.dump(
+            {"command": command, "runs": list(records), "band": band([r["headline"] for r in records])}, f, indent=1
+        )
 
 
 def load_band(path: str = BAND_FILE):
@@ -126,8 +162,14 @@ def format_beside_band(figures: Dict[str, float], stored: dict) -> str:
         if key not in b:
             continue
         s = b[key]
-        rows.append([key.replace(" | ", ", "), f"{value:.2f}", f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})",
-                     "yes" if abs(value - s["mean"]) <= TOLERANCE else "NO"])
+        rows.append(
+            [
+                key.replace(" | ", ", "),
+                f"{value:.2f}",
+                f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})",
+                "yes" if abs(value - s["mean"]) <= TOLERANCE else "NO",
+            ]
+        )
     lines = [f"This run beside the band of {len(stored['runs'])} runs (`{stored['command']}`):", ""]
     lines += ablation.markdown_rows(["figure", "this run", "band mean (min–max)", f"within ±{TOLERANCE:g}"], rows)
     return "\n".join(lines)
@@ -145,9 +187,14 @@ def run_cli(options) -> None:
         return
     seeds = list(options.seeds or [0])
     threads = list(options.threads or [torch.get_num_threads()])
-    command = ("tools/shapes_demo.py --seeds " + " ".join(map(str, seeds)) + " --threads "
-               + " ".join(map(str, threads)) + (" --quick" if options.quick else "")
-               + ("" if not options.opts else " " + " ".join(options.opts)))
+    command = (
+        "tools/shapes_demo.py --seeds "
+        + " ".join(map(str, seeds))
+        + " --threads "
+        + " ".join(map(str, threads))
+        + (" --quick" if options.quick else "")
+        + ("" if not options.opts else " " + " ".join(options.opts))
+    )
     records = run_matrix(options, seeds, threads)
     table = format_band_table(records, command, quick=options.quick)
     print(table)

@@ -18,6 +18,7 @@ After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`
 the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
 ``min_detector_accuracy`` percent (default :data:`MIN_DETECTOR_ACCURACY`; 0 with --quick).
 """
+
 import json
 import logging
 import os
@@ -34,8 +35,17 @@ from . import ablation
 from .ablation import CONFIG_ROOT, Variant
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 
-__all__ = ["VARIANTS", "FULL", "COLUMNS", "RANKS", "register_quick_subsets", "build_cfg", "train_stage",
-           "run", "format_table"]
+__all__ = [
+    "VARIANTS",
+    "FULL",
+    "COLUMNS",
+    "RANKS",
+    "register_quick_subsets",
+    "build_cfg",
+    "train_stage",
+    "run",
+    "format_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +57,16 @@ CONFIGS = {
 README_MARKER = "shapes-demo"
 RANKS = (5, 1)
 FULL = "rank 5 + X_sel + prior (full)"
-VARIANTS = OrderedDict([  # the paper's Table 4 ablation
-    ("prior alone", Variant(rank=5, use_cp=False, use_selection=False, use_prior=True)),
-    ("rank 1", Variant(rank=1)),
-    ("rank 1 + X_sel + prior", Variant(rank=1, use_selection=True, use_prior=True)),
-    ("rank 5", Variant(rank=5)),
-    ("rank 5 + X_sel", Variant(rank=5, use_selection=True)),
-    (FULL, Variant(rank=5, use_selection=True, use_prior=True)),
-])
+VARIANTS = OrderedDict(
+    [  # the paper's Table 4 ablation
+        ("prior alone", Variant(rank=5, use_cp=False, use_selection=False, use_prior=True)),
+        ("rank 1", Variant(rank=1)),
+        ("rank 1 + X_sel + prior", Variant(rank=1, use_selection=True, use_prior=True)),
+        ("rank 5", Variant(rank=5)),
+        ("rank 5 + X_sel", Variant(rank=5, use_selection=True)),
+        (FULL, Variant(rank=5, use_selection=True, use_prior=True)),
+    ]
+)
 # (column header, task, metric); a task of VRDEvaluator's results dict
 COLUMNS = [
     ("phrase_cls R@50 k=1", "phrase_cls", "R@50_k1"),
@@ -135,9 +147,11 @@ def train_all(options):
     weights = {}
     for rank in RANKS:
         trip, timings[f"stage 2 triplet rank {rank}"] = train_stage(
-            build_cfg(options, "triplet", rank, det), options.reuse)
+            build_cfg(options, "triplet", rank, det), options.reuse
+        )
         sel, timings[f"stage 3 selection rank {rank}"] = train_stage(
-            build_cfg(options, "selection", rank, trip), options.reuse)
+            build_cfg(options, "selection", rank, trip), options.reuse
+        )
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
     return weights, accuracy, timings
 
@@ -152,10 +166,17 @@ def evaluate_all(options, weights, splits, timings):
             res = OrderedDict()
             modes = ["phrase_cls", "predcls"] + (["sgdet"] if name == FULL and split == "test" else [])
             for mode in modes:
-                res.update(ablation.evaluate_variant(
-                    cfg, weights[variant.rank], f"{options.prefix}_{split}", mode,
-                    os.path.join(options.output, "eval", split, variant.tag(name), mode), variant=variant,
-                    seed=True))
+                res.update(
+                    ablation.evaluate_variant(
+                        cfg,
+                        weights[variant.rank],
+                        f"{options.prefix}_{split}",
+                        mode,
+                        os.path.join(options.output, "eval", split, variant.tag(name), mode),
+                        variant=variant,
+                        seed=True,
+                    )
+                )
             results[split][name] = res
         timings[f"eval {name}"] = time.perf_counter() - start
     return results
@@ -174,19 +195,34 @@ def run(options):
     timings["total"] = time.perf_counter() - wall
     n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
     oracle = oracle_of_dataset(f"{options.prefix}_test")
-    table = format_table(results["test"], timings, n_test, quick=options.quick,
-                         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
-                         ceilings=format_oracle_line(oracle, "this test split"))
+    table = format_table(
+        results["test"],
+        timings,
+        n_test,
+        quick=options.quick,
+        detector=format_accuracy(accuracy, f"{options.prefix}_val"),
+        ceilings=format_oracle_line(oracle, "this test split"),
+    )
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(options.output, "results.json"), "w") as f:
-        json.dump({"test": results["test"], "val": results.get("val", {}), "seconds": timings,
-                   "variants": {k: v.as_dict() for k, v in VARIANTS.items()},
-                   "columns": [{"header": h, "task": t, "metric": m} for h, t, m in COLUMNS],
-                   "detector_accuracy": {k: accuracy[k] for k in ("visible_accuracy", "per_class",
-                                                                  "shadowed_accuracy", "accuracy")},
-                   "oracle": oracle, "quick": bool(options.quick)}, f, indent=1)
+        json.dump(
+            {
+                "test": results["test"],
+                "val": results.get("val", {}),
+                "seconds": timings,
+                "variants": {k: v.as_dict() for k, v in VARIANTS.items()},
+                "columns": [{"header": h, "task": t, "metric": m} for h, t, m in COLUMNS],
+                "detector_accuracy": {
+                    k: accuracy[k] for k in ("visible_accuracy", "per_class", "shadowed_accuracy", "accuracy")
+                },
+                "oracle": oracle,
+                "quick": bool(options.quick),
+            },
+            f,
+            indent=1,
+        )
     if options.update_readme:
         replace_readme_section(options.readme, README_MARKER, table)
         logger.info("updated %s", options.readme)
@@ -198,17 +234,25 @@ def format_table(results, timings, n_test, quick=False, detector: str = "", ceil
     (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy)
     and the timings."""
     cell = ablation.cell
-    lines = ablation.markdown_rows(["variant"] + [h for h, _, _ in COLUMNS], (
-        [variant] + [cell(res, t, m) for _, t, m in COLUMNS] for variant, res in results.items()))
+    lines = ablation.markdown_rows(
+        ["variant"] + [h for h, _, _ in COLUMNS],
+        ([variant] + [cell(res, t, m) for _, t, m in COLUMNS] for variant, res in results.items()),
+    )
     full = results.get(FULL, {})
-    lines += ["", f"Full model on detected boxes (sgdet), free k: relationship detection R@50 "
-                  f"{cell(full, 'relationship', 'R@50_kfree')}, R@100 {cell(full, 'relationship', 'R@100_kfree')}; "
-                  f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
-                  f"R@100 {cell(full, 'phrase', 'R@100_kfree')}."]
+    lines += [
+        "",
+        f"Full model on detected boxes (sgdet), free k: relationship detection R@50 "
+        f"{cell(full, 'relationship', 'R@50_kfree')}, R@100 {cell(full, 'relationship', 'R@100_kfree')}; "
+        f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
+        f"R@100 {cell(full, 'phrase', 'R@100_kfree')}.",
+    ]
     lines += [line for line in (ceilings, detector) if line]
-    stages = ", ".join(f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items()
-                       if k.startswith("stage"))
+    stages = ", ".join(
+        f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items() if k.startswith("stage")
+    )
     evals = sum(v for k, v in timings.items() if k.startswith("eval"))
-    lines.append(f"Wall time: {timings['total'] / 60:.1f} min in total ({stages}; evaluation {evals:.0f} s); "
-                 f"test split, {n_test} images" + (" (--quick: meaningless numbers)" if quick else "") + ".")
+    lines.append(
+        f"Wall time: {timings['total'] / 60:.1f} min in total ({stages}; evaluation {evals:.0f} s); "
+        f"test split, {n_test} images" + (" (--quick: meaningless numbers)" if quick else "") + "."
+    )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Pre-flight check of a stage's input checkpoint (MODEL.WEIGHTS), before any data or training:
 missing file, a checkpoint of another CP rank, of another dataset (class / predicate counts) or of
 an earlier stage is an error naming the file, the tensor and both shapes."""
+
 import logging
 import os
 from typing import Dict, Set, Tuple
@@ -41,20 +42,26 @@ def read_checkpoint_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 (torch raises several types for unreadable files)
-        raise ValueError(f"MODEL.WEIGHTS {path}: not a checkpoint readable with torch.load(weights_only=True) "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"MODEL.WEIGHTS {path}: not a checkpoint readable with torch.load(weights_only=True) "
+            f"({type(e).__name__}: {e})"
+        ) from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"MODEL.WEIGHTS {path}: expected a dict of tensors (or {{'model': ...}}), "
-                         f"found {type(state if state is not None else ckpt).__name__}")
+        raise ValueError(
+            f"MODEL.WEIGHTS {path}: expected a dict of tensors (or {{'model': ...}}), "
+            f"found {type(state if state is not None else ckpt).__name__}"
+        )
     prefix = "module." if state and all(k.startswith("module.") for k in state) else ""
-    return {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _describe(cfg) -> str:
     v = cfg.MODEL.VRD
-    return (f"MODEL.VRD.RANK {v.RANK}, MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}, "
-            f"MODEL.VRD.NUM_PREDICATES {v.NUM_PREDICATES}, MODEL.VRD.FC_DIMS {list(v.FC_DIMS)}")
+    return (
+        f"MODEL.VRD.RANK {v.RANK}, MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}, "
+        f"MODEL.VRD.NUM_PREDICATES {v.NUM_PREDICATES}, MODEL.VRD.FC_DIMS {list(v.FC_DIMS)}"
+    )
 
 
 def check_stage_inputs(cfg, eval_only: bool = False) -> None:
@@ -94,13 +101,19 @@ def check_stage_inputs(cfg, eval_only: bool = False) -> None:
         if k in found and found[k] != shape:
             (reinit if k in trained else bad).append(f"{k}: checkpoint {found[k]}, model {shape}")
     if bad:
-        raise ValueError(f"{where}: {len(bad)} tensor(s) do not match the model ({_describe(cfg)}), was it "
-                         f"trained with another rank, dataset or head width?\n  " + "\n  ".join(bad))
+        raise ValueError(
+            f"{where}: {len(bad)} tensor(s) do not match the model ({_describe(cfg)}), was it "
+            f"trained with another rank, dataset or head width?\n  " + "\n  ".join(bad)
+        )
     if reinit:
-        logger.warning(f"{where}: {len(reinit)} tensor(s) of another shape, which this stage trains, are "
-                       f"re-initialised ({_describe(cfg)}):\n  " + "\n  ".join(reinit))
+        logger.warning(
+            f"{where}: {len(reinit)} tensor(s) of another shape, which this stage trains, are "
+            f"re-initialised ({_describe(cfg)}):\n  " + "\n  ".join(reinit)
+        )
     missing = [k for k in expected if k not in found and k not in trained]
     if missing:
-        raise ValueError(f"{where}: {len(missing)} model tensor(s) absent from the checkpoint, which the "
-                         f"{stage!r} stage would keep at their random initial values (is it the output of "
-                         f"the previous stage?), e.g. {missing[:5]}")
+        raise ValueError(
+            f"{where}: {len(missing)} model tensor(s) absent from the checkpoint, which the "
+            f"{stage!r} stage would keep at their random initial values (is it the output of "
+            f"the previous stage?), e.g. {missing[:5]}"
+        )

@@ -1,12 +1,13 @@
 """The Trainer of vrd_d2: Detectron2's DefaultTrainer with the relation-aware mapper, the relation
 evaluator and total-norm gradient clipping, plus two small fixes that let it run on CPU, safe
 checkpoint loading (VRDCheckpointer) and exact resume (optimizer state and data stream)."""
+
 import logging
 import os
 import weakref
 
-import torch
 import detectron2.engine.defaults as d2_defaults
+import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params
@@ -44,11 +45,21 @@ def build_vrd_optimizer(cfg, model):
     if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
         return DefaultTrainer.build_optimizer(cfg, model)
     params = get_default_optimizer_params(
-        model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
-    return SGDWithTotalNormClip(params, clip_norm=clip.CLIP_VALUE, norm_type=clip.NORM_TYPE, lr=cfg.SOLVER.BASE_LR,
-                                momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
-                                weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    return SGDWithTotalNormClip(
+        params,
+        clip_norm=clip.CLIP_VALUE,
+        norm_type=clip.NORM_TYPE,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
 
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
@@ -106,8 +117,9 @@ class Trainer(DefaultTrainer):
         # detectron2 0.6 builds its DetectionCheckpointer inline in __init__; swap ours in before
         # the PeriodicCheckpointer hook takes it.
         model = self._trainer.model
-        self.checkpointer = VRDCheckpointer(model, self.cfg.OUTPUT_DIR, trust_pickle=self.trust_pickle,
-                                            trainer=weakref.proxy(self))
+        self.checkpointer = VRDCheckpointer(
+            model, self.cfg.OUTPUT_DIR, trust_pickle=self.trust_pickle, trainer=weakref.proxy(self)
+        )
         return super().build_hooks()
 
     def resume_or_load(self, resume=True):
@@ -132,8 +144,10 @@ class Trainer(DefaultTrainer):
         if "optimizer_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["optimizer_trainer"])
         else:
-            logger.warning("The checkpoint holds no optimizer state (saved by detectron2's DefaultTrainer): "
-                           "SGD momentum restarts from zero")
+            logger.warning(
+                "The checkpoint holds no optimizer state (saved by detectron2's DefaultTrainer): "
+                "SGD momentum restarts from zero"
+            )
         sampler = find_resumable_sampler(self._trainer.data_loader)
         if sampler is not None and "sampler" in state_dict:
             sampler.load_state_dict(state_dict["sampler"])

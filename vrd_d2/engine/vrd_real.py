@@ -12,6 +12,7 @@ run per seed into ``<output>/seed<S>`` and a band table, :func:`run_seeds`) and
 ``save_predictions`` (``relations_results.json`` beside each evaluation, for
 ``tools/eval_results.py``).
 """
+
 import copy
 import json
 import logging
@@ -32,8 +33,19 @@ from . import ablation
 from .ablation import CONFIG_ROOT, Variant
 from .shapes_bands import band
 
-__all__ = ["VARIANTS", "REQUIRED", "PAPER", "default_vrd_root", "check_vrd_root", "build_cfg", "run",
-           "run_seeds", "flatten", "format_table", "format_band_table"]
+__all__ = [
+    "VARIANTS",
+    "REQUIRED",
+    "PAPER",
+    "default_vrd_root",
+    "check_vrd_root",
+    "build_cfg",
+    "run",
+    "run_seeds",
+    "flatten",
+    "format_table",
+    "format_band_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +53,27 @@ REPO = str(CONFIG_ROOT.parent)
 CONFIG = str(CONFIG_ROOT / "VRD" / "geometry_only.yaml")
 README_MARKER = "vrd-real"
 REQUIRED = (
-    "annotations_train.json", "annotations_test.json", "objects.json", "predicates.json",
-    "lu2016/evaluation/gt.mat", "lu2016/evaluation/zeroShot.mat",
-    "lu2016/data/imagePath.mat", "lu2016/data/objectDetRCNN.mat",
+    "annotations_train.json",
+    "annotations_test.json",
+    "objects.json",
+    "predicates.json",
+    "lu2016/evaluation/gt.mat",
+    "lu2016/evaluation/zeroShot.mat",
+    "lu2016/data/imagePath.mat",
+    "lu2016/data/objectDetRCNN.mat",
 )
-VARIANTS = OrderedDict([  # the paper's Table 4 ablation on real data
-    ("prior alone", Variant(rank=1, use_cp=False, use_prior=True)),
-    ("rank 1", Variant(rank=1, use_prior=True)),
-    ("rank 1 + X_sel", Variant(rank=1, use_selection=True, use_prior=True)),
-    ("rank 5", Variant(rank=5, use_prior=True)),
-    ("rank 5 + X_sel", Variant(rank=5, use_selection=True, use_prior=True)),
-    ("rank 5 + X_sel, no prior", Variant(rank=5, use_selection=True, use_prior=False)),
-    # CRF_NORMALIZE acts at test time only: this row reuses the rank-5 chain's weights
-    ("rank 5 + X_sel, eq. 7 product", Variant(rank=5, use_selection=True, use_prior=True, crf_normalize=False)),
-])
+VARIANTS = OrderedDict(
+    [  # the paper's Table 4 ablation on real data
+        ("prior alone", Variant(rank=1, use_cp=False, use_prior=True)),
+        ("rank 1", Variant(rank=1, use_prior=True)),
+        ("rank 1 + X_sel", Variant(rank=1, use_selection=True, use_prior=True)),
+        ("rank 5", Variant(rank=5, use_prior=True)),
+        ("rank 5 + X_sel", Variant(rank=5, use_selection=True, use_prior=True)),
+        ("rank 5 + X_sel, no prior", Variant(rank=5, use_selection=True, use_prior=False)),
+        # CRF_NORMALIZE acts at test time only: this row reuses the rank-5 chain's weights
+        ("rank 5 + X_sel, eq. 7 product", Variant(rank=5, use_selection=True, use_prior=True, crf_normalize=False)),
+    ]
+)
 PAPER = {  # Dupty et al. 2020, Table 1, full model with images, proposals of Lu et al.
     "relationship": {"R@50_k1": 17.67, "R@100_k1": 18.64, "R@50_kfree": 24.08, "R@100_kfree": 28.29},
 }
@@ -63,8 +82,10 @@ PAPER = {  # Dupty et al. 2020, Table 1, full model with images, proposals of Lu
 def default_vrd_root() -> str:
     """``$DETECTRON2_DATASETS/vrd`` if it holds the annotations, else ``../shared/data/vrd``
     (``$VRD_D2_SHARED_DATA``), else the first."""
-    for cand in (os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd"),
-                 os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))):
+    for cand in (
+        os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd"),
+        os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd")),
+    ):
         if os.path.isfile(os.path.join(cand, "annotations_train.json")):
             return cand
     return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd")
@@ -77,7 +98,8 @@ def check_vrd_root(root: str) -> None:
         raise SystemExit(
             f"vrd_real: the VRD folder {os.path.abspath(root)} lacks: {', '.join(missing)}.\n"
             "Lay it out as in README.md 'Datasets' (Lu et al.'s json release plus lu2016/ from "
-            "their MATLAB release) and pass it with --vrd-root.")
+            "their MATLAB release) and pass it with --vrd-root."
+        )
 
 
 def build_cfg(options, name: str, stage: str, weights: str = ""):
@@ -106,15 +128,33 @@ def _evaluate(options, cfg, weights, name):
     cfg = cfg.clone()
     cfg.MODEL.VRD.USE_BOX_SCORE = True  # 1 for gold boxes; the detector's confidences otherwise
     root, tag = options.vrd_root, VARIANTS[name].tag(name)
-    mats = {"gt_mat": os.path.join(root, "lu2016", "evaluation", "gt.mat"),
-            "image_path_mat": os.path.join(root, "lu2016", "data", "imagePath.mat")}
+    mats = {
+        "gt_mat": os.path.join(root, "lu2016", "evaluation", "gt.mat"),
+        "image_path_mat": os.path.join(root, "lu2016", "data", "imagePath.mat"),
+    }
     mats["save_predictions"] = bool(getattr(options, "save_predictions", False))
     res = OrderedDict()
-    res.update(ablation.evaluate_variant(cfg, weights, f"{options.prefix}_test", "predcls",
-                                         os.path.join(options.output, "eval", tag, "predcls"), **mats))
-    res.update(ablation.evaluate_variant(cfg, weights, f"{options.prefix}_test_lu_det", "predcls",
-                                         os.path.join(options.output, "eval", tag, "lu_det"), eval_mode="sgdet",
-                                         **mats))
+    res.update(
+        ablation.evaluate_variant(
+            cfg,
+            weights,
+            f"{options.prefix}_test",
+            "predcls",
+            os.path.join(options.output, "eval", tag, "predcls"),
+            **mats,
+        )
+    )
+    res.update(
+        ablation.evaluate_variant(
+            cfg,
+            weights,
+            f"{options.prefix}_test_lu_det",
+            "predcls",
+            os.path.join(options.output, "eval", tag, "lu_det"),
+            eval_mode="sgdet",
+            **mats,
+        )
+    )
     return res
 
 
@@ -124,9 +164,12 @@ def _register(options) -> None:
     if f"{options.prefix}_test_lu_det" in DatasetCatalog.list():
         return
     register_all_vrd(options.vrd_root, prefix=options.prefix)
-    register_lu_detections(f"{options.prefix}_test_lu_det", f"{options.prefix}_test",
-                           os.path.join(options.vrd_root, "lu2016", "data", "objectDetRCNN.mat"),
-                           os.path.join(options.vrd_root, "lu2016", "data", "imagePath.mat"))
+    register_lu_detections(
+        f"{options.prefix}_test_lu_det",
+        f"{options.prefix}_test",
+        os.path.join(options.vrd_root, "lu2016", "data", "objectDetRCNN.mat"),
+        os.path.join(options.vrd_root, "lu2016", "data", "imagePath.mat"),
+    )
 
 
 def run(options):
@@ -150,8 +193,17 @@ def run(options):
     print(table)
     os.makedirs(options.output, exist_ok=True)
     with open(os.path.join(options.output, "results.json"), "w") as f:
-        json.dump({"results": results, "crf_normalize": normalised, "seed": getattr(options, "seed", 0),
-                   "seconds": timings, "paper": PAPER}, f, indent=1)
+        json.dump(
+            {
+                "results": results,
+                "crf_normalize": normalised,
+                "seed": getattr(options, "seed", 0),
+                "seconds": timings,
+                "paper": PAPER,
+            },
+            f,
+            indent=1,
+        )
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
     if options.update_readme:
@@ -162,9 +214,14 @@ def run(options):
 def flatten(results) -> "OrderedDict[str, float]":
     """{"variant | task | metric": value} of the numeric entries of ``results``
     ({variant: {task: {metric: value}}})."""
-    return OrderedDict((f"{v} | {t} | {m}", float(x)) for v, res in results.items() for t, ms in res.items()
-                       if isinstance(ms, dict) for m, x in ms.items()
-                       if isinstance(x, (int, float)) and not isinstance(x, bool))
+    return OrderedDict(
+        (f"{v} | {t} | {m}", float(x))
+        for v, res in results.items()
+        for t, ms in res.items()
+        if isinstance(ms, dict)
+        for m, x in ms.items()
+        if isinstance(x, (int, float)) and not isinstance(x, bool)
+    )
 
 
 def run_seeds(options, seeds: Sequence[int]):
@@ -179,16 +236,26 @@ def run_seeds(options, seeds: Sequence[int]):
         results = run(opts)
         with open(os.path.join(opts.output, "results.json")) as f:
             normalised = json.load(f)["crf_normalize"]
-        records.append({"seed": seed, "results": results, "crf_normalize": normalised,
-                        "seconds": time.perf_counter() - start})
+        records.append(
+            {"seed": seed, "results": results, "crf_normalize": normalised, "seconds": time.perf_counter() - start}
+        )
     bands = band([flatten(r["results"]) for r in records])
     table = format_band_table(records, bands)
     print(table)
     with open(os.path.join(options.output, "bands.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(options.output, "bands.json"), "w") as f:
-        json.dump({"seeds": list(seeds), "band": bands, "crf_normalize": records[0]["crf_normalize"],
-                   "seconds": {r["seed"]: r["seconds"] for r in records}, "paper": PAPER}, f, indent=1)
+        json.dump(
+            {
+                "seeds": list(seeds),
+                "band": bands,
+                "crf_normalize": records[0]["crf_normalize"],
+                "seconds": {r["seed"]: r["seconds"] for r in records},
+                "paper": PAPER,
+            },
+            f,
+            indent=1,
+        )
     if options.update_readme:
         replace_readme_section(os.path.join(REPO, "README.md"), README_MARKER, table)
     return bands, records
@@ -196,6 +263,7 @@ def run_seeds(options, seeds: Sequence[int]):
 
 def format_band_table(records, bands) -> str:
     """:func:`format_table` with each cell mean (min–max) over the seeds of ``records``."""
+
     def band_cell(res, task, metric):
         b = res.get(task, {}).get(metric)
         return "–" if b is None else f"{b['mean']:.2f} ({b['min']:.2f}–{b['max']:.2f})"
@@ -205,8 +273,9 @@ def format_band_table(records, bands) -> str:
         v, t, m = key.split(" | ")
         nested.setdefault(v, OrderedDict()).setdefault(t, OrderedDict())[m] = b
     seeds = ", ".join(f"{r['seed']} ({r['seconds'] / 60:.1f} min)" for r in records)
-    return (f"Mean (min–max) over {len(records)} seeds (seed, wall time: {seeds}).\n\n"
-            + format_table(nested, records[0]["crf_normalize"], cell=band_cell))
+    return f"Mean (min–max) over {len(records)} seeds (seed, wall time: {seeds}).\n\n" + format_table(
+        nested, records[0]["crf_normalize"], cell=band_cell
+    )
 
 
 def format_table(results, normalised: Optional[Dict[str, bool]] = None, cell=ablation.cell) -> str:
@@ -225,23 +294,39 @@ def format_table(results, normalised: Optional[Dict[str, bool]] = None, cell=abl
 
     head = "| variant | scoring | " + " | ".join(f"{n} R@50 | {n} R@100" for _, n in ks) + " |"
     sep = "|---" * (2 + 2 * len(ks)) + "|"
-    lines = ["**Predicate classification** (gold boxes and labels; gt.mat, 7638 relations). Scoring: "
-             "\"normalised\" = psi_c·psi_u normalised over each pair's triplets (MODEL.VRD.CRF_NORMALIZE); "
-             "\"eq. 7 product\" = the paper's eq. 7, psi_c·psi_u without the per-pair normaliser", "",
-             head, sep]
+    lines = [
+        "**Predicate classification** (gold boxes and labels; gt.mat, 7638 relations). Scoring: "
+        '"normalised" = psi_c·psi_u normalised over each pair\'s triplets (MODEL.VRD.CRF_NORMALIZE); '
+        '"eq. 7 product" = the paper\'s eq. 7, psi_c·psi_u without the per-pair normaliser',
+        "",
+        head,
+        sep,
+    ]
     for variant, res in results.items():
-        lines.append(name(variant) + " | ".join(
-            f"{cell(res, 'predcls', f'R@50_{k}')} | {cell(res, 'predcls', f'R@100_{k}')}" for k, _ in ks) + " |")
+        lines.append(
+            name(variant)
+            + " | ".join(f"{cell(res, 'predcls', f'R@50_{k}')} | {cell(res, 'predcls', f'R@100_{k}')}" for k, _ in ks)
+            + " |"
+        )
     for task, title in (("relationship", "Relationship detection"), ("phrase", "Phrase detection")):
-        lines += ["", f"**{title}** on Lu et al.'s R-CNN detections (score = conf_s·conf_o·"
-                      "P(p | s, o, boxes)·P(X_sel); gt.mat)", "", head + " zero-shot R@50 (free k) |",
-                  sep + "---|"]
+        lines += [
+            "",
+            f"**{title}** on Lu et al.'s R-CNN detections (score = conf_s·conf_o·"
+            "P(p | s, o, boxes)·P(X_sel); gt.mat)",
+            "",
+            head + " zero-shot R@50 (free k) |",
+            sep + "---|",
+        ]
         for variant, res in results.items():
-            lines.append(name(variant) + " | ".join(
-                f"{cell(res, task, f'R@50_{k}')} | {cell(res, task, f'R@100_{k}')}" for k, _ in ks)
-                + f" | {cell(res, task, 'zsR@50_kfree')} |")
+            lines.append(
+                name(variant)
+                + " | ".join(f"{cell(res, task, f'R@50_{k}')} | {cell(res, task, f'R@100_{k}')}" for k, _ in ks)
+                + f" | {cell(res, task, 'zsR@50_kfree')} |"
+            )
         if task in PAPER:
             p = PAPER[task]
-            lines.append(f"| paper, full model with images | eq. 7 | {p['R@50_k1']} | {p['R@100_k1']} | – | – | "
-                         f"{p['R@50_kfree']} | {p['R@100_kfree']} | – |")
+            lines.append(
+                f"| paper, full model with images | eq. 7 | {p['R@50_k1']} | {p['R@100_k1']} | – | – | "
+                f"{p['R@50_kfree']} | {p['R@100_kfree']} | – |"
+            )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from .matching import (
     select_top_predictions,
     union_boxes,
 )
+from .protocols import PROTOCOLS, evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
 from .recall import (
     RecallCounts,
     best_k_from_results,
@@ -29,7 +30,6 @@ from .results_io import (
     write_results_json,
 )
 from .results_json import load_results_json
-from .protocols import PROTOCOLS, evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
 from .sgb import (
     SGB_TOPK,
     evaluate_records_sgb,
@@ -42,7 +42,8 @@ from .sgb import (
 from .vrd_evaluation import VRDEvaluator
 
 __all__ = [
-    k for k in globals().keys()
+    k
+    for k in globals().keys()
     if not k.startswith("_")
     and k not in ("matching", "protocols", "recall", "results_io", "results_json", "sgb", "vrd_evaluation")
 ]

@@ -141,15 +141,11 @@ def match_relations(
     Shapes as in :func:`pair_overlaps`. Returns int64 [N], the matched ground-truth row or -1.
     """
     return greedy_match(
-        pair_overlaps(
-            pred_labels, pred_sub, pred_obj, gt_labels, gt_sub, gt_obj, criterion, iou_threshold
-        )
+        pair_overlaps(pred_labels, pred_sub, pred_obj, gt_labels, gt_sub, gt_obj, criterion, iou_threshold)
     )
 
 
-def select_top_predictions(
-    scores: np.ndarray, pair_rank: Optional[np.ndarray], k: int, topk: int
-) -> np.ndarray:
+def select_top_predictions(scores: np.ndarray, pair_rank: Optional[np.ndarray], k: int, topk: int) -> np.ndarray:
     """Indices of "the top ``topk`` predictions with at most ``k`` per pair", in walk order.
 
     Args:

@@ -140,8 +140,12 @@ def evaluate_results_file(
         gt_names, dataset_dicts = load_image_paths(image_path_mat), None
         n_obj, n_pred = lu_class_counts(gt_mat)
         evaluator = VRDEvaluator(
-            "vrd_d2_eval_results_lu_gt", gt_mat=gt_mat, image_path_mat=image_path_mat,
-            num_objects=num_objects or n_obj, num_predicates=num_predicates or n_pred, **kwargs,
+            "vrd_d2_eval_results_lu_gt",
+            gt_mat=gt_mat,
+            image_path_mat=image_path_mat,
+            num_objects=num_objects or n_obj,
+            num_predicates=num_predicates or n_pred,
+            **kwargs,
         )
     else:
         from detectron2.data import DatasetCatalog

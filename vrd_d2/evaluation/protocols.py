@@ -19,8 +19,17 @@ from ..config import MODES
 from .recall import count_recall_hits, k_label, recall_metrics
 from .sgb import format_sgb_table
 
-__all__ = ["PROTOCOLS", "SGB_PREFIX", "resolve_protocol", "merge_protocols", "split_protocols",
-           "format_protocol_table", "tasks_for_mode", "evaluate_records", "format_results_table"]
+__all__ = [
+    "PROTOCOLS",
+    "SGB_PREFIX",
+    "resolve_protocol",
+    "merge_protocols",
+    "split_protocols",
+    "format_protocol_table",
+    "tasks_for_mode",
+    "evaluate_records",
+    "format_results_table",
+]
 
 #: values of MODEL.VRD.TEST.PROTOCOL / ``--protocol``
 PROTOCOLS = ("lu", "sgb", "auto", "both")
@@ -31,13 +40,14 @@ SGB_PREFIX = "sgb/"
 
 
 def resolve_protocol(protocol: str, dataset_name: str = "") -> str:
-    """"lu", "sgb" or "both": ``protocol`` itself, or for "auto" SGB on VG150 / VG200 and Lu
+    """ "lu", "sgb" or "both": ``protocol`` itself, or for "auto" SGB on VG150 / VG200 and Lu
     elsewhere."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"evaluation protocol must be one of {PROTOCOLS}, found {protocol!r}")
     if protocol != "auto":
         return protocol
     return "sgb" if str(dataset_name).startswith(SGB_DATASET_PREFIXES) else "lu"
+
 
 def merge_protocols(lu: Dict[str, dict], sgb: Dict[str, dict]) -> "OrderedDict[str, dict]":
     """One results dict task -> metric: Lu's metrics under their names (``R@50_k1``, ...), then
@@ -55,7 +65,7 @@ def split_protocols(results: Dict[str, dict]):
     for task, metrics in results.items():
         for m, v in metrics.items():
             if m.startswith(SGB_PREFIX):
-                sgb.setdefault(task, OrderedDict())[m[len(SGB_PREFIX):]] = v
+                sgb.setdefault(task, OrderedDict())[m[len(SGB_PREFIX) :]] = v
             else:
                 lu.setdefault(task, OrderedDict())[m] = v
     return lu, sgb
@@ -67,8 +77,10 @@ def format_protocol_table(results: Dict[str, dict], protocol: str) -> str:
         return format_sgb_table(results)
     if protocol == "both":
         lu, sgb = split_protocols(results)
-        return (f"Lu et al.:\n{format_results_table(lu)}\n(k=0 is free k)\n"
-                f"Scene-Graph-Benchmark:\n{format_sgb_table(sgb)}")
+        return (
+            f"Lu et al.:\n{format_results_table(lu)}\n(k=0 is free k)\n"
+            f"Scene-Graph-Benchmark:\n{format_sgb_table(sgb)}"
+        )
     return format_results_table(results)
 
 
@@ -114,8 +126,14 @@ def evaluate_records(
             metrics = OrderedDict()
             for k in ks:
                 counts = count_recall_hits(
-                    predictions, gts, criterion, k, topk_values, num_predicates,
-                    iou_threshold, denominator,
+                    predictions,
+                    gts,
+                    criterion,
+                    k,
+                    topk_values,
+                    num_predicates,
+                    iou_threshold,
+                    denominator,
                 )
                 m = recall_metrics(counts, k_label(k))
                 if k in k_values:
@@ -144,5 +162,4 @@ def format_results_table(results: Dict[str, Dict[str, float]]) -> str:
             if suffix == "kbest" and "best_k" in metrics:
                 label = f"kbest (k={int(metrics['best_k'])})"
             rows.append([task, label] + [vals.get(c, float("nan")) for c in columns])
-    return tabulate(rows, headers=["task", "k/pair"] + columns, tablefmt="pipe", floatfmt=".2f",
-                    numalign="left")
+    return tabulate(rows, headers=["task", "k/pair"] + columns, tablefmt="pipe", floatfmt=".2f", numalign="left")

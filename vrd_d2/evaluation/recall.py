@@ -199,7 +199,7 @@ def best_k_from_results(
     for key, value in results[task].items():
         if not key.startswith(prefix):
             continue
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         if rest == "free":
             per_k[0] = value
         elif rest.isdigit():

@@ -45,8 +45,7 @@ def image_key(name: str) -> str:
 def relations_to_record(relations) -> dict:
     """Model output ``outputs[i]["relations"]`` (Instances, DESIGN.md "Model output") -> record."""
     fields = relations.get_fields()
-    need = ("subject_boxes", "object_boxes", "subject_classes", "predicate_classes",
-            "object_classes", "scores")
+    need = ("subject_boxes", "object_boxes", "subject_classes", "predicate_classes", "object_classes", "scores")
     missing = [f for f in need if f not in fields]
     if missing:
         raise KeyError(f"relations Instances lacks field(s) {missing} (has {sorted(fields)})")
@@ -55,10 +54,14 @@ def relations_to_record(relations) -> dict:
         x = getattr(x, "tensor", x)
         return x.detach().cpu().numpy()
 
-    labels = np.stack(
-        [arr(fields["subject_classes"]), arr(fields["predicate_classes"]), arr(fields["object_classes"])],
-        axis=1,
-    ).astype(np.int64).reshape(-1, 3)
+    labels = (
+        np.stack(
+            [arr(fields["subject_classes"]), arr(fields["predicate_classes"]), arr(fields["object_classes"])],
+            axis=1,
+        )
+        .astype(np.int64)
+        .reshape(-1, 3)
+    )
     rec = {
         "labels": labels,
         "sub_boxes": arr(fields["subject_boxes"]).astype(np.float64).reshape(-1, 4),
@@ -160,8 +163,11 @@ def write_results_json(path: str, images: Sequence[dict], dataset_name: Optional
     entries = []
     for im in images:
         if "record" in im:
-            im = {"image_id": im["image_id"], "file_name": im.get("file_name", ""),
-                  "relations": _record_to_json_rows(im["record"])}
+            im = {
+                "image_id": im["image_id"],
+                "file_name": im.get("file_name", ""),
+                "relations": _record_to_json_rows(im["record"]),
+            }
         entries.append(im)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -244,8 +250,7 @@ def dataset_ground_truth(
 
     anns = record.get("annotations", [])
     boxes = np.array(
-        [BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
-         for a in anns],
+        [BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS) for a in anns],
         dtype=np.float64,
     ).reshape(-1, 4)
     cats = np.array([a["category_id"] for a in anns], dtype=np.int64)

@@ -54,9 +54,7 @@ def _image_list(data, path: str) -> list:
             raise ValueError(f"{path}: the results object has no 'images' key (keys: {sorted(data)})")
         data = data["images"]
     if not isinstance(data, list):
-        raise ValueError(
-            f"{path}: expected a list of images or an object with 'images', found {type(data).__name__}"
-        )
+        raise ValueError(f"{path}: expected a list of images or an object with 'images', found {type(data).__name__}")
     return data
 
 
@@ -96,8 +94,13 @@ def _relation_row(r, where: str):
         rank = r["pair_rank"]
         if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 0:
             raise ValueError(f"{where}: pair_rank must be an integer >= 0, found {rank!r}")
-    return (_box(r["subject_box"], "subject_box", where), _box(r["object_box"], "object_box", where),
-            labels, _score(r["score"], where), rank)
+    return (
+        _box(r["subject_box"], "subject_box", where),
+        _box(r["object_box"], "object_box", where),
+        labels,
+        _score(r["score"], where),
+        rank,
+    )
 
 
 def _image_record(im, i: int, path: str) -> dict:

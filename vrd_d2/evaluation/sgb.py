@@ -264,12 +264,14 @@ def evaluate_records_sgb(
     for task, criterion in tasks:
         metrics = OrderedDict()
         for gc in (True, False):
-            rec = sgb_recall(predictions, ground_truths, criterion, gc, topk_values, num_predicates,
-                             iou_threshold)
+            rec = sgb_recall(predictions, ground_truths, criterion, gc, topk_values, num_predicates, iou_threshold)
             metrics.update(rec.metrics("" if gc else "ng"))
         results[task] = metrics
-        counts[task] = {"images": rec.num_images, "skipped_no_gt": rec.skipped_no_gt,
-                        "skipped_no_pred": rec.skipped_no_pred}
+        counts[task] = {
+            "images": rec.num_images,
+            "skipped_no_gt": rec.skipped_no_gt,
+            "skipped_no_pred": rec.skipped_no_pred,
+        }
     return results, counts
 
 
@@ -288,5 +290,4 @@ def format_sgb_table(results: Dict[str, Dict[str, float]]) -> str:
                 columns.append(metric)
         for constraint, vals in by_c.items():
             rows.append([task, constraint] + [vals.get(c, float("nan")) for c in columns])
-    return tabulate(rows, headers=["task", "constraint"] + columns, tablefmt="pipe", floatfmt=".2f",
-                    numalign="left")
+    return tabulate(rows, headers=["task", "constraint"] + columns, tablefmt="pipe", floatfmt=".2f", numalign="left")

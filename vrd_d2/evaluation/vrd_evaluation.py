@@ -119,9 +119,7 @@ class VRDEvaluator(DatasetEvaluator):
         given = None if topk_values is None else tuple(int(k) for k in topk_values)
         self._topk_values = given or (SGB_TOPK if self._protocol == "sgb" else (50, 100))
         self._sgb_topk_values = given or SGB_TOPK
-        self._sgb_zeroshot = (
-            load_sgb_zeroshot_triplets(sgb_zeroshot_triplets) if sgb_zeroshot_triplets else None
-        )
+        self._sgb_zeroshot = load_sgb_zeroshot_triplets(sgb_zeroshot_triplets) if sgb_zeroshot_triplets else None
         self._best_k = best_k
         self._iou_threshold = float(iou_threshold)
         self._denominator = denominator
@@ -233,9 +231,7 @@ class VRDEvaluator(DatasetEvaluator):
                 )
             gts.append(by_key[key])
         if len(predictions) < len(names):
-            logger.warning(
-                f"VRDEvaluator: {len(predictions)} of the {len(names)} gt.mat images were evaluated"
-            )
+            logger.warning(f"VRDEvaluator: {len(predictions)} of the {len(names)} gt.mat images were evaluated")
         return gts, None
 
     def _score_sgb(self, records, gts, num_predicates):
@@ -244,13 +240,19 @@ class VRDEvaluator(DatasetEvaluator):
         if self._sgb_zeroshot is not None:
             gts = [dict(g, zeroshot=zeroshot_rows(g["labels"], self._sgb_zeroshot)) for g in gts]
         results, counts = evaluate_records_sgb(
-            records, gts, tasks_for_mode(self._mode), self._sgb_topk_values, num_predicates,
+            records,
+            gts,
+            tasks_for_mode(self._mode),
+            self._sgb_topk_values,
+            num_predicates,
             self._iou_threshold,
         )
         c = next(iter(counts.values()))
-        note = (f"(per-image means over {c['images']} images; left out as in SGB: "
-                f"{c['skipped_no_gt']} without ground-truth relations, {c['skipped_no_pred']} "
-                f"without predictions)")
+        note = (
+            f"(per-image means over {c['images']} images; left out as in SGB: "
+            f"{c['skipped_no_gt']} without ground-truth relations, {c['skipped_no_pred']} "
+            f"without predictions)"
+        )
         return results, format_sgb_table(results) + "\n" + note, counts
 
     def evaluate(self):
@@ -277,9 +279,7 @@ class VRDEvaluator(DatasetEvaluator):
         predictions = sorted(predictions, key=lambda p: str(p["image_id"]))
 
         num_objects = self._num_objects or len(self._metadata.get("thing_classes", [])) or None
-        num_predicates = (
-            self._num_predicates or len(self._metadata.get("predicate_classes", [])) or None
-        )
+        num_predicates = self._num_predicates or len(self._metadata.get("predicate_classes", [])) or None
         for p in predictions:
             where = p.get("where") or f"image_id={p['image_id']} ({p['file_name']})"
             validate_prediction(p["record"], where, num_objects, num_predicates)
@@ -292,10 +292,16 @@ class VRDEvaluator(DatasetEvaluator):
         results, tables, counts = None, [], None
         if self._protocol in ("lu", "both"):
             results = evaluate_records(
-                records, gts, mode=self._mode, k_values=self._k_values,
-                topk_values=self._topk_values, num_predicates=num_predicates,
-                complete_ground_truths=complete, best_k=self._best_k,
-                iou_threshold=self._iou_threshold, denominator=self._denominator,
+                records,
+                gts,
+                mode=self._mode,
+                k_values=self._k_values,
+                topk_values=self._topk_values,
+                num_predicates=num_predicates,
+                complete_ground_truths=complete,
+                best_k=self._best_k,
+                iou_threshold=self._iou_threshold,
+                denominator=self._denominator,
             )
             tables.append(format_results_table(results) + "\n(k=0 is free k)")
         if self._protocol in ("sgb", "both"):

@@ -1,9 +1,9 @@
 """VGG16's fc6/fc7 as a Detectron2 box head (two FC layers, 4096 in the paper)."""
-import torch.nn.functional as F
-from torch import nn
 
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
+from torch import nn
 
 __all__ = ["VGG16FCHead"]
 

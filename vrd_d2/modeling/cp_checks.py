@@ -54,9 +54,7 @@ def describe_shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def check_factors(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, *, where: str = ""
-) -> Tuple[int, int, int, int, int]:
+def check_factors(s_s: Tensor, s_p: Tensor, s_o: Tensor, *, where: str = "") -> Tuple[int, int, int, int, int]:
     """Validate CP log-factors; return ``(N, R, S, P, O)``.
 
     Args:
@@ -68,13 +66,9 @@ def check_factors(
     ctx = f"{_FILE}:{where or 'check_factors'}"
     for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
         if not isinstance(t, Tensor):
-            raise ValueError(
-                f"{ctx}: {name} must be a torch.Tensor [N, R, C], found {type(t).__name__}"
-            )
+            raise ValueError(f"{ctx}: {name} must be a torch.Tensor [N, R, C], found {type(t).__name__}")
         if t.dim() != 3:
-            raise ValueError(
-                f"{ctx}: {name} must be 3-D [N, R, C], found shape {describe_shape(t)}"
-            )
+            raise ValueError(f"{ctx}: {name} must be 3-D [N, R, C], found shape {describe_shape(t)}")
         if not t.is_floating_point():
             raise ValueError(f"{ctx}: {name} must be a floating tensor, found dtype {t.dtype}")
     if not (s_s.shape[0] == s_p.shape[0] == s_o.shape[0]):
@@ -93,13 +87,9 @@ def check_factors(
             f"{describe_shape(s_s)}, {describe_shape(s_p)}, {describe_shape(s_o)}"
         )
     if not (s_s.dtype == s_p.dtype == s_o.dtype):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o dtypes differ: {s_s.dtype}, {s_p.dtype}, {s_o.dtype}"
-        )
+        raise ValueError(f"{ctx}: s_s, s_p, s_o dtypes differ: {s_s.dtype}, {s_p.dtype}, {s_o.dtype}")
     if not (s_s.device == s_p.device == s_o.device):
-        raise ValueError(
-            f"{ctx}: s_s, s_p, s_o devices differ: {s_s.device}, {s_p.device}, {s_o.device}"
-        )
+        raise ValueError(f"{ctx}: s_s, s_p, s_o devices differ: {s_s.device}, {s_p.device}, {s_o.device}")
     for name, t in (("s_s", s_s), ("s_p", s_p), ("s_o", s_o)):
         if t.numel() and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{ctx}: {name} {describe_shape(t)} contains NaN or inf logits")
@@ -132,13 +122,9 @@ def _check_log_partition_finite(s_s: Tensor, s_p: Tensor, s_o: Tensor, ctx: str)
 
 def check_index(name: str, t, shape_desc: str, ndim: int, last: Optional[int], ctx: str) -> None:
     if not isinstance(t, Tensor):
-        raise ValueError(
-            f"{ctx}: {name} must be a torch.Tensor {shape_desc}, found {type(t).__name__}"
-        )
+        raise ValueError(f"{ctx}: {name} must be a torch.Tensor {shape_desc}, found {type(t).__name__}")
     if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(
-            f"{ctx}: {name} must be an integer (long) tensor {shape_desc}, found dtype {t.dtype}"
-        )
+        raise ValueError(f"{ctx}: {name} must be an integer (long) tensor {shape_desc}, found dtype {t.dtype}")
     if t.dim() != ndim or (last is not None and t.shape[-1] != last):
         raise ValueError(f"{ctx}: {name} must have shape {shape_desc}, found {describe_shape(t)}")
 
@@ -148,9 +134,7 @@ def check_range(name: str, t: Tensor, high: int, what: str, ctx: str) -> None:
         return
     lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= high:
-        raise ValueError(
-            f"{ctx}: {name} ids must be in [0, {high}) ({what}), found range [{lo}, {hi}]"
-        )
+        raise ValueError(f"{ctx}: {name} ids must be in [0, {high}) ({what}), found range [{lo}, {hi}]")
 
 
 def check_triplets(triplets, pair_index, n, s, p, o, device, ctx) -> None:

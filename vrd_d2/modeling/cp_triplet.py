@@ -80,9 +80,7 @@ def log_partition(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
     return (a_s + a_p + a_o).logsumexp(-1)
 
 
-def _log_psi_c_unnormalized(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, triplets: Tensor, pair_index: Tensor
-) -> Tensor:
+def _log_psi_c_unnormalized(s_s: Tensor, s_p: Tensor, s_o: Tensor, triplets: Tensor, pair_index: Tensor) -> Tensor:
     """log sum_r phi_s,r(i) phi_p,r(j) phi_o,r(k) for listed triplets (numerator of eq. 5): [M]."""
     n_idx = pair_index.long()
     t = triplets.long()
@@ -90,9 +88,7 @@ def _log_psi_c_unnormalized(
     return terms.logsumexp(-1)
 
 
-def triplet_log_prob(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, triplets: Tensor, pair_index: Tensor
-) -> Tensor:
+def triplet_log_prob(s_s: Tensor, s_p: Tensor, s_o: Tensor, triplets: Tensor, pair_index: Tensor) -> Tensor:
     """log y(i, j, k) of eq. 5 for a list of triplets, each belonging to one pair.
 
     Args:
@@ -128,9 +124,7 @@ def triplet_log_score(
     lp = triplet_log_prob(s_s, s_p, s_o, triplets, pair_index)
     if prior is None:
         return lp
-    check_prior(
-        prior, tuple(s_s.shape[2:]) + (s_p.shape[2], s_o.shape[2]), f"{_FILE}:triplet_log_score"
-    )
+    check_prior(prior, tuple(s_s.shape[2:]) + (s_p.shape[2], s_o.shape[2]), f"{_FILE}:triplet_log_score")
     return lp + prior.log_prob(triplets).to(lp)
 
 
@@ -155,9 +149,7 @@ def cp_nll_loss(
         scalar Tensor, or Tensor[N] for reduction="none".
     """
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(
-            f"{_FILE}:cp_nll_loss: reduction must be 'mean', 'sum' or 'none', found {reduction!r}"
-        )
+        raise ValueError(f"{_FILE}:cp_nll_loss: reduction must be 'mean', 'sum' or 'none', found {reduction!r}")
     lp = triplet_log_prob(s_s, s_p, s_o, triplets, pair_index)
     n = s_s.shape[0]
     per_pair = s_s.new_zeros(n).index_add(0, pair_index.long(), -lp)
@@ -201,9 +193,7 @@ def marginals(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tuple[Tensor, Tensor, Te
     return tuple(x.exp() for x in log_marginals(s_s, s_p, s_o))  # type: ignore[return-value]
 
 
-def predicate_log_conditional(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, subject: Tensor, object: Tensor
-) -> Tensor:
+def predicate_log_conditional(s_s: Tensor, s_p: Tensor, s_o: Tensor, subject: Tensor, object: Tensor) -> Tensor:
     """log P(predicate | subject, object, pair) = log y(s, :, o) - log sum_j y(s, j, o).
 
     Used for predicate classification (labels given). With c_r = s_s,r(s) + s_o,r(o):
@@ -251,10 +241,7 @@ def dense_log_prob(s_s: Tensor, s_p: Tensor, s_o: Tensor) -> Tensor:
     return lu - lu.flatten(1).logsumexp(-1)[:, None, None, None]
 
 
-
-def crf_log_normalizer(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, prior: TripletPrior, pairs_per_chunk: int = 64
-) -> Tensor:
+def crf_log_normalizer(s_s: Tensor, s_p: Tensor, s_o: Tensor, prior: TripletPrior, pairs_per_chunk: int = 64) -> Tensor:
     """log sum_t psi_c(t | pair) psi_u(t) per pair: the normalizer of the piecewise CRF
     P(t | b) = psi_c psi_u / sum (the paper's product of the CP factor and the prior).
 
@@ -272,8 +259,7 @@ def crf_log_normalizer(
     ctx = f"{_FILE}:crf_log_normalizer"
     if not isinstance(prior, TripletPrior):
         raise ValueError(
-            f"{ctx}: prior must be a TripletPrior (the normalizer sums psi_c psi_u), found "
-            f"{type(prior).__name__}"
+            f"{ctx}: prior must be a TripletPrior (the normalizer sums psi_c psi_u), found " f"{type(prior).__name__}"
         )
     check_prior(prior, (S, P, O), ctx)
     dt = s_s.dtype
@@ -289,8 +275,9 @@ def crf_log_normalizer(
     out = []
     for a in range(0, n, pairs_per_chunk):
         b = min(n, a + pairs_per_chunk)
-        terms = (s_s[a:b].index_select(2, si) + s_p[a:b].index_select(2, sj)
-                 + s_o[a:b].index_select(2, sk)).logsumexp(1)  # [c, U]: log of y's numerator
+        terms = (s_s[a:b].index_select(2, si) + s_p[a:b].index_select(2, sj) + s_o[a:b].index_select(2, sk)).logsumexp(
+            1
+        )  # [c, U]: log of y's numerator
         on_support = (terms - log_z[a:b, None] + log_excess).logsumexp(1)
         out.append(torch.logaddexp(on_support, log_floor))
     return torch.cat(out)

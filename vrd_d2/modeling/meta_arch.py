@@ -5,11 +5,11 @@ Why not GeneralizedRCNN's own inference: its ``_postprocess`` returns only ``ins
 pointing at the wrong rows and their boxes unscaled. Here both are rescaled together, nothing is
 dropped.
 """
+
 import logging
 from typing import Dict, List, Optional
 
 import torch
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
@@ -54,8 +54,15 @@ class VRDRCNN(GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(self, *, train_stage: str = "detector", mode: str = "sgdet", pair_features: str = "roi_align",
-                 train_on_proposals: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        train_stage: str = "detector",
+        mode: str = "sgdet",
+        pair_features: str = "roi_align",
+        train_on_proposals: bool = False,
+        **kwargs,
+    ):
         """
         Args:
             train_stage: "detector" | "triplet" | "selection" (MODEL.VRD.TRAIN_STAGE).
@@ -81,8 +88,12 @@ class VRDRCNN(GeneralizedRCNN):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         v = cfg.MODEL.VRD
-        ret.update(train_stage=v.TRAIN_STAGE, mode=v.MODE, pair_features=resolve_pair_features(cfg),
-                   train_on_proposals=v.TRAIN_ON_PROPOSALS)
+        ret.update(
+            train_stage=v.TRAIN_STAGE,
+            mode=v.MODE,
+            pair_features=resolve_pair_features(cfg),
+            train_on_proposals=v.TRAIN_ON_PROPOSALS,
+        )
         return ret
 
     def freeze_for_stage(self, stage: str) -> None:
@@ -134,13 +145,17 @@ class VRDRCNN(GeneralizedRCNN):
             if "instances" not in x:
                 raise ValueError(
                     f"{_FILE}: MODEL.VRD.MODE={self.mode!r} takes the gold boxes from batched_inputs[{i}]"
-                    "['instances'] (gt_boxes, gt_classes), found keys " + str(sorted(x.keys()))
-                    + "; the mapper keeps annotations at test time for this mode")
+                    "['instances'] (gt_boxes, gt_classes), found keys "
+                    + str(sorted(x.keys()))
+                    + "; the mapper keeps annotations at test time for this mode"
+                )
             gt = x["instances"].to(self.device)
             n = len(gt)
             scores = gt.gt_scores if gt.has("gt_scores") else torch.ones(n, device=self.device)
             classes = gt.gt_classes if gt.has("gt_classes") else torch.zeros(n, dtype=torch.long, device=self.device)
-            out.append(Instances(size, pred_boxes=gt.gt_boxes.clone(), scores=scores.float(), pred_classes=classes.long()))
+            out.append(
+                Instances(size, pred_boxes=gt.gt_boxes.clone(), scores=scores.float(), pred_classes=classes.long())
+            )
         return out
 
     # ------------------------------------------------------------------------------ forward
@@ -166,8 +181,12 @@ class VRDRCNN(GeneralizedRCNN):
         _, losses = self.roi_heads(images, features, proposals, gt, relations=relations)
         return losses
 
-    def inference(self, batched_inputs: List[Dict[str, torch.Tensor]], detected_instances: Optional[List[Instances]] = None,
-                  do_postprocess: bool = True):
+    def inference(
+        self,
+        batched_inputs: List[Dict[str, torch.Tensor]],
+        detected_instances: Optional[List[Instances]] = None,
+        do_postprocess: bool = True,
+    ):
         """
         Returns:
             per image ``{"instances": Instances(pred_boxes, scores, pred_classes), "relations":
@@ -181,7 +200,9 @@ class VRDRCNN(GeneralizedRCNN):
         images, sizes = self._image_sizes(batched_inputs)
         features = self._backbone(images)
         if detected_instances is not None:
-            instances = self.roi_heads.forward_with_given_boxes(features, [x.to(self.device) for x in detected_instances])
+            instances = self.roi_heads.forward_with_given_boxes(
+                features, [x.to(self.device) for x in detected_instances]
+            )
         elif self.mode == "sgdet":
             proposals, _ = self.proposal_generator(images, features, None)
             instances, _ = self.roi_heads(images, features, proposals, None)

@@ -4,14 +4,14 @@ Boxes of an image are a list (gold boxes, detected boxes or proposals); each box
 index of the gold box it stands for (``gt_index``, -1 for none). Pairs are ordered (subject,
 object) index pairs into that list, i != j.
 """
+
 import logging
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
-
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.logger import log_every_n_seconds
+from torch import Tensor
 
 __all__ = ["all_ordered_pairs", "cap_pairs", "match_proposals_to_gt", "pair_triplets"]
 
@@ -33,15 +33,21 @@ def cap_pairs(pairs: Tensor, max_pairs: int, priority: Optional[Tensor] = None, 
     n = pairs.shape[0]
     if max_pairs <= 0 or n <= max_pairs:
         return pairs
-    log_every_n_seconds(logging.WARNING, f"vrd_d2: {n} box pairs in an image{what}: capped at "
-                        f"MODEL.VRD.MAX_PAIRS_PER_IMAGE = {max_pairs}", n=10, name=__name__)
+    log_every_n_seconds(
+        logging.WARNING,
+        f"vrd_d2: {n} box pairs in an image{what}: capped at " f"MODEL.VRD.MAX_PAIRS_PER_IMAGE = {max_pairs}",
+        n=10,
+        name=__name__,
+    )
     if priority is None:
         return pairs[:max_pairs]
     keep = priority.argsort(descending=True, stable=True)[:max_pairs].sort().values
     return pairs[keep]
 
 
-def match_proposals_to_gt(proposal_boxes: Boxes, gt_boxes: Boxes, per_gt: int, iou_thresh: float) -> Tuple[Tensor, Tensor]:
+def match_proposals_to_gt(
+    proposal_boxes: Boxes, gt_boxes: Boxes, per_gt: int, iou_thresh: float
+) -> Tuple[Tensor, Tensor]:
     """For every gold box, its ``per_gt`` proposals of highest IoU among those with IoU >= ``iou_thresh``.
 
     Args:

@@ -12,14 +12,14 @@ Pairs run through the predictor in chunks (bounded memory); the output is the un
 ``k_per_pair`` of "the top ``topk_per_image`` triplets with at most k per pair", as the relation
 field (:data:`RELATION_FIELDS`, docs/DESIGN.md "Model output").
 """
+
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
+from torch import Tensor
 
 from ..config import MODES
 from .cp_triplet import TripletPrior, crf_log_normalizer
@@ -31,18 +31,31 @@ __all__ = ["RelationInference", "RELATION_FIELDS", "empty_relations", "union_ove
 _FILE = "vrd_d2/modeling/relation_inference.py"
 
 # the relation field of the model output (docs/DESIGN.md "Model output")
-RELATION_FIELDS = ("pair_indices", "subject_boxes", "object_boxes", "subject_classes",
-                   "predicate_classes", "object_classes", "scores", "pair_rank")
+RELATION_FIELDS = (
+    "pair_indices",
+    "subject_boxes",
+    "object_boxes",
+    "subject_classes",
+    "predicate_classes",
+    "object_classes",
+    "scores",
+    "pair_rank",
+)
 
 
 def empty_relations(image_size, device=None) -> Instances:
     """A relation field with 0 rows (images with fewer than 2 boxes)."""
     z = torch.zeros(0, dtype=torch.long, device=device)
     return Instances(
-        image_size, pair_indices=torch.zeros((0, 2), dtype=torch.long, device=device),
-        subject_boxes=Boxes(torch.zeros((0, 4), device=device)), object_boxes=Boxes(torch.zeros((0, 4), device=device)),
-        subject_classes=z, predicate_classes=z.clone(), object_classes=z.clone(),
-        scores=torch.zeros(0, device=device), pair_rank=z.clone(),
+        image_size,
+        pair_indices=torch.zeros((0, 2), dtype=torch.long, device=device),
+        subject_boxes=Boxes(torch.zeros((0, 4), device=device)),
+        object_boxes=Boxes(torch.zeros((0, 4), device=device)),
+        subject_classes=z,
+        predicate_classes=z.clone(),
+        object_classes=z.clone(),
+        scores=torch.zeros(0, device=device),
+        pair_rank=z.clone(),
     )
 
 
@@ -74,9 +87,20 @@ class RelationInference:
     decode_predicates = staticmethod(topk_predicates_given_labels)
 
     @configurable
-    def __init__(self, *, mode: str = "sgdet", use_prior: bool = True, use_cp: bool = True, use_selection: bool = True,
-                 use_box_score: bool = True, topk_per_image: int = 100, k_per_pair: Sequence[int] = (1, 10, 0),
-                 pair_batch: int = 1024, max_pairs_per_image: int = 10000, crf_normalize: bool = False):
+    def __init__(
+        self,
+        *,
+        mode: str = "sgdet",
+        use_prior: bool = True,
+        use_cp: bool = True,
+        use_selection: bool = True,
+        use_box_score: bool = True,
+        topk_per_image: int = 100,
+        k_per_pair: Sequence[int] = (1, 10, 0),
+        pair_batch: int = 1024,
+        max_pairs_per_image: int = 10000,
+        crf_normalize: bool = False,
+    ):
         """
         Args:
             mode: "sgdet" | "phrase_cls" (triplets decoded) | "predcls" (labels given: predicates).
@@ -92,7 +116,12 @@ class RelationInference:
         if mode not in MODES:
             raise ValueError(f"{_FILE}: MODEL.VRD.MODE must be one of {MODES}, found {mode!r}")
         self.mode = mode
-        self.use_prior, self.use_cp, self.use_selection, self.use_box_score = use_prior, use_cp, use_selection, use_box_score
+        self.use_prior, self.use_cp, self.use_selection, self.use_box_score = (
+            use_prior,
+            use_cp,
+            use_selection,
+            use_box_score,
+        )
         self.topk_per_image = topk_per_image
         self.k_per_pair = [int(k) for k in k_per_pair]
         self.pair_batch = max(1, int(pair_batch))
@@ -102,13 +131,26 @@ class RelationInference:
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VRD
-        return {"mode": v.MODE, "use_prior": v.USE_PRIOR, "use_cp": v.USE_CP, "use_selection": v.USE_SELECTION,
-                "use_box_score": v.USE_BOX_SCORE, "topk_per_image": v.TEST.TOPK_PER_IMAGE,
-                "k_per_pair": list(v.TEST.K_PER_PAIR), "pair_batch": v.TEST.PAIR_BATCH,
-                "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE, "crf_normalize": v.CRF_NORMALIZE}
+        return {
+            "mode": v.MODE,
+            "use_prior": v.USE_PRIOR,
+            "use_cp": v.USE_CP,
+            "use_selection": v.USE_SELECTION,
+            "use_box_score": v.USE_BOX_SCORE,
+            "topk_per_image": v.TEST.TOPK_PER_IMAGE,
+            "k_per_pair": list(v.TEST.K_PER_PAIR),
+            "pair_batch": v.TEST.PAIR_BATCH,
+            "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE,
+            "crf_normalize": v.CRF_NORMALIZE,
+        }
 
-    def __call__(self, pair_logits: Callable[..., Dict[str, Tensor]], prior: Optional[TripletPrior],
-                 features: Dict[str, Tensor], instances: Instances) -> Instances:
+    def __call__(
+        self,
+        pair_logits: Callable[..., Dict[str, Tensor]],
+        prior: Optional[TripletPrior],
+        features: Dict[str, Tensor],
+        instances: Instances,
+    ) -> Instances:
         """The relation field of one image.
 
         Args:
@@ -134,8 +176,9 @@ class RelationInference:
         scores, triplets = [], []
         for a in range(0, pairs.shape[0], self.pair_batch):
             chunk = pairs[a : a + self.pair_batch]
-            out = pair_logits(features, [boxes], [chunk], [instances.image_size], want_cp=True,
-                              want_sel=self.use_selection)
+            out = pair_logits(
+                features, [boxes], [chunk], [instances.image_size], want_cp=True, want_sel=self.use_selection
+            )
             weight = log_box[chunk[:, 0]] + log_box[chunk[:, 1]]
             v, t = self._decode(out, chunk, weight, instances, prior if self.use_prior else None)
             scores.append(v)
@@ -155,8 +198,9 @@ class RelationInference:
             pair_rank=rank,
         )
 
-    def _decode(self, out: Dict[str, Tensor], pairs: Tensor, weight: Tensor, instances: Instances,
-                prior: Optional[TripletPrior]) -> Tuple[Tensor, Tensor]:
+    def _decode(
+        self, out: Dict[str, Tensor], pairs: Tensor, weight: Tensor, instances: Instances, prior: Optional[TripletPrior]
+    ) -> Tuple[Tensor, Tensor]:
         """Top triplets of each pair of a chunk: (log-scores [N, k'], triplets [N, k', 3])."""
         if not self.use_cp:  # all log-factors equal: psi_c is uniform
             out.update({k: torch.zeros_like(out[k]) for k in ("s_s", "s_p", "s_o")})
@@ -167,8 +211,17 @@ class RelationInference:
         if self.mode == "predcls":
             cls = instances.pred_classes
             # labels are given (gold or a detector's): normalized, P(b_s) P(b_o) P(p | s, o, b) P(X_sel)
-            return self.decode_predicates(s_s, s_p, s_o, cls[pairs[:, 0]], cls[pairs[:, 1]], topk, prior=prior,
-                                          pair_log_weight=weight, normalize=self.crf_normalize)
+            return self.decode_predicates(
+                s_s,
+                s_p,
+                s_o,
+                cls[pairs[:, 0]],
+                cls[pairs[:, 1]],
+                topk,
+                prior=prior,
+                pair_log_weight=weight,
+                normalize=self.crf_normalize,
+            )
         if prior is not None and self.crf_normalize:  # psi_c sums to 1 per pair: only the prior needs it
             weight = weight - crf_log_normalizer(s_s, s_p, s_o, prior).to(weight)
         return self.decode_triplets(s_s, s_p, s_o, topk, prior=prior, pair_log_weight=weight)

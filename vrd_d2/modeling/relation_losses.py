@@ -7,17 +7,17 @@
 - selection: every annotated pair and ``selection_neg_per_pos`` random null pairs per annotated
   pair, loss_sel = binary cross-entropy of the selection logit (annotated = 1).
 """
+
 import math
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.structures import Instances
 from detectron2.utils import comm
+from torch import Tensor, nn
 
 from ..config import TRAIN_STAGES
 from .cp_triplet import cp_nll_loss
@@ -57,8 +57,16 @@ class RelationLoss:
     """The relation losses of one training stage ("triplet" or "selection")."""
 
     @configurable
-    def __init__(self, *, train_stage: str, train_on_proposals: bool = False, proposals_per_gt: int = 4,
-                 proposal_iou: float = 0.5, max_pairs_per_image: int = 10000, selection_neg_per_pos: float = 1.0):
+    def __init__(
+        self,
+        *,
+        train_stage: str,
+        train_on_proposals: bool = False,
+        proposals_per_gt: int = 4,
+        proposal_iou: float = 0.5,
+        max_pairs_per_image: int = 10000,
+        selection_neg_per_pos: float = 1.0,
+    ):
         """
         Args:
             train_stage: "detector" (no relation loss) | "triplet" | "selection".
@@ -78,12 +86,18 @@ class RelationLoss:
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VRD
-        return {"train_stage": v.TRAIN_STAGE, "train_on_proposals": v.TRAIN_ON_PROPOSALS,
-                "proposals_per_gt": v.PROPOSALS_PER_GT, "proposal_iou": v.PROPOSAL_IOU,
-                "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE, "selection_neg_per_pos": v.SELECTION_NEG_PER_POS}
+        return {
+            "train_stage": v.TRAIN_STAGE,
+            "train_on_proposals": v.TRAIN_ON_PROPOSALS,
+            "proposals_per_gt": v.PROPOSALS_PER_GT,
+            "proposal_iou": v.PROPOSAL_IOU,
+            "max_pairs_per_image": v.MAX_PAIRS_PER_IMAGE,
+            "selection_neg_per_pos": v.SELECTION_NEG_PER_POS,
+        }
 
-    def training_pairs(self, proposals: Optional[List[Instances]], targets: List[Instances],
-                       relations: List[Tensor]) -> List[TrainingPairs]:
+    def training_pairs(
+        self, proposals: Optional[List[Instances]], targets: List[Instances], relations: List[Tensor]
+    ) -> List[TrainingPairs]:
         """Per image the pairs the stage scores.
 
         Args:
@@ -94,8 +108,9 @@ class RelationLoss:
         out = []
         for i, (gt, rel) in enumerate(zip(targets, relations)):
             if self.train_on_proposals:
-                p_idx, g_idx = match_proposals_to_gt(proposals[i].proposal_boxes, gt.gt_boxes,
-                                                     self.proposals_per_gt, self.proposal_iou)
+                p_idx, g_idx = match_proposals_to_gt(
+                    proposals[i].proposal_boxes, gt.gt_boxes, self.proposals_per_gt, self.proposal_iou
+                )
                 boxes = proposals[i].proposal_boxes.tensor[p_idx].detach()
             else:
                 boxes = gt.gt_boxes.tensor
@@ -116,16 +131,26 @@ class RelationLoss:
                 neg = neg[torch.randperm(neg.numel(), device=neg.device)[:n_neg]]
                 keep = torch.cat((pos, neg)).sort().values
             pairs, annotated = pairs[keep], annotated[keep]
-            capped = cap_pairs(torch.cat((pairs, torch.arange(pairs.shape[0], device=pairs.device)[:, None]), 1),
-                               self.max_pairs_per_image, annotated.float(), " (training)")
+            capped = cap_pairs(
+                torch.cat((pairs, torch.arange(pairs.shape[0], device=pairs.device)[:, None]), 1),
+                self.max_pairs_per_image,
+                annotated.float(),
+                " (training)",
+            )
             pairs, annotated = capped[:, :2], annotated[capped[:, 2]]
             trip, pidx = pair_triplets(pairs, g_idx, gt.gt_classes, rel)
             out.append(TrainingPairs(boxes, pairs, trip, pidx, annotated))
         return out
 
-    def __call__(self, pair_logits: Callable[..., Dict[str, Tensor]], trained: Iterable[nn.Parameter],
-                 features: Dict[str, Tensor], proposals: Optional[List[Instances]], targets: List[Instances],
-                 relations: List[Tensor]) -> Dict[str, Tensor]:
+    def __call__(
+        self,
+        pair_logits: Callable[..., Dict[str, Tensor]],
+        trained: Iterable[nn.Parameter],
+        features: Dict[str, Tensor],
+        proposals: Optional[List[Instances]],
+        targets: List[Instances],
+        relations: List[Tensor],
+    ) -> Dict[str, Tensor]:
         """``{"loss_cp"}`` (triplet) or ``{"loss_sel"}`` (selection).
 
         Args:
@@ -144,8 +169,14 @@ class RelationLoss:
             if stage == "triplet":  # the other processes' loss waits for this process's count
                 _mean_over_workers(0, zero.device)
             return {name: zero}
-        out = pair_logits(features, [x.boxes for x in per_image], [x.pairs for x in per_image],
-                          [t.image_size for t in targets], want_cp=stage == "triplet", want_sel=stage == "selection")
+        out = pair_logits(
+            features,
+            [x.boxes for x in per_image],
+            [x.pairs for x in per_image],
+            [t.image_size for t in targets],
+            want_cp=stage == "triplet",
+            want_sel=stage == "selection",
+        )
         if stage == "triplet":
             return {name: self._cp_loss(out, per_image) + zero}
         target = cat([x.annotated for x in per_image], 0).to(out["sel"].dtype)

@@ -14,22 +14,28 @@ the conv features), "box_head" (the detector's box head on its own pooler: fc7) 
 Like DensePose's predictors and PointRend's point heads, predictors live in a registry
 (RELATION_PREDICTOR_REGISTRY); ``MODEL.VRD.PREDICTOR_NAME`` picks one.
 """
+
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
+from torch import Tensor, nn
 
 from ..config import PAIR_FEATURES, resolve_pair_features
 from .spatial import PAIR_GEOMETRY_DIM, SpatialMaskBranch, pair_geometry, spatial_masks, union_boxes
 
-__all__ = ["RELATION_PREDICTOR_REGISTRY", "build_relation_predictor", "CPRelationPredictor", "MLP",
-           "TRIPLET_MODULES", "SELECTION_MODULES"]
+__all__ = [
+    "RELATION_PREDICTOR_REGISTRY",
+    "build_relation_predictor",
+    "CPRelationPredictor",
+    "MLP",
+    "TRIPLET_MODULES",
+    "SELECTION_MODULES",
+]
 
 _FILE = "vrd_d2/modeling/relation_predictor.py"
 
@@ -48,15 +54,18 @@ SELECTION_MODULES = ("selection_head",)
 BoxFeatureFn = Callable[[Dict[str, Tensor], List[Boxes]], Tensor]
 
 
-def build_relation_predictor(cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None, *,
-                             box_feature_dim: Optional[int] = None) -> nn.Module:
+def build_relation_predictor(
+    cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None, *, box_feature_dim: Optional[int] = None
+) -> nn.Module:
     """The predictor named by ``cfg.MODEL.VRD.PREDICTOR_NAME``.
 
     Args:
         input_shape: backbone output shapes (needed with FEATURES "roi_align").
         box_feature_dim: width of the detector's box-head output (needed with FEATURES "box_head").
     """
-    return RELATION_PREDICTOR_REGISTRY.get(cfg.MODEL.VRD.PREDICTOR_NAME)(cfg, input_shape, box_feature_dim=box_feature_dim)
+    return RELATION_PREDICTOR_REGISTRY.get(cfg.MODEL.VRD.PREDICTOR_NAME)(
+        cfg, input_shape, box_feature_dim=box_feature_dim
+    )
 
 
 class MLP(nn.Sequential):
@@ -137,8 +146,9 @@ class CPRelationPredictor(nn.Module):
         self.selection_head = MLP(pair_dim, [selection_fc_dim], 1)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None, *,
-                    box_feature_dim: Optional[int] = None):
+    def from_config(
+        cls, cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None, *, box_feature_dim: Optional[int] = None
+    ):
         v = cfg.MODEL.VRD
         pair_features = resolve_pair_features(cfg)
         ret = {
@@ -155,8 +165,9 @@ class CPRelationPredictor(nn.Module):
         }
         if pair_features == "box_head":
             if box_feature_dim is None:
-                raise ValueError(f"{_FILE}: MODEL.VRD.FEATURES 'box_head' needs the box head's output width "
-                                 "(box_feature_dim)")
+                raise ValueError(
+                    f"{_FILE}: MODEL.VRD.FEATURES 'box_head' needs the box head's output width " "(box_feature_dim)"
+                )
             ret["box_feature_dim"] = box_feature_dim
         elif pair_features == "roi_align":
             ret.update(cls._init_pooler(cfg, input_shape))
@@ -166,11 +177,15 @@ class CPRelationPredictor(nn.Module):
     def _init_pooler(cfg, input_shape: Optional[Dict[str, ShapeSpec]]):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         if input_shape is None or any(f not in input_shape for f in in_features):
-            raise ValueError(f"{_FILE}: MODEL.VRD.FEATURES 'roi_align' needs the shapes of MODEL.ROI_HEADS.IN_FEATURES "
-                             f"{in_features}, found {sorted(input_shape or {})}")
+            raise ValueError(
+                f"{_FILE}: MODEL.VRD.FEATURES 'roi_align' needs the shapes of MODEL.ROI_HEADS.IN_FEATURES "
+                f"{in_features}, found {sorted(input_shape or {})}"
+            )
         channels = {input_shape[f].channels for f in in_features}
         if len(channels) != 1:
-            raise ValueError(f"{_FILE}: MODEL.ROI_HEADS.IN_FEATURES {in_features} must have equal channels, found {channels}")
+            raise ValueError(
+                f"{_FILE}: MODEL.ROI_HEADS.IN_FEATURES {in_features} must have equal channels, found {channels}"
+            )
         res = cfg.MODEL.VRD.POOLER_RESOLUTION
         pooler = ROIPooler(
             output_size=res,
@@ -184,9 +199,17 @@ class CPRelationPredictor(nn.Module):
         """Attribute names of the submodules trained in ``stage`` ("detector": none)."""
         return {"detector": (), "triplet": TRIPLET_MODULES, "selection": SELECTION_MODULES}[stage]
 
-    def pair_logits(self, features: Dict[str, Tensor], boxes: List[Tensor], pairs: List[Tensor],
-                    image_sizes: List[Tuple[int, int]], *, want_cp: bool = True, want_sel: bool = True,
-                    box_features: Optional[BoxFeatureFn] = None) -> Dict[str, Tensor]:
+    def pair_logits(
+        self,
+        features: Dict[str, Tensor],
+        boxes: List[Tensor],
+        pairs: List[Tensor],
+        image_sizes: List[Tuple[int, int]],
+        *,
+        want_cp: bool = True,
+        want_sel: bool = True,
+        box_features: Optional[BoxFeatureFn] = None,
+    ) -> Dict[str, Tensor]:
         """CP log-factors and selection logits of the pairs of a batch.
 
         Args:
@@ -231,11 +254,14 @@ class CPRelationPredictor(nn.Module):
             out["sel"] = self.selection_head(pair_feat).view(n)
         return out
 
-    def _box_features(self, features: Dict[str, Tensor], boxes: List[Boxes],
-                      box_features: Optional[BoxFeatureFn]) -> Tensor:
+    def _box_features(
+        self, features: Dict[str, Tensor], boxes: List[Boxes], box_features: Optional[BoxFeatureFn]
+    ) -> Tensor:
         """[sum B_i, D] features of boxes: flattened ROIAlign, or the detector's box head on them."""
         if self.pair_features == "box_head":
             if box_features is None:
-                raise ValueError(f"{_FILE}:pair_logits: FEATURES 'box_head' needs box_features (the detector's box head)")
+                raise ValueError(
+                    f"{_FILE}:pair_logits: FEATURES 'box_head' needs box_features (the detector's box head)"
+                )
             return box_features(features, boxes)
         return self.pooler([features[f] for f in self.in_features], boxes).flatten(1)

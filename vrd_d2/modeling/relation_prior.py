@@ -1,5 +1,6 @@
 """The triplet prior psi_u of the relation heads: the training triplet counts, saved in checkpoints
 as the buffer ``triplet_counts`` [S, P, S], and the TripletPrior rebuilt from them."""
+
 import logging
 from typing import Optional, Tuple
 
@@ -30,8 +31,10 @@ def check_triplet_counts(counts, shape: Tuple[int, int, int], where: str) -> Ten
         return torch.zeros(shape)
     counts = torch.as_tensor(counts, dtype=torch.float32)
     if tuple(counts.shape) != tuple(shape):
-        raise ValueError(f"{where}: triplet_counts shape {tuple(counts.shape)} != (NUM_CLASSES, "
-                         f"NUM_PREDICATES, NUM_CLASSES) = {tuple(shape)}")
+        raise ValueError(
+            f"{where}: triplet_counts shape {tuple(counts.shape)} != (NUM_CLASSES, "
+            f"NUM_PREDICATES, NUM_CLASSES) = {tuple(shape)}"
+        )
     return counts
 
 
@@ -47,9 +50,11 @@ def triplet_counts_from_config(cfg) -> Optional[Tensor]:
     name = cfg.DATASETS.TRAIN[0]
     counts = get_triplet_counts(name)
     if tuple(counts.shape) != (s, p, s):
-        raise ValueError(f"{_FILE}: get_triplet_counts({name!r}) has shape {tuple(counts.shape)}, the "
-                         f"config expects (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.VRD.NUM_PREDICATES, "
-                         f"NUM_CLASSES) = {(s, p, s)}")
+        raise ValueError(
+            f"{_FILE}: get_triplet_counts({name!r}) has shape {tuple(counts.shape)}, the "
+            f"config expects (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.VRD.NUM_PREDICATES, "
+            f"NUM_CLASSES) = {(s, p, s)}"
+        )
     return torch.tensor(counts, dtype=torch.float32)  # a copy: the cached counts stay read-only
 
 

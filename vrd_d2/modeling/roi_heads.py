@@ -6,16 +6,16 @@ head on box pairs, wired from its parts the way DensePose's ROI heads wire their
 - relation_inference.py: pairs -> decoded, scored triplets (the relation field);
 - relation_prior.py: the triplet prior psi_u and its counts buffer.
 """
+
 import logging
 from typing import Dict, List, Optional, Tuple
-
-from torch import Tensor
-from torchvision.ops import nms
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
+from torch import Tensor
+from torchvision.ops import nms
 
 from ..config import check_vrd_config
 from .relation_inference import RELATION_FIELDS, RelationInference, empty_relations
@@ -44,8 +44,16 @@ class VRDROIHeads(StandardROIHeads):
     _version = 2
 
     @configurable
-    def __init__(self, *, relation_predictor, relation_loss: RelationLoss, relation_inference: RelationInference,
-                 triplet_counts: Optional[Tensor] = None, test_nms_thresh: float = 0.7, **kwargs):
+    def __init__(
+        self,
+        *,
+        relation_predictor,
+        relation_loss: RelationLoss,
+        relation_inference: RelationInference,
+        triplet_counts: Optional[Tensor] = None,
+        test_nms_thresh: float = 0.7,
+        **kwargs,
+    ):
         """
         Args (besides StandardROIHeads'):
             relation_predictor: a RELATION_PREDICTOR_REGISTRY module (``pair_logits``).
@@ -113,13 +121,15 @@ class VRDROIHeads(StandardROIHeads):
         tensor whose shape differs from the model's is skipped with a warning."""
         own = self.relation_predictor.state_dict()
         moved = {m.split(".")[-1] for m in self.relation_modules()}
-        for old in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0] in moved]:
-            name = old[len(prefix):]
+        for old in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in moved]:
+            name = old[len(prefix) :]
             value = state_dict.pop(old)
             if name in own and tuple(own[name].shape) != tuple(value.shape):
-                logger.warning(f"Skip loading parameter '{old}' (now '{prefix}relation_predictor.{name}') to the model due "
-                               f"to incompatible shapes: {tuple(value.shape)} in the checkpoint but "
-                               f"{tuple(own[name].shape)} in the model!")
+                logger.warning(
+                    f"Skip loading parameter '{old}' (now '{prefix}relation_predictor.{name}') to the model due "
+                    f"to incompatible shapes: {tuple(value.shape)} in the checkpoint but "
+                    f"{tuple(own[name].shape)} in the model!"
+                )
                 continue
             state_dict.setdefault(prefix + "relation_predictor." + name, value)
 
@@ -136,11 +146,18 @@ class VRDROIHeads(StandardROIHeads):
         return [p for m in self.trainable_modules(stage) for p in self.get_submodule(m).parameters()]
 
     # ------------------------------------------------------------------------------ features
-    def pair_logits(self, features: Dict[str, Tensor], boxes: List[Tensor], pairs: List[Tensor],
-                    image_sizes: List[Tuple[int, int]], **kwargs) -> Dict[str, Tensor]:
+    def pair_logits(
+        self,
+        features: Dict[str, Tensor],
+        boxes: List[Tensor],
+        pairs: List[Tensor],
+        image_sizes: List[Tuple[int, int]],
+        **kwargs,
+    ) -> Dict[str, Tensor]:
         """The predictor's ``pair_logits`` with the detector's box head as its "box_head" features."""
-        return self.relation_predictor.pair_logits(features, boxes, pairs, image_sizes,
-                                                   box_features=self._box_head_features, **kwargs)
+        return self.relation_predictor.pair_logits(
+            features, boxes, pairs, image_sizes, box_features=self._box_head_features, **kwargs
+        )
 
     def _box_head_features(self, features: Dict[str, Tensor], boxes: List[Boxes]) -> Tensor:
         """[sum B_i, D] the detector's box head (fc7) on boxes."""
@@ -162,8 +179,10 @@ class VRDROIHeads(StandardROIHeads):
             if self.train_stage == "detector":
                 return super().forward(images, features, proposals, targets)
             if targets is None or relations is None:
-                raise ValueError(f"{_FILE}:VRDROIHeads.forward: train_stage {self.train_stage!r} needs "
-                                 "targets (gold Instances) and relations (per image LongTensor[M, 3])")
+                raise ValueError(
+                    f"{_FILE}:VRDROIHeads.forward: train_stage {self.train_stage!r} needs "
+                    "targets (gold Instances) and relations (per image LongTensor[M, 3])"
+                )
             trained = self._trained_parameters(self.train_stage)
             return [], self.relation_loss(self.pair_logits, trained, features, proposals, targets, relations)
         pred = self._forward_box(features, proposals)

@@ -4,18 +4,25 @@ features for the geometry-only head.
 Spatial masks follow Dai et al. (CVPR 2017), used by the paper: in the frame of the union box of
 (b_s, b_o), channel 0 is 1 inside the subject box and channel 1 inside the object box.
 """
+
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from detectron2.layers import Conv2d
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
+from torch import Tensor, nn
 
-__all__ = ["union_boxes", "spatial_masks", "SpatialMaskBranch", "box_geometry", "pair_geometry",
-           "BOX_GEOMETRY_DIM", "PAIR_GEOMETRY_DIM"]
+__all__ = [
+    "union_boxes",
+    "spatial_masks",
+    "SpatialMaskBranch",
+    "box_geometry",
+    "pair_geometry",
+    "BOX_GEOMETRY_DIM",
+    "PAIR_GEOMETRY_DIM",
+]
 
 
 def union_boxes(subject: Tensor, object_: Tensor) -> Tensor:
@@ -86,6 +93,7 @@ def pair_geometry(subject: Tensor, object_: Tensor, image_size) -> Tensor:
     """Geometry of ordered pairs: both boxes' :func:`box_geometry`, center offsets normalized by
     each box's size (both directions), log width/height ratios, IoU, and the union box's relative
     size. Tensor[N, 4] x 2 -> Tensor[N, PAIR_GEOMETRY_DIM]."""
+
     def cwh(b):
         wh = (b[:, 2:] - b[:, :2]).clamp(min=1e-3)
         return (b[:, :2] + b[:, 2:]) / 2, wh
@@ -96,6 +104,14 @@ def pair_geometry(subject: Tensor, object_: Tensor, image_size) -> Tensor:
     u = union_boxes(subject, object_)
     _, wu = cwh(u)
     h, w = float(image_size[0]), float(image_size[1])
-    rel = torch.cat(((co - cs) / ws, (cs - co) / wo, (wo / ws).log(), iou[:, None],
-                     (wu[:, :1] * wu[:, 1:] / (h * w)).clamp(min=1e-6).log()), 1)
+    rel = torch.cat(
+        (
+            (co - cs) / ws,
+            (cs - co) / wo,
+            (wo / ws).log(),
+            iou[:, None],
+            (wu[:, :1] * wu[:, 1:] / (h * w)).clamp(min=1e-6).log(),
+        ),
+        1,
+    )
     return torch.cat((box_geometry(subject, image_size), box_geometry(object_, image_size), rel), 1)

@@ -20,13 +20,9 @@ _FILE = "vrd_d2/modeling/triplet_prior.py"
 def check_prior(prior, shape: Tuple[int, int, int], ctx: str) -> None:
     """Validate that ``prior`` is a :class:`TripletPrior` of shape ``(S, P, O)``."""
     if not isinstance(prior, TripletPrior):
-        raise ValueError(
-            f"{ctx}: prior must be a TripletPrior or None, found {type(prior).__name__}"
-        )
+        raise ValueError(f"{ctx}: prior must be a TripletPrior or None, found {type(prior).__name__}")
     if tuple(prior.shape) != tuple(shape):
-        raise ValueError(
-            f"{ctx}: prior has shape {tuple(prior.shape)} but the factors give (S, P, O) = {tuple(shape)}"
-        )
+        raise ValueError(f"{ctx}: prior has shape {tuple(prior.shape)} but the factors give (S, P, O) = {tuple(shape)}")
 
 
 def _checked_counts(counts: Tensor, ctx: str) -> Tensor:
@@ -60,12 +56,8 @@ class TripletPrior(nn.Module):
     def __init__(self, num_subjects: int, num_predicates: int, num_objects: int):
         super().__init__()
         sizes = (num_subjects, num_predicates, num_objects)
-        if any(
-            (not isinstance(x, (int, np.integer))) or isinstance(x, bool) or x < 1 for x in sizes
-        ):
-            raise ValueError(
-                f"{_FILE}:TripletPrior: (S, P, O) must be positive ints, found {sizes}"
-            )
+        if any((not isinstance(x, (int, np.integer))) or isinstance(x, bool) or x < 1 for x in sizes):
+            raise ValueError(f"{_FILE}:TripletPrior: (S, P, O) must be positive ints, found {sizes}")
         self._sizes = tuple(int(x) for x in sizes)
         self.register_buffer("sizes", torch.tensor(self._sizes, dtype=torch.long))
         self.register_buffer("support_index", torch.zeros(0, dtype=torch.long))
@@ -83,11 +75,7 @@ class TripletPrior(nn.Module):
                 ``vrd_d2.data.get_triplet_counts(name)``.
         """
         ctx = f"{_FILE}:TripletPrior.from_counts"
-        c = (
-            torch.as_tensor(np.asarray(counts) if not isinstance(counts, Tensor) else counts)
-            .detach()
-            .cpu()
-        )
+        c = torch.as_tensor(np.asarray(counts) if not isinstance(counts, Tensor) else counts).detach().cpu()
         if c.dim() != 3:
             raise ValueError(f"{ctx}: counts must have shape [S, P, O], found {tuple(c.shape)}")
         c = _checked_counts(c, ctx)
@@ -108,9 +96,7 @@ class TripletPrior(nn.Module):
         log_denom = math.log(float(flat.sum()) + self.numel)
         device, dtype = self.support_log_prob.device, self.support_log_prob.dtype
         self.support_index = support.to(device)
-        self.support_log_prob = (torch.log1p(flat[support]) - log_denom).to(
-            device=device, dtype=dtype
-        )
+        self.support_log_prob = (torch.log1p(flat[support]) - log_denom).to(device=device, dtype=dtype)
         self.log_floor = torch.tensor(-log_denom, dtype=self.log_floor.dtype, device=device)
 
     def _load_from_state_dict(
@@ -175,9 +161,7 @@ class TripletPrior(nn.Module):
         ctx = f"{_FILE}:TripletPrior.log_prob"
         check_index("triplets", triplets, "[M, 3] (subject, predicate, object)", 2, 3, ctx)
         for col, (name, high) in enumerate(zip(("subject", "predicate", "object"), self._sizes)):
-            check_range(
-                f"triplets[:, {col}]", triplets[:, col], high, f"{name} classes of the prior", ctx
-            )
+            check_range(f"triplets[:, {col}]", triplets[:, col], high, f"{name} classes of the prior", ctx)
         return self.log_prob_flat(self.flat_index(triplets.to(self.support_index.device)))
 
     def to_dense(self, log: bool = False) -> Tensor:

@@ -3,6 +3,7 @@
 Every check raises ``ValueError("<where>: <name> must be <rule>, found <value!r>")`` so a user sees
 which key or flag is wrong and what is expected. ``bool`` is never accepted as a number.
 """
+
 import math
 from numbers import Integral, Real
 from typing import Optional

@@ -7,6 +7,7 @@ never share an output) the demo writes ``<name><suffix>`` for each suffix it ren
 another input of the same run already claimed, or over an existing file unless ``overwrite``; and
 it writes all the files of an image or none of them.
 """
+
 import os
 import tempfile
 from typing import Dict, Iterable, List, Tuple
@@ -84,12 +85,15 @@ class OutputFolder:
     def _check(self, input_path: str, path: str) -> None:
         resolved = os.path.realpath(path)
         if resolved in self._protected_paths or (os.path.exists(path) and _inode(path) in self._protected_inodes):
-            raise FileExistsError(f"{input_path}: output {path} is an input file of this run; "
-                                  "choose another --output folder")
+            raise FileExistsError(
+                f"{input_path}: output {path} is an input file of this run; " "choose another --output folder"
+            )
         other = self._claimed.get(resolved)
         if other is not None:
-            raise FileExistsError(f"{input_path}: output {path} was already written for {other} in this run "
-                                  "(two inputs with the same file name); run them into separate folders")
+            raise FileExistsError(
+                f"{input_path}: output {path} was already written for {other} in this run "
+                "(two inputs with the same file name); run them into separate folders"
+            )
         if os.path.lexists(path) and not self.overwrite:
             raise FileExistsError(f"{input_path}: output {path} exists; pass --overwrite to replace it")
 

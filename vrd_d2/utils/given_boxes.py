@@ -7,6 +7,7 @@ mapping file names to such entries. Only a file that cannot be read as such a li
 as a whole; each entry is validated when its image asks for it, so one bad entry fails only its
 image (:class:`GivenBoxesFile`).
 """
+
 import json
 import math
 import os
@@ -69,8 +70,9 @@ class GivenBoxesFile(Mapping):
                     raise ValueError(f"--boxes {path}: list element {i} needs a 'file_name' string")
                 entries.append((name, d))
         else:
-            raise ValueError(f"--boxes {path}: expected a list of entries or a dict by file name, "
-                             f"found {type(data).__name__}")
+            raise ValueError(
+                f"--boxes {path}: expected a list of entries or a dict by file name, " f"found {type(data).__name__}"
+            )
         for name, entry in entries:
             self._raw.setdefault(os.path.basename(name), []).append(entry)
 
@@ -100,8 +102,10 @@ class GivenBoxesFile(Mapping):
         if labels is not None:
             labels = np.array([self._label_id(v, where, i) for i, v in enumerate(labels)], dtype=np.int64)
         if scores is not None:
-            scores = np.array([check_float(v, f"scores[{i}]", low=0.0, high=1.0, where=where)
-                               for i, v in enumerate(scores)], dtype=np.float32)
+            scores = np.array(
+                [check_float(v, f"scores[{i}]", low=0.0, high=1.0, where=where) for i, v in enumerate(scores)],
+                dtype=np.float32,
+            )
         return GivenBoxes(boxes, labels, scores)
 
     def _label_id(self, value, where: str, row: int) -> int:
@@ -128,7 +132,8 @@ def boxes_from_dataset(name: str) -> Dict[str, GivenBoxes]:
         boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
         out[os.path.basename(d["file_name"])] = GivenBoxes(
             np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-            np.asarray([a["category_id"] for a in anns], dtype=np.int64))
+            np.asarray([a["category_id"] for a in anns], dtype=np.int64),
+        )
     return out
 
 
@@ -154,8 +159,11 @@ def _parse_boxes(rows, where: str) -> np.ndarray:
     """A JSON list of boxes -> float64 [B, 4]; each row 4 finite numbers with x1 > x0, y1 > y0."""
     out = np.zeros((len(rows), 4), dtype=np.float64)
     for i, row in enumerate(rows):
-        if (not isinstance(row, list) or len(row) != 4
-                or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in row)):
+        if (
+            not isinstance(row, list)
+            or len(row) != 4
+            or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+        ):
             raise ValueError(f"{where}: boxes[{i}] must be 4 finite numbers [x1, y1, x2, y2], found {row!r}")
         if not (row[2] > row[0] and row[3] > row[1]):
             raise ValueError(f"{where}: boxes[{i}] {row} is inverted or empty (need x2 > x1 and y2 > y1)")

@@ -1,4 +1,5 @@
 """Keep the README's results tables equal to what the commands that produce them print."""
+
 import re
 
 __all__ = ["replace_readme_section"]

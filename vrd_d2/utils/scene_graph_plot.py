@@ -6,6 +6,7 @@ Both read the JSON-ready dict of :func:`vrd_d2.utils.visualizer.scene_graph_dict
 the objects that take part in its relations (in id order), the edges its relations in rank order,
 coloured as the arrows of :class:`~vrd_d2.utils.visualizer.RelationVisualizer`.
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
@@ -65,8 +66,12 @@ def layout_scene_graph(graph: Dict, font_size: float = FONT_SIZE, iterations: in
     edge_texts = [f"{k + 1}. {r['predicate']}" for k, r in enumerate(rels)]
     edges = np.array([(row[r["subject"]], row[r["object"]]) for r in rels], dtype=np.int64).reshape(-1, 2)
     pad = 0.5 * font_size
-    sizes = np.array([text_size(t, font_size) for t in node_texts]
-                     + [text_size(t, 0.9 * font_size) for t in edge_texts]).reshape(-1, 2) + 2 * pad
+    sizes = (
+        np.array(
+            [text_size(t, font_size) for t in node_texts] + [text_size(t, 0.9 * font_size) for t in edge_texts]
+        ).reshape(-1, 2)
+        + 2 * pad
+    )
     n, m = len(node_ids), len(rels)
     ideal = 1.5 * float(np.median(sizes[:, 0])) if len(sizes) else 1.0
     centres = _initial_positions(n, edges, ideal)
@@ -76,8 +81,9 @@ def layout_scene_graph(graph: Dict, font_size: float = FONT_SIZE, iterations: in
     return GraphLayout(node_ids, node_texts, edge_texts, edges, centres, sizes)
 
 
-def plot_scene_graph(graph: Dict, title: str = "", min_side: int = MIN_SIDE, max_side: int = MAX_SIDE,
-                     font_size: float = FONT_SIZE) -> np.ndarray:
+def plot_scene_graph(
+    graph: Dict, title: str = "", min_side: int = MIN_SIDE, max_side: int = MAX_SIDE, font_size: float = FONT_SIZE
+) -> np.ndarray:
     """
     Draw ``graph`` as a graph.
 
@@ -108,19 +114,41 @@ def plot_scene_graph(graph: Dict, title: str = "", min_side: int = MIN_SIDE, max
     ax.set_xlim(x0, x0 + width)
     ax.set_ylim(y0, y0 + height)
     for i, line in enumerate(head):
-        ax.text(x0 + margin, y0 + height - 1.6 * font_size * (i + 0.8), line, fontsize=font_size,
-                va="center", ha="left", color="black" if i or not title else "dimgray")
+        ax.text(
+            x0 + margin,
+            y0 + height - 1.6 * font_size * (i + 0.8),
+            line,
+            fontsize=font_size,
+            va="center",
+            ha="left",
+            color="black" if i or not title else "dimgray",
+        )
     for k, (s, o) in enumerate(lay.edges.tolist()):
         path = _edge_path(lay.centres[s], lay.centres[n + k], lay.centres[o], boxes[s], boxes[o])
         colour = relation_colour(k)
-        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=1.3 * font_size,
-                                     color=colour, lw=1.4, zorder=1))
-        ax.text(*lay.centres[n + k], lay.edge_texts[k], fontsize=0.9 * font_size, ha="center",
-                va="center", color="black", zorder=3, bbox=dict(boxstyle="round,pad=0.3", fc="white",
-                                                                ec=colour, lw=1.2))
+        ax.add_patch(
+            FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=1.3 * font_size, color=colour, lw=1.4, zorder=1)
+        )
+        ax.text(
+            *lay.centres[n + k],
+            lay.edge_texts[k],
+            fontsize=0.9 * font_size,
+            ha="center",
+            va="center",
+            color="black",
+            zorder=3,
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec=colour, lw=1.2),
+        )
     for i, text in enumerate(lay.node_texts):
-        ax.text(*lay.centres[i], text, fontsize=font_size, ha="center", va="center", zorder=4,
-                bbox=dict(boxstyle="round,pad=0.4", fc="#e8f0fa", ec="#35506e", lw=1.2))
+        ax.text(
+            *lay.centres[i],
+            text,
+            fontsize=font_size,
+            ha="center",
+            va="center",
+            zorder=4,
+            bbox=dict(boxstyle="round,pad=0.4", fc="#e8f0fa", ec="#35506e", lw=1.2),
+        )
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
@@ -256,7 +284,7 @@ def _edge_path(start: np.ndarray, through: np.ndarray, end: np.ndarray, box_star
     last = len(pts) - 1 - int(np.argmin(inside_end[::-1])) if not inside_end.all() else len(pts) - 1
     if last <= first:  # the boxes touch: a short straight stub
         first, last = 0, len(pts) - 1
-    return Path(pts[first: last + 1])
+    return Path(pts[first : last + 1])
 
 
 def _inside(pts: np.ndarray, box) -> np.ndarray:

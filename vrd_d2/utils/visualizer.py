@@ -1,5 +1,6 @@
 """Drawing scene graphs on their image: boxes with labels, relations as numbered arrows, and a
 legend list; the drawing's size is bounded whatever the image's size."""
+
 import functools
 from typing import Dict, List, Sequence, Tuple
 
@@ -21,8 +22,7 @@ def _centre(box: Sequence[float]):
     return (0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]))
 
 
-def scene_graph_dict(instances, relations, thing_classes: Sequence[str],
-                     predicate_classes: Sequence[str]) -> Dict:
+def scene_graph_dict(instances, relations, thing_classes: Sequence[str], predicate_classes: Sequence[str]) -> Dict:
     """
     A JSON-ready scene graph of one image.
 
@@ -39,22 +39,32 @@ def scene_graph_dict(instances, relations, thing_classes: Sequence[str],
     classes = instances.pred_classes.tolist()
     scores = instances.scores.tolist()
     objects = [
-        {"id": i, "box": [round(v, 2) for v in b], "label": thing_classes[c], "label_id": c,
-         "score": round(s, 5)}
+        {"id": i, "box": [round(v, 2) for v in b], "label": thing_classes[c], "label_id": c, "score": round(s, 5)}
         for i, (b, c, s) in enumerate(zip(boxes, classes, scores))
     ]
     rels = []
     for (s, o), sc, p, oc, score, rank in zip(
-        relations.pair_indices.tolist(), relations.subject_classes.tolist(),
-        relations.predicate_classes.tolist(), relations.object_classes.tolist(),
-        relations.scores.tolist(), relations.pair_rank.tolist(),
+        relations.pair_indices.tolist(),
+        relations.subject_classes.tolist(),
+        relations.predicate_classes.tolist(),
+        relations.object_classes.tolist(),
+        relations.scores.tolist(),
+        relations.pair_rank.tolist(),
     ):
-        rels.append({
-            "subject": s, "object": o, "subject_label": thing_classes[sc],
-            "predicate": predicate_classes[p], "object_label": thing_classes[oc],
-            "subject_id": sc, "predicate_id": p, "object_id": oc,
-            "score": float(score), "pair_rank": rank,
-        })
+        rels.append(
+            {
+                "subject": s,
+                "object": o,
+                "subject_label": thing_classes[sc],
+                "predicate": predicate_classes[p],
+                "object_label": thing_classes[oc],
+                "subject_id": sc,
+                "predicate_id": p,
+                "object_id": oc,
+                "score": float(score),
+                "pair_rank": rank,
+            }
+        )
     return {"objects": objects, "relations": rels}
 
 
@@ -118,9 +128,12 @@ class RelationVisualizer:
         line_px = 1.5 * font_px
         rels: List[Dict] = graph["relations"]
         objects: List[Dict] = graph["objects"]
-        lines = ["{}. {}({}) {} {}({})  {:.3g}".format(
-            i + 1, r["subject_label"], r["subject"], r["predicate"], r["object_label"],
-            r["object"], r["score"]) for i, r in enumerate(rels)]
+        lines = [
+            "{}. {}({}) {} {}({})  {:.3g}".format(
+                i + 1, r["subject_label"], r["subject"], r["predicate"], r["object_label"], r["object"], r["score"]
+            )
+            for i, r in enumerate(rels)
+        ]
         max_rows = int((self.max_side - 2.4 * line_px) // line_px)
         if len(lines) > max_rows:
             lines = lines[: max_rows - 1] + [f"... {len(rels) - max_rows + 1} more in the JSON"]
@@ -141,24 +154,50 @@ class RelationVisualizer:
             x0, y0, x1, y1 = boxes[obj["id"]]
             colour = "lime" if obj["id"] in used else "lightgray"
             vis.draw_box((x0, y0, x1, y1), alpha=0.9, edge_color=colour)
-            vis.draw_text("{}:{}".format(obj["id"], obj["label"]), (x0 + 2, y0 + 2),
-                          font_size=0.8 * font_px * pt, color=colour, horizontal_alignment="left")
+            vis.draw_text(
+                "{}:{}".format(obj["id"], obj["label"]),
+                (x0 + 2, y0 + 2),
+                font_size=0.8 * font_px * pt,
+                color=colour,
+                horizontal_alignment="left",
+            )
         ax = vis.output.ax
-        vis.draw_text(title, (dw + font_px, 0.6 * font_px), font_size=text_px * pt, color="black",
-                      horizontal_alignment="left")
+        vis.draw_text(
+            title, (dw + font_px, 0.6 * font_px), font_size=text_px * pt, color="black", horizontal_alignment="left"
+        )
         for i, rel in enumerate(rels):
             colour = relation_colour(i)
             x, y = _centre(boxes[rel["subject"]])
             ox, oy = _centre(boxes[rel["object"]])
-            ax.annotate("", xy=(ox, oy), xytext=(x, y), arrowprops=dict(
-                arrowstyle="-|>", color=colour, lw=max(1.5, font_px / 8), shrinkA=4, shrinkB=4,
-                mutation_scale=font_px))
-            vis.draw_text(str(i + 1), ((x + ox) / 2, (y + oy) / 2), font_size=0.9 * font_px * pt,
-                          color=colour, horizontal_alignment="center")
+            ax.annotate(
+                "",
+                xy=(ox, oy),
+                xytext=(x, y),
+                arrowprops=dict(
+                    arrowstyle="-|>",
+                    color=colour,
+                    lw=max(1.5, font_px / 8),
+                    shrinkA=4,
+                    shrinkB=4,
+                    mutation_scale=font_px,
+                ),
+            )
+            vis.draw_text(
+                str(i + 1),
+                ((x + ox) / 2, (y + oy) / 2),
+                font_size=0.9 * font_px * pt,
+                color=colour,
+                horizontal_alignment="center",
+            )
         for i, text in enumerate(lines):
             colour = relation_colour(i) if i < len(rels) and not text.startswith("...") else (0, 0, 0)
-            vis.draw_text(text, (dw + font_px, (2.0 + i) * line_px), font_size=text_px * pt,
-                          color=colour, horizontal_alignment="left")
+            vis.draw_text(
+                text,
+                (dw + font_px, (2.0 + i) * line_px),
+                font_size=text_px * pt,
+                color=colour,
+                horizontal_alignment="left",
+            )
         return vis.output
 
 

@@ -32,8 +32,22 @@ from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadStats", "build_record", "check_id", "read_json", "as_int", "as_int_array", "as_number", "as_box", "as_image_size",
-           "as_names", "as_dict", "as_list", "registration_guard", "RELATIONS_DTYPE"]
+__all__ = [
+    "LoadStats",
+    "build_record",
+    "check_id",
+    "read_json",
+    "as_int",
+    "as_int_array",
+    "as_number",
+    "as_box",
+    "as_image_size",
+    "as_names",
+    "as_dict",
+    "as_list",
+    "registration_guard",
+    "RELATIONS_DTYPE",
+]
 
 RELATIONS_DTYPE = np.int64
 
@@ -245,8 +259,7 @@ def build_record(
         if not (cx1 < cx2 and cy1 < cy2):
             stats.add(
                 "degenerate_boxes",
-                example=f"{image_desc} object {i} box {list(box)} "
-                f"(empty after clipping to {width}x{height})",
+                example=f"{image_desc} object {i} box {list(box)} " f"(empty after clipping to {width}x{height})",
             )
             continue
         key = (int(cat), cx1, cy1, cx2, cy2)
@@ -256,9 +269,7 @@ def build_record(
             continue
         key_to_ann[key] = len(annotations)
         obj_to_ann[i] = len(annotations)
-        annotations.append(
-            {"bbox": [cx1, cy1, cx2, cy2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(cat)}
-        )
+        annotations.append({"bbox": [cx1, cy1, cx2, cy2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(cat)})
 
     def remap(rels, count: bool):
         out, seen = [], set()

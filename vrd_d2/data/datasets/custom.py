@@ -27,7 +27,6 @@ import os
 from typing import List, Optional
 
 import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .common import (
@@ -67,8 +66,7 @@ def _flip_map(data, json_file):
     for j, pair in enumerate(as_list(pairs, "flip_predicate_pairs", json_file)):
         if not isinstance(pair, list) or len(pair) != 2 or any(not isinstance(p, str) or p not in names for p in pair):
             raise ValueError(
-                f"{json_file}: flip_predicate_pairs entry {j} {pair!r} must be two "
-                f"names from predicate_classes"
+                f"{json_file}: flip_predicate_pairs entry {j} {pair!r} must be two " f"names from predicate_classes"
             )
     return build_flip_map(names, [tuple(p) for p in pairs])
 
@@ -145,17 +143,13 @@ def load_vrd_json_file(
             f"{json_file}: {image_desc}",
             relations_complete=complete,
         )
-        rec.update(
-            file_name=file_name, image_id=img.get("image_id", idx), height=height, width=width
-        )
+        rec.update(file_name=file_name, image_id=img.get("image_id", idx), height=height, width=width)
         records.append(rec)
     stats.log()
     return records
 
 
-def register_vrd_json(
-    name: str, json_file: str, image_root: str, train_split: Optional[str] = None, **metadata
-):
+def register_vrd_json(name: str, json_file: str, image_root: str, train_split: Optional[str] = None, **metadata):
     """Register a vrd json file as dataset ``name`` (lazy: the file is read on first use).
 
     Metadata: ``thing_classes``, ``predicate_classes``, ``flip_predicate_map`` are read from the

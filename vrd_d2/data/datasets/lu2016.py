@@ -17,8 +17,15 @@ import numpy as np
 
 from .common import as_int_array
 
-__all__ = ["load_image_paths", "load_lu_gt_mat", "load_lu_detections", "read_lu_gt_cells", "loadmat_checked",
-           "mat_cells", "mat_rows"]
+__all__ = [
+    "load_image_paths",
+    "load_lu_gt_mat",
+    "load_lu_detections",
+    "read_lu_gt_cells",
+    "loadmat_checked",
+    "mat_cells",
+    "mat_rows",
+]
 
 
 def loadmat_checked(path: str, keys):
@@ -34,8 +41,7 @@ def loadmat_checked(path: str, keys):
     for k in keys:
         if k not in mat:
             raise ValueError(
-                f"{path}: variable {k!r} missing (found "
-                f"{sorted(x for x in mat if not x.startswith('__'))})"
+                f"{path}: variable {k!r} missing (found " f"{sorted(x for x in mat if not x.startswith('__'))})"
             )
     return mat
 
@@ -44,10 +50,7 @@ def mat_cells(mat, key: str, path: str, n: Optional[int]):
     """The 1xN cell array ``mat[key]`` flattened; an error unless it has ``n`` cells (if given)."""
     cells = mat[key].reshape(-1)
     if n is not None and len(cells) != n:
-        raise ValueError(
-            f"{path}: {key} has {len(cells)} cells, expected {n} (one per image "
-            f"of imagePath.mat)"
-        )
+        raise ValueError(f"{path}: {key} has {len(cells)} cells, expected {n} (one per image " f"of imagePath.mat)")
     return cells
 
 

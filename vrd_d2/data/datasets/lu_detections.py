@@ -1,4 +1,5 @@
 """Lu et al.'s R-CNN detections of the VRD test images as a dataset (boxes to relate, no relations)."""
+
 import logging
 import os
 
@@ -31,8 +32,7 @@ def register_lu_detections(name: str, test_name: str, det_mat: str, image_path_m
                 det = {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int), "scores": np.zeros(0)}
             r = {k: v for k, v in d.items() if k not in ("annotations", "relations")}
             r["annotations"] = [
-                {"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c),
-                 "score": float(s)}
+                {"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c), "score": float(s)}
                 for b, c, s in zip(det["boxes"], det["labels"], det["scores"])
             ]
             r["relations"] = np.zeros((0, 3), dtype=np.int64)

@@ -22,6 +22,7 @@ Recall counts hits against an image's annotated relations (``relations`` of the 
 evaluator does with gold boxes. The generator's last-resort label (an image with no label gets
 its nearest pair's obvious predicate) is not modelled (a handful of images).
 """
+
 import itertools
 import json
 import os
@@ -31,9 +32,17 @@ import numpy as np
 
 from . import shapes
 
-__all__ = ["SCORERS", "pair_tensors", "image_scores", "oracle_recall", "oracle_recall_of_split",
-           "oracle_recall_of_fresh_images", "oracle_of_dataset", "format_oracle_line",
-           "oracle_json"]
+__all__ = [
+    "SCORERS",
+    "pair_tensors",
+    "image_scores",
+    "oracle_recall",
+    "oracle_recall_of_split",
+    "oracle_recall_of_fresh_images",
+    "oracle_of_dataset",
+    "format_oracle_line",
+    "oracle_json",
+]
 
 SCORERS = ("optimal", "rank5", "rank1", "rank5_no_sel", "rank1_no_sel")
 
@@ -45,8 +54,12 @@ def _hidden_colour_posterior(objects: Sequence[dict]):
     colour = [o["category_id"] // n_shapes for o in objects]
     hidden = [k for k, o in enumerate(objects) if o["shadowed"]]
     boxes = [o["bbox"] for o in objects]
-    nested = [(k, m) for k in range(len(objects)) for m in range(len(objects))
-              if k != m and shapes._inside(boxes[k], boxes[m])]
+    nested = [
+        (k, m)
+        for k in range(len(objects))
+        for m in range(len(objects))
+        if k != m and shapes._inside(boxes[k], boxes[m])
+    ]
     out = []
     for assign in itertools.product(range(len(shapes.COLOURS)), repeat=len(hidden)):
         col = list(colour)
@@ -88,8 +101,13 @@ def image_scores(objects: Sequence[dict], scorer: str):
     pairs, trips, scores = [], [], []
     for (i, j), (look, u) in pair_tensors(objects).items():
         q = u / u.sum()
-        t = {"optimal": look * u, "rank5": look * q, "rank1": look * _rank1(q),
-             "rank5_no_sel": q, "rank1_no_sel": _rank1(q)}[scorer]
+        t = {
+            "optimal": look * u,
+            "rank5": look * q,
+            "rank1": look * _rank1(q),
+            "rank5_no_sel": q,
+            "rank1_no_sel": _rank1(q),
+        }[scorer]
         idx = np.argwhere(t > 0)
         pairs.append(np.tile([i, j], (len(idx), 1)))
         trips.append(idx)
@@ -106,8 +124,10 @@ def _hits(objects, relations, scorer: str, k: int) -> int:
     gt = {(s, o, p) for s, o, p in relations}
     return sum(
         (int(pairs[t, 0]), int(pairs[t, 1]), int(trips[t, 1])) in gt
-        and trips[t, 0] == cats[pairs[t, 0]] and trips[t, 2] == cats[pairs[t, 1]]
-        for t in top)
+        and trips[t, 0] == cats[pairs[t, 0]]
+        and trips[t, 2] == cats[pairs[t, 1]]
+        for t in top
+    )
 
 
 def oracle_recall(images: Iterable[dict], k: int = 50, scorers: Sequence[str] = SCORERS) -> Dict[str, float]:
@@ -147,14 +167,19 @@ def oracle_recall_of_fresh_images(n: int, seed: int = 1000, k: int = 50) -> Dict
 
 def format_oracle_line(recall: Dict[str, float], where: str, k: int = 50) -> str:
     """One line of ceilings for the demo's table (phrase_cls free-k R@k)."""
-    return (f"Ceilings from the generator's probabilities (tools/shapes_oracle.py), phrase_cls R@{k} free k "
-            f"on {where}: Bayes-optimal {recall['optimal']:.2f}; rank ≥ 4 + X_sel {recall['rank5']:.2f}; "
-            f"rank 1 + X_sel {recall['rank1']:.2f} (without X_sel: rank ≥ 4 {recall['rank5_no_sel']:.2f}, "
-            f"rank 1 {recall['rank1_no_sel']:.2f}).")
+    return (
+        f"Ceilings from the generator's probabilities (tools/shapes_oracle.py), phrase_cls R@{k} free k "
+        f"on {where}: Bayes-optimal {recall['optimal']:.2f}; rank ≥ 4 + X_sel {recall['rank5']:.2f}; "
+        f"rank 1 + X_sel {recall['rank1']:.2f} (without X_sel: rank ≥ 4 {recall['rank5_no_sel']:.2f}, "
+        f"rank 1 {recall['rank1_no_sel']:.2f})."
+    )
 
 
 def oracle_json(recall: Dict[str, float], k: int = 50) -> Dict[str, Optional[float]]:
     """The keys of ``tools/shapes_oracle.py --json``."""
-    return {f"optimal_R{k}_free_k": recall["optimal"], f"rank1_R{k}_free_k": recall["rank1"],
-            f"rank5_R{k}_free_k": recall["rank5"],
-            **{f"{name}_R{k}_free_k": recall[name] for name in SCORERS if name.endswith("no_sel")}}
+    return {
+        f"optimal_R{k}_free_k": recall["optimal"],
+        f"rank1_R{k}_free_k": recall["rank1"],
+        f"rank5_R{k}_free_k": recall["rank5"],
+        **{f"{name}_R{k}_free_k": recall[name] for name in SCORERS if name.endswith("no_sel")},
+    }

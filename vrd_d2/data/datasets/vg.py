@@ -197,8 +197,7 @@ def load_vg150(
         if fb[i] >= 0:
             if not (0 <= fb[i] <= lb[i] < len(labels)):
                 raise ValueError(
-                    f"VG: {h5_file}: image {desc}: box range {fb[i]}..{lb[i]} invalid "
-                    f"({len(labels)} boxes)"
+                    f"VG: {h5_file}: image {desc}: box range {fb[i]}..{lb[i]} invalid " f"({len(labels)} boxes)"
                 )
             scale = max(width, height) / float(BOX_SCALE)
             for g in range(fb[i], lb[i] + 1):

@@ -110,10 +110,7 @@ def load_vrd_json(
     predicates = _load_class_list(predicates_file, "predicate")
     anns = read_json(json_file, "annotation", "VRD")
     if not isinstance(anns, dict):
-        raise ValueError(
-            f"VRD: {json_file} must map image names to relation lists, "
-            f"found {type(anns).__name__}"
-        )
+        raise ValueError(f"VRD: {json_file} must map image names to relation lists, " f"found {type(anns).__name__}")
     sizes = {}
     if metadata_file is not None and os.path.isfile(metadata_file):
         sizes = read_image_metadata(metadata_file)
@@ -135,8 +132,7 @@ def load_vrd_json(
             if stem in sizes and sizes[stem] != (height, width):
                 stats.add(
                     "metadata_size_mismatch",
-                    example=f"{img_name}: metadata "
-                    f"{sizes[stem]}, image header {(height, width)}",
+                    example=f"{img_name}: metadata " f"{sizes[stem]}, image header {(height, width)}",
                 )
         else:
             height, width = sizes[stem]
@@ -163,9 +159,7 @@ def load_vrd_json(
                 ends.append(obj_index[key])
             rel_list.append((ends[0], ends[1], pred))
         rec = build_record(obj_list, rel_list, height, width, stats, f"{json_file}: {img_name}")
-        rec.update(
-            file_name=file_name, image_id=image_id, image_name=img_name, height=height, width=width
-        )
+        rec.update(file_name=file_name, image_id=image_id, image_name=img_name, height=height, width=width)
         records.append(rec)
     stats.log()
     return records
@@ -202,9 +196,7 @@ def register_vrd_split(name: str, root: str, split: str, train_split: Optional[s
             image_path_mat=os.path.join(root, "lu2016", "data", "imagePath.mat"),
             det_mat=os.path.join(root, "lu2016", "data", "objectDetRCNN.mat"),
         )
-    if os.path.isfile(os.path.join(root, "objects.json")) and os.path.isfile(
-        os.path.join(root, "predicates.json")
-    ):
+    if os.path.isfile(os.path.join(root, "objects.json")) and os.path.isfile(os.path.join(root, "predicates.json")):
         with registration_guard(name):
             objects = _load_class_list(os.path.join(root, "objects.json"), "object")
             predicates = _load_class_list(os.path.join(root, "predicates.json"), "predicate")

@@ -4,15 +4,15 @@ The standard Faster R-CNN VGG16 of py-faster-rcnn: 13 3x3 convs in 5 blocks, 2x2
 blocks 1-4, so conv5_3 has stride 16. One output feature, named by ``MODEL.VGG.OUT_FEATURE``.
 ``convert_torchvision_vgg16`` maps torchvision's ``vgg16().state_dict()`` to our names.
 """
+
 import re
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
 
 __all__ = ["VGG16", "build_vgg16_backbone", "convert_torchvision_vgg16", "VGG16_BLOCKS"]
 
@@ -89,7 +89,9 @@ class VGG16(Backbone):
 def build_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG16:
     """VGG16 from ``MODEL.VGG.*``; ``MODEL.BACKBONE.FREEZE_AT`` = frozen conv blocks."""
     if input_shape.channels != 3:
-        raise ValueError(f"{_FILE}: VGG16 expects 3 input channels (len(MODEL.PIXEL_MEAN)), found {input_shape.channels}")
+        raise ValueError(
+            f"{_FILE}: VGG16 expects 3 input channels (len(MODEL.PIXEL_MEAN)), found {input_shape.channels}"
+        )
     freeze_at = 5 if cfg.MODEL.VGG.FREEZE_CONVS else min(int(cfg.MODEL.BACKBONE.FREEZE_AT), 5)
     return VGG16(cfg.MODEL.VGG.OUT_FEATURE, cfg.MODEL.VGG.WIDTH_DIVISOR, freeze_at, cfg.MODEL.VGG.NORM)
 
@@ -98,8 +100,12 @@ def build_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG16:
 _TV_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
-def convert_torchvision_vgg16(state_dict: Dict[str, torch.Tensor], *, box_head_prefix: str = "roi_heads.box_head.",
-                              backbone_prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
+def convert_torchvision_vgg16(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    box_head_prefix: str = "roi_heads.box_head.",
+    backbone_prefix: str = "backbone.",
+) -> Dict[str, torch.Tensor]:
     """torchvision ``vgg16().state_dict()`` -> the state dict of a VRDRCNN/GeneralizedRCNN with our
     VGG16 backbone and the VGG16FCHead box head.
 
@@ -114,13 +120,17 @@ def convert_torchvision_vgg16(state_dict: Dict[str, torch.Tensor], *, box_head_p
     for key, value in state_dict.items():
         m = re.fullmatch(r"(features|classifier)\.(\d+)\.(weight|bias)", key)
         if m is None:
-            raise ValueError(f"{_FILE}:convert_torchvision_vgg16: unexpected key {key!r} (expected "
-                             "features.N.weight/bias or classifier.N.weight/bias of torchvision's vgg16)")
+            raise ValueError(
+                f"{_FILE}:convert_torchvision_vgg16: unexpected key {key!r} (expected "
+                "features.N.weight/bias or classifier.N.weight/bias of torchvision's vgg16)"
+            )
         part, idx, kind = m.group(1), int(m.group(2)), m.group(3)
         if part == "features":
             if idx not in conv_of:
-                raise ValueError(f"{_FILE}:convert_torchvision_vgg16: {key!r} is not a conv of vgg16 "
-                                 f"(conv indices {_TV_CONV_INDICES}); is this vgg16_bn?")
+                raise ValueError(
+                    f"{_FILE}:convert_torchvision_vgg16: {key!r} is not a conv of vgg16 "
+                    f"(conv indices {_TV_CONV_INDICES}); is this vgg16_bn?"
+                )
             out[f"{backbone_prefix}{conv_of[idx]}.{kind}"] = value
         elif idx in fc_of:
             out[f"{box_head_prefix}{fc_of[idx]}.{kind}"] = value

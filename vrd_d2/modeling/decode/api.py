@@ -98,9 +98,7 @@ def topk_triplets_per_pair(
     Returns:
         (log_scores Tensor[N, k'], triplets LongTensor[N, k', 3] (subject, predicate, object)).
     """
-    n, r, S, P, O, k, w = check_decode_arguments(
-        s_s, s_p, s_o, k, prior, pair_log_weight, "topk_triplets_per_pair"
-    )
+    n, r, S, P, O, k, w = check_decode_arguments(s_s, s_p, s_o, k, prior, pair_log_weight, "topk_triplets_per_pair")
     check_method(method, where("topk_triplets_per_pair"))
     stats = stats if stats is not None else DecodeStats()
     stats.bound = stats.linear = stats.log = 0
@@ -126,22 +124,16 @@ def topk_triplets_per_pair(
             f = rank1_topk(s_s[a:b], s_p[a:b], s_o[a:b], kk, prior)
             scores[a:b], flat_ids[a:b] = rescore_sorted(s_s[a:b], s_p[a:b], s_o[a:b], f, prior)
         done[:] = True
-    use_bound = not bool(done.all()) and (
-        method == "bound" or (method == "auto" and total > dense_threshold)
-    )
+    use_bound = not bool(done.all()) and (method == "bound" or (method == "auto" and total > dense_threshold))
     if use_bound:
         v, f, ok = certified_topk(s_s, s_p, s_o, kk, tables, max_enumerate_fraction)
         scores[ok], flat_ids[ok], done = v[ok], f[ok], ok
     stats.bound = int(done.sum())  # rank-1 dominance path counted here too
     todo = (~done).nonzero().squeeze(1)
     if todo.numel() and method in ("auto", "bound", "linear"):
-        prior_dense = (
-            prior.to_dense().reshape(-1).to(dev, torch.float64) if prior is not None else None
-        )
+        prior_dense = prior.to_dense().reshape(-1).to(dev, torch.float64) if prior is not None else None
         # float32 first (half the memory traffic of float64), candidates rescored exactly
-        prior_scaled = (
-            (prior_dense / prior_dense.max()).float() if prior_dense is not None else None
-        )
+        prior_scaled = (prior_dense / prior_dense.max()).float() if prior_dense is not None else None
         for a, b in pair_chunks(todo.numel(), total + r * S * P + 2 * kk * O):
             idx = todo[a:b]
             f, ok = selected_dense_topk(s_s[idx], s_p[idx], s_o[idx], kk, prior_scaled)
@@ -253,9 +245,7 @@ def topk_per_image(
     ctx = where("topk_per_image")
     check_ranked_lists(log_scores, triplets, ctx)
     topk = check_positive_int(topk, "topk", ctx)
-    if k_per_pair is None or (
-        not isinstance(k_per_pair, bool) and isinstance(k_per_pair, int) and k_per_pair == 0
-    ):
+    if k_per_pair is None or (not isinstance(k_per_pair, bool) and isinstance(k_per_pair, int) and k_per_pair == 0):
         kp = log_scores.shape[1]
     else:
         kp = min(

@@ -48,9 +48,7 @@ def peak_lower_bound(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables]) -> T
     v_p, i_p = s_p.topk(min(m, P), dim=2)
     v_o, i_o = s_o.topk(min(m, O), dim=2)
     ms, mp, mo = i_s.shape[2], i_p.shape[2], i_o.shape[2]
-    term = (v_s[..., :, None, None] + v_p[..., None, :, None] + v_o[..., None, None, :]).reshape(
-        c, r, -1
-    )
+    term = (v_s[..., :, None, None] + v_p[..., None, :, None] + v_o[..., None, None, :]).reshape(c, r, -1)
     if r == 1:
         # the smallest psi_u stands in for each triplet's own (prior_lower_bound covers the
         # prior's peaks)

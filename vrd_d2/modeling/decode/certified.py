@@ -76,9 +76,7 @@ def _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables) -> _OpenCells:
         # support entries of the cell with w h_ik >= need: a prefix (w descending in a cell)
         support_start = tables.cell_ptr.index_select(0, open_cell)
         some = open_bound * tables.cell_max_ratio.index_select(0, open_cell) >= open_need
-        support_end = torch.where(
-            some, tables.cell_ptr.index_select(0, open_cell + 1), support_start
-        )
+        support_end = torch.where(some, tables.cell_ptr.index_select(0, open_cell + 1), support_start)
         # a search only where some but not all entries may pass (w >= 1: all pass if h_ik >=
         # need) and the cell holds enough entries to be worth it (list B tests each one anyway)
         partial = some & (open_bound < open_need)
@@ -88,16 +86,12 @@ def _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables) -> _OpenCells:
             open_need.index_select(0, partial).to(torch.float64).log()
             - open_bound.index_select(0, partial).to(torch.float64).log()
         )
-        support_end[partial] = tables.support_prefix_end(
-            open_cell.index_select(0, partial), min_log_ratio
-        )
+        support_end[partial] = tables.support_prefix_end(open_cell.index_select(0, partial), min_log_ratio)
         in_list_b = support_end > support_start
         entries_b.index_add_(0, open_pair, (support_end - support_start) * in_list_b)
     else:
         in_list_b = support_start = support_end = None
-    cells_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
-        0, open_pair, in_list_a.long()
-    )
+    cells_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(0, open_pair, in_list_a.long())
     # list A of a cell (i, k) holds at most min(#j passing h_ij(i, .), #j passing h_kj(k, .))
     O = mask_kj.shape[1]
     per_subject = mask_ij.sum(2).view(-1)
@@ -107,9 +101,7 @@ def _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables) -> _OpenCells:
         per_subject.index_select(0, open_pair * S + subject),
         per_object.index_select(0, open_pair * O + obj),
     )
-    entries_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(
-        0, open_pair, width_a * in_list_a
-    )
+    entries_a = torch.zeros(c, dtype=torch.long, device=dev).index_add_(0, open_pair, width_a * in_list_a)
     return _OpenCells(
         low,
         need,
@@ -172,9 +164,7 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
             # the prior's own peaks, only where the CP peaks leave many candidates
             weak = (opened.num_candidates > PRIOR_SEED_CANDIDATES * kk).nonzero().squeeze(1)
             if weak.numel():
-                tau[weak] = torch.maximum(
-                    tau[weak], prior_lower_bound(xs[weak], xp[weak], xo[weak], kk, tables)
-                )
+                tau[weak] = torch.maximum(tau[weak], prior_lower_bound(xs[weak], xp[weak], xo[weak], kk, tables))
                 opened = _open_cells(tau, scale, eps, top, h_ik, h_ij, h_kj, tables)
         low, need, open_pair, open_cell, mask_ij, mask_kj = opened[:6]
         in_list_a, in_list_b, support_start, support_end, cells_a, entries_b = opened[6:12]
@@ -196,11 +186,7 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
         xo_t = xo.transpose(1, 2).reshape(c * O, r)
 
         def exact(p, ci, cj, ck):
-            lu = (
-                xs_t.index_select(0, p * S + ci)
-                + xp_t.index_select(0, p * P + cj)
-                + xo_t.index_select(0, p * O + ck)
-            )
+            lu = xs_t.index_select(0, p * S + ci) + xp_t.index_select(0, p * P + cj) + xo_t.index_select(0, p * O + ck)
             return lu.logsumexp(1) if r > 1 else lu[:, 0]
 
         # score a few pairs at a time: memory ~ their candidates x R, plus the boolean
@@ -218,9 +204,9 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
             sel = (in_list_a & open_keep).nonzero().squeeze(1)
             p_a, ik_a = open_pair.index_select(0, sel), open_cell.index_select(0, sel)
             ci, ck = ik_a // O, ik_a % O
-            keep = mask_ij.view(c * S, P).index_select(0, p_a * S + ci) & mask_kj.view(
-                c * O, P
-            ).index_select(0, p_a * O + ck)
+            keep = mask_ij.view(c * S, P).index_select(0, p_a * S + ci) & mask_kj.view(c * O, P).index_select(
+                0, p_a * O + ck
+            )
             q, cj = keep.nonzero().unbind(1)  # still sorted by pair
             p_a, ci, ck = p_a.index_select(0, q), ci.index_select(0, q), ck.index_select(0, q)
             fid_a = (ci * P + cj) * O + ck
@@ -238,9 +224,7 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
                 )
                 per = support_end.index_select(0, sel) - lo
                 rep = torch.repeat_interleave(per)  # open cell of each support entry
-                e = torch.arange(rep.numel(), device=dev) + (
-                    lo - (per.cumsum(0) - per)
-                ).index_select(0, rep)
+                e = torch.arange(rep.numel(), device=dev) + (lo - (per.cumsum(0) - per)).index_select(0, rep)
                 p_b, ik_b = p_b.index_select(0, rep), ik_b.index_select(0, rep)
                 ci, ck, cj = ik_b // O, ik_b % O, tables.predicate.index_select(0, e)
                 if r == 1:
@@ -270,9 +254,7 @@ def certified_topk(s_s, s_p, s_o, kk: int, tables: Optional[PriorTables], max_fr
             pad_f.scatter_(0, (p_a - group_start) * w + pos_a, fid_a)
             if tables is not None:
                 pad_v.scatter_(0, (p_b - group_start) * w + pos_b, score_b)
-                pad_f.scatter_(
-                    0, (p_b - group_start) * w + pos_b, tables.flat_id.index_select(0, e)
-                )
+                pad_f.scatter_(0, (p_b - group_start) * w + pos_b, tables.flat_id.index_select(0, e))
             top_v, top_i = pad_v.view(group_size, w).topk(kk, dim=1)
             good = (
                 ok[group_start:group_end]

@@ -43,15 +43,11 @@ def check_pair_log_weight(weight, n: int, like: Tensor, ctx: str) -> Optional[Te
     if weight is None:
         return None
     if not isinstance(weight, Tensor) or weight.dim() != 1 or weight.shape[0] != n:
-        raise ValueError(
-            f"{ctx}: pair_log_weight must be a Tensor[N={n}], found {describe_shape(weight)}"
-        )
+        raise ValueError(f"{ctx}: pair_log_weight must be a Tensor[N={n}], found {describe_shape(weight)}")
     if not weight.is_floating_point():
         raise ValueError(f"{ctx}: pair_log_weight must be floating, found dtype {weight.dtype}")
     if weight.device != like.device:
-        raise ValueError(
-            f"{ctx}: pair_log_weight is on {weight.device} but the factors are on {like.device}"
-        )
+        raise ValueError(f"{ctx}: pair_log_weight is on {weight.device} but the factors are on {like.device}")
     if weight.numel() and (bool(torch.isnan(weight).any()) or bool((weight == math.inf).any())):
         raise ValueError(f"{ctx}: pair_log_weight {describe_shape(weight)} contains NaN or +inf")
     return weight.to(like.dtype)
@@ -69,9 +65,7 @@ class DecodeArguments(NamedTuple):
     pair_log_weight: Optional[Tensor]
 
 
-def check_decode_arguments(
-    s_s, s_p, s_o, k, prior, pair_log_weight, function: str
-) -> DecodeArguments:
+def check_decode_arguments(s_s, s_p, s_o, k, prior, pair_log_weight, function: str) -> DecodeArguments:
     """The checks every decoder runs: the factors (:func:`check_factors`), ``k`` a positive int,
     ``prior`` None or a TripletPrior of shape (S, P, O), ``pair_log_weight`` as above."""
     ctx = where(function)
@@ -85,23 +79,15 @@ def check_decode_arguments(
 
 def check_method(method, ctx: str) -> str:
     if method not in METHODS:
-        raise ValueError(
-            f"{ctx}: method must be 'auto', 'bound', 'linear' or 'log', found {method!r}"
-        )
+        raise ValueError(f"{ctx}: method must be 'auto', 'bound', 'linear' or 'log', found {method!r}")
     return method
 
 
 def check_ranked_lists(log_scores, triplets, ctx: str) -> None:
     """``log_scores`` a floating Tensor[N, k'] without NaN, ``triplets`` an integer
     Tensor[N, k', 3]."""
-    if (
-        not isinstance(log_scores, Tensor)
-        or log_scores.dim() != 2
-        or not log_scores.is_floating_point()
-    ):
-        raise ValueError(
-            f"{ctx}: log_scores must be a floating Tensor[N, k'], found {describe_shape(log_scores)}"
-        )
+    if not isinstance(log_scores, Tensor) or log_scores.dim() != 2 or not log_scores.is_floating_point():
+        raise ValueError(f"{ctx}: log_scores must be a floating Tensor[N, k'], found {describe_shape(log_scores)}")
     if (
         not isinstance(triplets, Tensor)
         or triplets.dim() != 3

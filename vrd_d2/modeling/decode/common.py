@@ -47,9 +47,7 @@ def triplet_rows(flat: Tensor, num_predicates: int, num_objects: int) -> Tensor:
     return torch.stack(unravel_triplets(flat, num_predicates, num_objects), dim=-1)
 
 
-def exact_log_numerator(
-    s_s: Tensor, s_p: Tensor, s_o: Tensor, subj: Tensor, pred: Tensor, obj: Tensor
-) -> Tensor:
+def exact_log_numerator(s_s: Tensor, s_p: Tensor, s_o: Tensor, subj: Tensor, pred: Tensor, obj: Tensor) -> Tensor:
     """Exact log u for per-pair candidate lists: ``subj``, ``pred``, ``obj`` LongTensor[c, C]
     (ids into the factors of the c pairs) -> Tensor[c, C]."""
     rank = s_s.shape[1]

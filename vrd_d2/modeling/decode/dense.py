@@ -68,9 +68,7 @@ def linear_dense_topk(s_s, s_p, s_o, kk: int, prior_dense: Optional[Tensor]):
     if prior_dense is not None:
         u.mul_(prior_dense)
     top_v, top_i = u.topk(kk, dim=1)
-    floor = math.exp(LINEAR_MIN_LOG) * (
-        float(prior_dense.max()) if prior_dense is not None else 1.0
-    )
+    floor = math.exp(LINEAR_MIN_LOG) * (float(prior_dense.max()) if prior_dense is not None else 1.0)
     return top_i, top_v[:, -1] > floor
 
 
@@ -148,21 +146,13 @@ def dense_topk_triplets(
 ) -> Tuple[Tensor, Tensor]:
     """Reference: same contract as :func:`~.api.topk_triplets_per_pair`, by materializing the
     dense log-space score tensor (normalized by its own sum, not eq. 6). Chunked over pairs."""
-    n, _, S, P, O, k, w = check_decode_arguments(
-        s_s, s_p, s_o, k, prior, pair_log_weight, "dense_topk_triplets"
-    )
+    n, _, S, P, O, k, w = check_decode_arguments(s_s, s_p, s_o, k, prior, pair_log_weight, "dense_topk_triplets")
     total = S * P * O
     kk = min(k, total)
-    prior_log = (
-        prior.to_dense(log=True).reshape(-1).to(s_s.device, s_s.dtype)
-        if prior is not None
-        else None
-    )
+    prior_log = prior.to_dense(log=True).reshape(-1).to(s_s.device, s_s.dtype) if prior is not None else None
     out_v, out_f = [], []
     for a, b in pair_chunks(n, 3 * total):
-        lu = dense_log_unnormalized(
-            s_s[a:b].detach(), s_p[a:b].detach(), s_o[a:b].detach()
-        ).flatten(1)
+        lu = dense_log_unnormalized(s_s[a:b].detach(), s_p[a:b].detach(), s_o[a:b].detach()).flatten(1)
         lp = lu - lu.logsumexp(1, keepdim=True)
         if prior_log is not None:
             lp = lp + prior_log

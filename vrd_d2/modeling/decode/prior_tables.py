@@ -87,9 +87,7 @@ class PriorTables:
         self.cell_ptr = torch.zeros(S * O + 1, dtype=torch.long, device=dev)
         self.cell_ptr[1:] = counts.cumsum(0)
         self.cell_max_ratio = (
-            torch.zeros(S * O, dtype=torch.float64, device=dev)
-            .scatter_reduce_(0, ik, w, "amax")
-            .to(bound_dtype)
+            torch.zeros(S * O, dtype=torch.float64, device=dev).scatter_reduce_(0, ik, w, "amax").to(bound_dtype)
         )
         self.cell_bound_ratio = self.cell_max_ratio.clamp(min=1.0)  # off-support entries have w = 1
         # search keys: cell * stride + (max log w - log w), ascending (w descending in a cell), so
