@@ -50,3 +50,8 @@ def tiny_config(config_file: str = "Shapes/geometry_only.yaml", *opts):
 def tiny_cfg():
     """The CPU-sized geometry-only Shapes config (a function: call it with a config file and opts)."""
     return tiny_config
+
+
+# the same paths as strings, for the tests that build paths with os.path
+REPO_DIR = str(REPO)
+SHARED_VRD_DIR = str(SHARED_VRD)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -12,8 +13,6 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_model
 import vrd_d2.modeling  # noqa: F401
 from vrd_d2.config import add_vrd_config
 from vrd_d2.modeling.backbone.vgg import VGG16, convert_torchvision_vgg16
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(width_divisor=16):

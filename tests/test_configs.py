@@ -5,13 +5,13 @@ import glob
 import os
 
 import pytest
+from conftest import REPO_DIR as REPO  # noqa: E402
 from detectron2.config import get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_HEAD_REGISTRY, ROI_HEADS_REGISTRY
 
 import vrd_d2.modeling  # noqa: F401
 from vrd_d2.config import MODES, TRAIN_STAGES, add_vrd_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SHARED_VRD  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -19,8 +20,6 @@ from vrd_d2.data.datasets.vg import load_vg150
 from vrd_d2.data.datasets.vg200 import load_vg200_h5
 from vrd_d2.data.datasets.vrd import load_vrd_json, register_all_vrd
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_VRD = Path(os.getenv("VRD_D2_SHARED_DATA", REPO.parent / "shared" / "data" / "vrd"))
 needs_shared = pytest.mark.skipif(
     not (SHARED_VRD / "annotations_train.json").is_file(),
     reason=f"real VRD annotations not found in {SHARED_VRD}",

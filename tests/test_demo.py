@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -18,7 +19,6 @@ from vrd_d2 import add_vrd_config
 from vrd_d2.demo import expand_inputs
 from vrd_d2.utils.given_boxes import GivenBoxes, check_boxes_fit, load_given_boxes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml")
 
 

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO_DIR as REPO  # noqa: E402
+from conftest import SHARED_VRD_DIR as SHARED  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
 GT_MAT = os.path.join(SHARED, "lu2016", "evaluation", "gt.mat")
 PATH_MAT = os.path.join(SHARED, "lu2016", "data", "imagePath.mat")
 

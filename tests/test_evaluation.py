@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
+from conftest import SHARED_VRD_DIR as SHARED  # noqa: E402
 
 from vrd_d2.evaluation import (
     VRDEvaluator,
@@ -21,8 +23,6 @@ from vrd_d2.evaluation import (
     validate_prediction,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
 GT_MAT = os.path.join(SHARED, "lu2016", "evaluation", "gt.mat")
 ZS_MAT = os.path.join(SHARED, "lu2016", "evaluation", "zeroShot.mat")
 PATH_MAT = os.path.join(SHARED, "lu2016", "data", "imagePath.mat")

@@ -12,6 +12,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from conftest import REPO_DIR as REPO  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from vrd_d2.data.datasets.vg import load_vg150
 from vrd_d2.data.datasets.vg200 import load_vg200_h5
 from vrd_d2.data.datasets.vrd import load_vrd_json
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERSON, HORSE = [10, 50, 20, 60], [0, 30, 0, 40]  # [ymin, ymax, xmin, xmax]
 
 

@@ -8,15 +8,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED_VRD  # noqa: E402
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from vrd_d2.data import VRDDatasetMapper, filter_images_without_relations, remap_relations
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_VRD = Path(os.getenv("VRD_D2_SHARED_DATA", REPO.parent / "shared" / "data" / "vrd"))
 
 # predicates: 0 "on", 1 "left of", 2 "right of"
 FLIP = {0: 0, 1: 2, 2: 1}

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 80
 # a tiny geometry-only head; warmup and a LR step inside the run, so the scheduler state matters
 OPTS = [

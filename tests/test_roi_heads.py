@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -20,7 +21,6 @@ from vrd_d2.modeling.cp_triplet import TripletPrior
 from vrd_d2.modeling.pairs import all_ordered_pairs
 from vrd_d2.modeling.relation_inference import RELATION_FIELDS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, P = 4, 3
 
 

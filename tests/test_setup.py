@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 import torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_DIR as REPO  # noqa: E402
 
 
 def test_detectron2_imports():

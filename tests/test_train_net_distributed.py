@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_DIR as REPO  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "MODEL.VGG.WIDTH_DIVISOR",
     "16",

@@ -5,6 +5,8 @@ import os
 
 import pytest
 import torch
+from conftest import REPO_DIR as REPO  # noqa: E402
+from conftest import SHARED_VRD_DIR as SHARED_VRD  # noqa: E402
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -15,8 +17,6 @@ from vrd_d2 import add_vrd_config
 from vrd_d2.data import VRDDatasetMapper, register_all_vrd
 from vrd_d2.engine import build_vrd_optimizer, vrd_real
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_VRD = os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd"))
 needs_vrd = pytest.mark.skipif(
     not os.path.isfile(os.path.join(SHARED_VRD, "annotations_train.json")), reason="real VRD annotations not present"
 )

@@ -3,7 +3,7 @@
 import importlib.util
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_DIR as REPO  # noqa: E402
 
 
 def load_tool(name: str):
