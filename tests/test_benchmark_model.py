@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
+from paper_data import TINY as PAPER_TINY
 from tools_loader import load_tool
 
 from vrd_d2.engine.model_benchmark import (
@@ -20,40 +21,8 @@ from vrd_d2.modeling.decode import topk_predicates_given_labels, topk_triplets_p
 from vrd_d2.modeling.triplet_prior import TripletPrior
 
 S, P, R = 7, 5, 3
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(96,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "96",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "MODEL.VGG.WIDTH_DIVISOR",
-    "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "32",
-    "MODEL.VRD.FC_DIMS",
-    "[32, 32]",
-    "MODEL.VRD.SELECTION_FC_DIM",
-    "32",
-    "MODEL.VRD.SPATIAL_DIM",
-    "16",
-    "MODEL.VRD.SPATIAL_MASK_SIZE",
-    "16",
-    "MODEL.VRD.SPATIAL_CONV_DIMS",
-    "[4, 8]",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST",
-    "100",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "20",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "6",
-    "MODEL.VRD.MAX_PAIRS_PER_IMAGE",
-    "12",
-]
+# paper_data's shrunk input size and widths (its training keys are unused here), fewer boxes and pairs
+TINY = PAPER_TINY + ["TEST.DETECTIONS_PER_IMAGE", "6", "MODEL.VRD.MAX_PAIRS_PER_IMAGE", "12"]
 
 
 def _prior():

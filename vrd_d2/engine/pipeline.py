@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..config import MODES
+
 __all__ = [
     "Step",
     "DATASETS",
@@ -37,7 +39,7 @@ __all__ = [
 
 DATASETS = {"vrd": "VRD", "vg150": "VG150", "vg200": "VG200"}
 ABLATION_DATASETS = ("vrd", "vg150")
-EVAL_MODES = ("sgdet", "phrase_cls", "predcls")
+EVAL_MODES = MODES  # one evaluation step per mode, in this order
 RANKS = (1, 2, 3, 4, 5)
 TABLE_TITLES = {"vrd": "Table 1 (VRD)", "vg200": "Table 2 (VG200)", "vg150": "Table 3 (VG150)"}
 # Table 4 rows after the rank rows: (config under ablations/, row label); no_selection is an extra row
