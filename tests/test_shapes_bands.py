@@ -83,3 +83,20 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     table = (out / "bands.md").read_text().strip()
     assert readme.read_text() == f"a\n<!-- shapes-demo:begin -->\n{table}\n<!-- shapes-demo:end -->\nb\n"
     assert "over 2 runs of `tools/shapes_demo.py --seeds 0 1 --threads 1 --quick`" in table
+    # --reuse takes the finished runs as they are (same seed, threads, --quick) and makes the missing one
+    first = {s: (out / f"seed{s}_threads1" / "results.json").stat().st_mtime_ns for s in (0, 1)}
+    (out / "seed1_threads1" / "results.json").write_text(
+        json.dumps(dict(per_run[1], threads=2))  # another thread count: that run is made again
+    )
+    rc = tool.main(
+        ["--quick", "--reuse", "--seeds", "0", "1", "2", "--threads", "1", "--output", str(out)]
+        + ["--band-file", str(band_file)]
+    )
+    assert rc == 0
+    assert (out / "seed0_threads1" / "results.json").stat().st_mtime_ns == first[0]
+    redone = json.loads((out / "seed1_threads1" / "results.json").read_text())
+    assert (redone["seed"], redone["threads"]) == (1, 1)
+    assert json.loads((out / "seed2_threads1" / "results.json").read_text())["seed"] == 2
+    bands = json.loads((out / "bands.json").read_text())
+    assert [(r["seed"], r["threads"]) for r in bands["runs"]] == [(0, 1), (1, 1), (2, 1)]
+    assert bands["runs"][0]["seconds"] == per_run[0]["seconds"]["total"]

@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from test_roi_heads import make_inputs, tiny_cfg  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from vrd_d2.engine import SGDWithTotalNormClip, build_vrd_optimizer
+from vrd_d2.engine import AdamWithTotalNormClip, SGDWithTotalNormClip, build_vrd_optimizer
 
 # parameter-name prefixes each stage trains (everything else must stay bit-identical)
 TRAINED = {
@@ -94,6 +94,52 @@ def test_total_norm_clipping_matches_manual():
     assert total > 20
     for p, w, g in zip(a, w0, grads):
         torch.testing.assert_close(p.detach(), w - g * (20.0 / total), rtol=1e-5, atol=1e-5)
+
+
+
+def test_adam_clips_the_total_norm_before_its_moments():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
+    grads = [torch.randn(3) * 50, torch.randn(2, 2) * 50]
+    for p, g in zip(a, grads):
+        p.grad = g.clone()
+    opt = AdamWithTotalNormClip(a, clip_norm=20.0, lr=0.1, betas=(0.9, 0.999))
+    opt.step()
+    total = torch.sqrt(sum((g**2).sum() for g in grads))
+    assert total > 20
+    for p, g in zip(a, grads):  # Adam's first moment after one step: (1 - beta1) * clipped gradient
+        torch.testing.assert_close(opt.state[p]["exp_avg"], 0.1 * g * (20.0 / total), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], 0.001 * (g * (20.0 / total)) ** 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_type", ["full_model", "value", None])
+def test_solver_optimizer_adam_trains_only_the_stage_parameters(clip_type):
+    cfg = tiny_cfg(TRAIN_STAGE="triplet")
+    cfg.MODEL.VGG.FREEZE_CONVS = True
+    cfg.SOLVER.OPTIMIZER = "ADAM"
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.WEIGHT_DECAY = 0.01  # Adam's decay would move a frozen parameter given to it
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = clip_type is not None
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type or "value"
+    model, before, _ = _one_step(cfg)
+    opt = build_vrd_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.SGD)
+    assert isinstance(opt, AdamWithTotalNormClip) == (clip_type == "full_model")
+    assert {g["lr"] for g in opt.param_groups} == {0.01}
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trained
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(TRAINED["triplet"]) for k in changed)
+    for prefix in TRAINED["triplet"]:
+        assert any(k.startswith(prefix) for k in changed), prefix
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    cfg = tiny_cfg(TRAIN_STAGE="triplet")
+    cfg.SOLVER.OPTIMIZER = "adamw"
+    with pytest.raises(ValueError, match=r"SOLVER.OPTIMIZER must be one of \('SGD', 'ADAM'\), found 'adamw'"):
+        build_model(cfg)
 
 
 def test_selection_pairs_are_balanced():

@@ -10,12 +10,13 @@ from detectron2.config import CfgNode as CN
 
 from .utils.checks import check_float, check_int
 
-__all__ = ["add_vrd_config", "check_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "PAIR_FEATURES"]
+__all__ = ["add_vrd_config", "check_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "OPTIMIZERS", "PAIR_FEATURES"]
 
 logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("detector", "triplet", "selection")
 MODES = ("sgdet", "phrase_cls", "predcls")
+OPTIMIZERS = ("SGD", "ADAM")  # SOLVER.OPTIMIZER
 # MODEL.VRD.FEATURES: how a box pair is featurised (vrd_d2/modeling/relation_predictor.py)
 PAIR_FEATURES = ("roi_align", "box_head", "geometry")
 # deprecated booleans (one release) -> the MODEL.VRD.FEATURES value each one selects
@@ -134,6 +135,11 @@ def add_vrd_config(cfg):
     # with EPOCHS > 0: the epochs after which the learning rate is multiplied by SOLVER.GAMMA
     # (they replace SOLVER.STEPS)
     _C.SOLVER.EPOCH_STEPS = ()
+    # "SGD" (detectron2's, the paper's) or "ADAM" (same parameter groups, BASE_LR, WEIGHT_DECAY,
+    # warm-up, steps and clipping; MOMENTUM and NESTEROV unused). configs/Shapes/stage2_triplet.yaml
+    # uses Adam: with SGD a CP component's step scales with its share of the mass and one
+    # component took all of it within 40 iterations (docs/DESIGN.md, "CP components")
+    _C.SOLVER.OPTIMIZER = "SGD"
     return cfg
 
 
@@ -177,6 +183,8 @@ def check_vrd_config(cfg) -> str:
     for key, allowed in (("MODE", MODES), ("TRAIN_STAGE", TRAIN_STAGES)):
         if v[key] not in allowed:
             raise ValueError(f"{where}: MODEL.VRD.{key} must be one of {allowed}, found {v[key]!r}")
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(f"{where}: SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, found {cfg.SOLVER.OPTIMIZER!r}")
     features = resolve_pair_features(cfg, warn=True)
     for key in ("NUM_PREDICATES", "RANK", "SELECTION_FC_DIM", "SPATIAL_DIM", "POOLER_RESOLUTION", "PROPOSALS_PER_GT"):
         check_int(v[key], f"MODEL.VRD.{key}", low=1, where=where)

@@ -9,6 +9,7 @@ other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2.engine.shapes_de
 
 import copy
 import json
+import logging
 import os
 from collections import OrderedDict
 from typing import Dict, List, Sequence
@@ -30,6 +31,8 @@ __all__ = [
     "save_band",
     "load_band",
 ]
+
+logger = logging.getLogger(__name__)
 
 # the stored band that make demo prints its run beside (written by --seeds ... --update-readme)
 BAND_FILE = str(ablation.CONFIG_ROOT / "Shapes" / "demo_band.json")
@@ -82,23 +85,49 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
                 opts.output = os.path.join(options.output, f"seed{seed}_threads{t}")
                 opts.opts = list(options.opts) + ["SEED", str(seed)]
                 opts.update_readme = False
-                os.makedirs(opts.output, exist_ok=True)
-                torch.set_num_threads(t)
-                results, timings = shapes_demo.run(opts)
-                with open(os.path.join(opts.output, "results.json")) as f:
-                    detector = json.load(f)["detector_accuracy"]
+                done = _finished_run(opts.output, seed, t, options.quick) if options.reuse else None
+                if done is None:
+                    os.makedirs(opts.output, exist_ok=True)
+                    torch.set_num_threads(t)
+                    shapes_demo.run(opts)
+                    with open(os.path.join(opts.output, "results.json")) as f:
+                        done = json.load(f)
+                else:
+                    logger.info("--reuse: the finished run in %s (seed %d, %d threads)", opts.output, seed, t)
                 records.append(
                     {
                         "seed": seed,
                         "threads": t,
-                        "headline": headline(results["test"]),
-                        "detector_visible_accuracy": detector["visible_accuracy"],
-                        "seconds": timings["total"],
+                        "headline": headline(done["test"]),
+                        "detector_visible_accuracy": done["detector_accuracy"]["visible_accuracy"],
+                        "seconds": done["seconds"]["total"],
                     }
                 )
     finally:
         torch.set_num_threads(before)
     return records
+
+
+def _finished_run(folder: str, seed: int, threads: int, quick: bool):
+    """The results.json of a finished run in ``folder`` made with this seed, thread count and
+    --quick setting, or None (no file, or another setting: that run is made again)."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    if (done.get("seed"), done.get("threads"), bool(done.get("quick"))) != (seed, threads, bool(quick)):
+        logger.info(
+            "%s: made with seed %s, %s threads, quick %s; running seed %d, %d threads again",
+            path,
+            done.get("seed"),
+            done.get("threads"),
+            done.get("quick"),
+            seed,
+            threads,
+        )
+        return None
+    return done
 
 
 def format_band_table(records: Sequence[dict], command: str, quick: bool = False) -> str:

@@ -25,6 +25,7 @@ import os
 import time
 from collections import OrderedDict
 
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -219,6 +220,8 @@ def run(options):
                 },
                 "oracle": oracle,
                 "quick": bool(options.quick),
+                "seed": int(build_cfg(options, "detector", RANKS[0]).SEED),
+                "threads": torch.get_num_threads(),
             },
             f,
             indent=1,

@@ -10,7 +10,7 @@ import detectron2.engine.defaults as d2_defaults
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
-from detectron2.solver.build import get_default_optimizer_params
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..checkpoint import VRDCheckpointer
@@ -18,14 +18,15 @@ from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sa
 from .schedule import resolve_schedule, stage_training_dicts
 from .stage_inputs import check_stage_inputs
 
-__all__ = ["Trainer", "SGDWithTotalNormClip", "build_vrd_optimizer"]
+__all__ = ["Trainer", "SGDWithTotalNormClip", "AdamWithTotalNormClip", "build_vrd_optimizer"]
 
 logger = logging.getLogger(__name__)
 
 
-class SGDWithTotalNormClip(torch.optim.SGD):
-    """SGD that first clips the gradient of all its parameters together to total norm ``clip_norm``
-    (the paper's "clipped at 20"); detectron2 0.6's CLIP_TYPE "norm" clips each parameter alone."""
+class _TotalNormClip:
+    """Optimizer mixin: before each step, clip the gradient of all parameters together to total
+    norm ``clip_norm`` (the paper's "clipped at 20"); detectron2 0.6's CLIP_TYPE "norm" clips each
+    parameter alone."""
 
     def __init__(self, params, *, clip_norm: float, norm_type: float = 2.0, **kwargs):
         super().__init__(params, **kwargs)
@@ -37,12 +38,23 @@ class SGDWithTotalNormClip(torch.optim.SGD):
         return super().step(closure)
 
 
+class SGDWithTotalNormClip(_TotalNormClip, torch.optim.SGD):
+    """SGD after total-norm clipping (the paper's optimizer)."""
+
+
+class AdamWithTotalNormClip(_TotalNormClip, torch.optim.Adam):
+    """Adam after total-norm clipping (SOLVER.OPTIMIZER "ADAM")."""
+
+
 def build_vrd_optimizer(cfg, model):
-    """detectron2's build_optimizer, plus SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" = clip the
-    total gradient norm of all trained parameters at CLIP_VALUE. Frozen parameters
-    (requires_grad False) are not given to the optimizer."""
+    """The optimizer of SOLVER.OPTIMIZER ("SGD": detectron2's build_optimizer; "ADAM": Adam with
+    the same parameter groups, learning rates and weight decay), with SOLVER.CLIP_GRADIENTS;
+    CLIP_TYPE "full_model" clips the total gradient norm of all trained parameters at CLIP_VALUE.
+    Frozen parameters (requires_grad False) are not given to the optimizer."""
     clip = cfg.SOLVER.CLIP_GRADIENTS
-    if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+    full_model = clip.ENABLED and clip.CLIP_TYPE == "full_model"
+    adam = cfg.SOLVER.OPTIMIZER == "ADAM"
+    if not (full_model or adam):
         return DefaultTrainer.build_optimizer(cfg, model)
     params = get_default_optimizer_params(
         model,
@@ -51,6 +63,11 @@ def build_vrd_optimizer(cfg, model):
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
+    if adam:
+        kwargs = {"lr": cfg.SOLVER.BASE_LR, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
+        if full_model:
+            return AdamWithTotalNormClip(params, clip_norm=clip.CLIP_VALUE, norm_type=clip.NORM_TYPE, **kwargs)
+        return maybe_add_gradient_clipping(cfg, torch.optim.Adam)(params, **kwargs)
     return SGDWithTotalNormClip(
         params,
         clip_norm=clip.CLIP_VALUE,
