@@ -96,7 +96,6 @@ def test_total_norm_clipping_matches_manual():
         torch.testing.assert_close(p.detach(), w - g * (20.0 / total), rtol=1e-5, atol=1e-5)
 
 
-
 def test_adam_clips_the_total_norm_before_its_moments():
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]

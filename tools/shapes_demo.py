@@ -43,7 +43,11 @@ logger = logging.getLogger("vrd_d2.shapes_demo")
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/shapes_demo")
-    p.add_argument("--reuse", action="store_true", help="skip stages whose model_final.pth exists (with --seeds/--threads: runs whose results.json has the same seed and threads)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="skip stages whose model_final.pth exists (with --seeds/--threads: runs whose results.json has the same seed and threads)",
+    )
     p.add_argument("--update-readme", action="store_true", help="replace the shapes-demo section of README.md")
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="2 iterations a stage, 4-8 images a split (tests)")

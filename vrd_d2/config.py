@@ -10,7 +10,15 @@ from detectron2.config import CfgNode as CN
 
 from .utils.checks import check_float, check_int
 
-__all__ = ["add_vrd_config", "check_vrd_config", "resolve_pair_features", "TRAIN_STAGES", "MODES", "OPTIMIZERS", "PAIR_FEATURES"]
+__all__ = [
+    "add_vrd_config",
+    "check_vrd_config",
+    "resolve_pair_features",
+    "TRAIN_STAGES",
+    "MODES",
+    "OPTIMIZERS",
+    "PAIR_FEATURES",
+]
 
 logger = logging.getLogger(__name__)
 
