@@ -148,3 +148,55 @@ def test_peak_std_rescales_the_cp_factors():
     assert len(seen) == len(inf.scales) == 5  # 30 pairs in chunks of 7
     assert all(abs(float(s) - 2.0) < 1e-4 for s in seen)
     assert all(150 < s < 250 for s in inf.scales)  # 2 / (std of 0.01 N(0, 1))
+
+
+def test_logit_std_is_recorded_as_decoded():
+    fake = FakePairLogits(0.5)
+    inf = BenchRelationInference(mode="phrase_cls", topk_per_image=5, k_per_pair=(0,), pair_batch=7)
+    inf(fake, _prior(), {}, _instances())
+    assert len(inf.stds) == 5 and inf.scales == []
+    logits = {k: torch.cat([c[k] for c in fake.calls]) for k in ("s_s", "s_p", "s_o")}
+    for i, (a, b) in enumerate([(0, 7), (7, 14), (14, 21), (21, 28), (28, 30)]):
+        expect = sum(float(logits[k][a:b].std(-1).mean()) for k in logits) / 3
+        assert inf.stds[i] == pytest.approx(expect, rel=1e-5)
+
+
+def test_trained_row_scores_a_checkpoint_on_its_own_logits(shared_vrd, tmp_path, repo_root):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from vrd_d2.config import add_vrd_config
+
+    config = str(repo_root / "configs" / "VRD" / "geometry_only.yaml")
+    cfg = add_vrd_config(get_cfg())
+    cfg.merge_from_file(config)
+    cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    model.roi_heads.set_triplet_counts(torch.randint(0, 3, (100, 70, 100), generator=g))
+    head = model.roi_heads.relation_predictor
+    with torch.no_grad():  # peaked log-factors (std ~2 over classes), as training leaves them
+        for branch in (head.subject_branch, head.predicate_branch, head.object_branch):
+            branch[-1].bias.normal_(0.0, 2.0, generator=g)
+    weights = tmp_path / "trained.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    out = tmp_path / "bench.json"
+    tool = load_tool("benchmark_model")
+    args = ["--vrd-root", str(shared_vrd), "--images", "1", "--warmup", "0", "--json", str(out)]
+    trained = ["--rows", "trained_phrase_cls", "--trained-config", config, "--trained-weights", str(weights)]
+    rc = tool.main(args + trained + ["MODEL.VRD.MAX_PAIRS_PER_IMAGE", "12"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [(r["row"], r["decoder"]) for r in res["rows"]] == [
+        ("trained_phrase_cls", "ours"),
+        ("trained_phrase_cls", "dense"),
+    ]
+    dense = res["rows"][1]
+    assert dense["same_triplets"] is True and dense["same_relations"] == 1.0
+    assert res["relation_scoring_speedup_trained"] == dense["scoring_ratio"] > 0
+    assert res["trained"] == {"config": config, "weights": str(weights)}
+    assert 1.0 < res["rows"][0]["logit_std"] < 3.0  # the biases' spread, not random-init flatness (~0.004)
+    with pytest.raises(SystemExit):
+        tool.main(args + ["--trained-config", config])

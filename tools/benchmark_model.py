@@ -11,7 +11,10 @@ configs as they are (random weights):
   dense on the same logits (``relation_scoring_speedup_vg150``), and with the CP log-factors
   multiplied by one scalar per chunk of pairs so that their standard deviation over classes is
   ``--peak-std`` (``..._peaked``: random weights give flat logits, std about 0.004, a trained net
-  peaked ones); the whole-image time is reported for both.
+  peaked ones); the whole-image time is reported for both;
+* with ``--trained-config C --trained-weights W``: a trained model's phrase_cls scoring on these
+  images, ours vs dense on its own logits and prior (``relation_scoring_speedup_trained``; the
+  table's last column shows how peaked each row's logits are).
 
     python tools/benchmark_model.py --images 3 --json /tmp/model_bench.json [--device cuda] [KEY VALUE ...]
 
@@ -47,6 +50,10 @@ def main(argv=None):
         default=[],
         help="subset of stage2_train stage3_train predcls phrase_cls sgdet vg150_scoring",
     )
+    p.add_argument("--trained-config", default=None, help="config file of a trained model (with --trained-weights)")
+    p.add_argument(
+        "--trained-weights", default=None, help="its checkpoint: row trained_phrase_cls, ours vs dense on its logits"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides (every row)")
@@ -56,6 +63,11 @@ def main(argv=None):
     check_int(args.images, "--images", low=1, where="tools/benchmark_model.py")
     check_int(args.warmup, "--warmup", low=0, where="tools/benchmark_model.py")
     check_float(args.peak_std, "--peak-std", low=0.0, where="tools/benchmark_model.py")
+    if (args.trained_config is None) != (args.trained_weights is None):
+        p.error("--trained-config and --trained-weights go together")
+    for path in (args.trained_config, args.trained_weights):
+        if path is not None and not os.path.isfile(path):
+            p.error(f"no such file: {path}")
     logging.basicConfig(level=logging.WARNING)
     res = run_benchmark(
         args.vrd_root,
@@ -67,9 +79,14 @@ def main(argv=None):
         peak_std=args.peak_std,
         repo=REPO,
         rows=args.rows,
+        trained=(args.trained_config, args.trained_weights) if args.trained_config else None,
     )
     print(format_table(res))
-    for k in ("relation_scoring_speedup_vg150", "relation_scoring_speedup_vg150_peaked"):
+    for k in (
+        "relation_scoring_speedup_vg150",
+        "relation_scoring_speedup_vg150_peaked",
+        "relation_scoring_speedup_trained",
+    ):
         if k in res:
             print(f"{k}: {res[k]:.1f}")
     if args.json:

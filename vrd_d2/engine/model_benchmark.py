@@ -19,7 +19,6 @@ Weights are random (seed 0): the timings do not depend on them except the decodi
 
 import math
 import os
-import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -28,6 +27,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import Tensor
 
+from ..checkpoint import VRDCheckpointer
 from ..config import add_vrd_config
 from ..data.datasets.vrd import load_vrd_json
 from ..data.mapper import VRDDatasetMapper
@@ -37,6 +37,7 @@ from ..modeling.decode import dense_topk_triplets
 from ..modeling.decode.checks import check_decode_arguments
 from ..modeling.decode.common import pair_chunks
 from ..modeling.relation_inference import RelationInference
+from ..utils.peak_memory import PeakMemory, sync
 
 __all__ = ["dense_predicates_given_labels", "BenchRelationInference", "PeakMemory", "load_sample_records"]
 __all__ += ["same_relations", "same_decoding", "run_benchmark", "format_table"]
@@ -107,71 +108,29 @@ class BenchRelationInference(RelationInference):
             self.decode_predicates = dense_predicates_given_labels
 
     def reset(self) -> None:
-        """Clear ``decode_seconds``, ``pairs`` (decoded) and ``decoded`` (per chunk: log-scores
-        [N, k'], triplets [N, k', 3])."""
-        self.decode_seconds, self.pairs, self.decoded, self.scales = 0.0, 0, [], []
+        """Clear ``decode_seconds``, ``pairs`` (decoded), ``decoded`` (per chunk: log-scores
+        [N, k'], triplets [N, k', 3]) and ``stds`` (per chunk: the decoded CP log-factors' mean
+        standard deviation over classes)."""
+        self.decode_seconds, self.pairs, self.decoded, self.scales, self.stds = 0.0, 0, [], [], []
 
     def _decode(self, out, pairs, weight, instances, prior):
+        keys = ("s_s", "s_p", "s_o")
+        std = torch.stack([out[k].std(-1).mean() for k in keys]).mean()
         if self.peak_std:
-            keys = ("s_s", "s_p", "s_o")
-            scale = self.peak_std / torch.stack([out[k].std(-1).mean() for k in keys]).mean().clamp(min=1e-12)
+            scale = self.peak_std / std.clamp(min=1e-12)
             out = {**out, **{k: out[k] * scale for k in keys}}
             self.scales.append(float(scale))
+            std = std * scale
+        self.stds.append(float(std))
         device = out["s_s"].device
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         res = super()._decode(out, pairs, weight, instances, prior)
-        _sync(device)
+        sync(device)
         self.decode_seconds += time.perf_counter() - t
         self.decoded.append(tuple(x.detach().cpu() for x in res))
         self.pairs += pairs.shape[0]
         return res
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Context manager: ``peak_bytes`` after exit (CUDA max allocated, or the sampled CPU RSS
-    high-water mark, both absolute) and ``start_bytes`` (at entry)."""
-
-    def __init__(self, device: str, interval: float = 0.002):
-        self.cuda = torch.device(device).type == "cuda"
-        self.interval = interval
-        self.peak_bytes = self.start_bytes = 0
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start_bytes = torch.cuda.memory_allocated()
-            return self
-        self.start_bytes = self.peak_bytes = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-        return False
 
 
 def load_sample_records(vrd_root: str, image_dir: str, num_images: int) -> List[dict]:
@@ -243,6 +202,19 @@ def build_cfg(repo: str, config: str, opts: Sequence[str], device: str, sizes: O
     return cfg
 
 
+def _trained_model(config_file: str, weights: str, opts: Sequence[str], device: str):
+    """(cfg, model) of a trained checkpoint in phrase_cls mode: its weights and its prior."""
+    cfg = add_vrd_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.VRD.MODE = "phrase_cls"
+    cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()  # the prior comes with the weights
+    cfg.MODEL.DEVICE = device
+    model = build_model(cfg)
+    VRDCheckpointer(model, require_relation_head=True).load(weights)
+    return cfg, model
+
+
 def _build(cfg, records, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -275,10 +247,10 @@ def _timed(fn, inputs, device, warmup: int, after_warmup=None):
     outs, total = [], 0.0
     with PeakMemory(device) as mem:
         for x in inputs:
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             outs.append(fn(x))
-            _sync(device)
+            sync(device)
             total += time.perf_counter() - t
     return total / len(inputs), (mem.peak_bytes, mem.peak_bytes - mem.start_bytes), outs
 
@@ -322,6 +294,7 @@ def _inference_rows(name, cfg, records, device, warmup, peak_std=None, model=Non
                 "pairs_per_image": inf.pairs / len(inputs),
                 "relations_per_image": sum(len(o) for o in out) / len(out),
                 "logit_scale": sum(inf.scales) / len(inf.scales) if inf.scales else 1.0,
+                "logit_std": sum(inf.stds) / len(inf.stds) if inf.stds else float("nan"),
             }
         )
         outs.append(out)
@@ -345,9 +318,12 @@ def run_benchmark(
     peak_std: float = 2.0,
     repo: str = ".",
     rows: Sequence[str] = (),
+    trained: Optional[Tuple[str, str]] = None,
 ) -> Dict:
     """All rows (or those named in ``rows``) on ``num_images`` sample images; the figures as a dict
-    (``rows`` list, ``relation_scoring_speedup_vg150`` [_peaked], ``inference_speedup``)."""
+    (``rows`` list, ``relation_scoring_speedup_vg150`` [_peaked], ``inference_speedup``). With
+    ``trained`` = (config file, weights): the row ``trained_phrase_cls``, that trained model's
+    scoring ours vs dense on its own logits and prior (``relation_scoring_speedup_trained``)."""
     records = load_sample_records(vrd_root, image_dir, num_images)
     want = set(rows) if rows else None
     out = []
@@ -371,6 +347,12 @@ def run_benchmark(
         out += flat + peaked
         res["relation_scoring_speedup_vg150"] = flat[1]["scoring_ratio"]
         res["relation_scoring_speedup_vg150_peaked"] = peaked[1]["scoring_ratio"]
+    if trained is not None:
+        cfg, model = _trained_model(trained[0], trained[1], opts, device)
+        rows_t, _ = _inference_rows("trained_phrase_cls", cfg, records, device, warmup, model=model)
+        out += rows_t
+        res["trained"] = {"config": trained[0], "weights": trained[1]}
+        res["relation_scoring_speedup_trained"] = rows_t[1]["scoring_ratio"]
     res["inference_speedup"] = {r["row"]: r["whole_image_ratio"] for r in out if "whole_image_ratio" in r}
     res["rows"] = out
     return res
@@ -381,11 +363,13 @@ def _fmt(v, spec):
 
 
 def format_table(res: Dict) -> str:
-    """The rows as a markdown table (peak: absolute, and its growth over the row's start)."""
+    """The rows as a markdown table (peak: absolute, and its growth over the row's start; CP
+    log-factor std: the mean standard deviation over classes of the decoded log-factors)."""
     lines = [
         "| row | decoder | pairs / image | s / image | scoring s / image | peak MiB (+ growth) | "
-        "dense / ours (image) | dense / ours (scoring) | same top-K per pair | images with identical output |",
-        "|" + "---|" * 10,
+        "dense / ours (image) | dense / ours (scoring) | same top-K per pair | images with identical output | "
+        "CP log-factor std |",
+        "|" + "---|" * 11,
     ]
     for r in res["rows"]:
         mib = f"{r['peak_bytes'] / 2 ** 20:.0f} (+{r['peak_growth_bytes'] / 2 ** 20:.0f})"
@@ -393,6 +377,7 @@ def format_table(res: Dict) -> str:
             f"| {r['row']} | {r['decoder']} | {_fmt(r.get('pairs_per_image'), '.0f')} | "
             f"{r['seconds_per_image']:.3f} | {_fmt(r.get('scoring_seconds_per_image'), '.4f')} | {mib} | "
             f"{_fmt(r.get('whole_image_ratio'), '.2f')} | {_fmt(r.get('scoring_ratio'), '.1f')} | "
-            f"{_fmt(r.get('same_triplets'), '')} | {_fmt(r.get('same_relations'), '.0%')} |"
+            f"{_fmt(r.get('same_triplets'), '')} | {_fmt(r.get('same_relations'), '.0%')} | "
+            f"{_fmt(r.get('logit_std'), '.3f')} |"
         )
     return "\n".join(lines)
