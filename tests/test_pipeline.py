@@ -79,6 +79,20 @@ def test_checkpoint_of_another_dataset_is_an_error(tmp_path):
     check_stage_inputs(_shapes_cfg("stage1_detector.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "9", "MODEL.WEIGHTS", ckpt))
 
 
+def test_checkpoint_with_pre_predictor_names_passes_the_pre_flight_as_it_loads(tmp_path):
+    # checkpoints written before the relation predictor: roi_heads.<branch>.* (VRDROIHeads maps them)
+    state = build_model(_shapes_cfg("stage2_triplet.yaml")).state_dict()
+    old = {k.replace("roi_heads.relation_predictor.", "roi_heads."): v for k, v in state.items()}
+    assert any(k.startswith("roi_heads.subject_branch.") for k in old)
+    path = tmp_path / "old_names.pth"
+    torch.save({"model": old}, path)
+    check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.WEIGHTS", str(path)))
+    check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.WEIGHTS", str(path)), eval_only=True)
+    with pytest.raises(ValueError) as e:  # shapes are still compared, under the current names
+        check_stage_inputs(_shapes_cfg("stage3_selection.yaml", "MODEL.VRD.RANK", "1", "MODEL.WEIGHTS", str(path)))
+    assert "roi_heads.relation_predictor.subject_branch.4.weight: checkpoint (30, 256), model (6, 256)" in str(e.value)
+
+
 def test_imagenet_weights_cannot_feed_a_relation_stage(tmp_path):
     full = build_model(_shapes_cfg("stage1_detector.yaml")).state_dict()
     path = tmp_path / "imagenet.pth"

@@ -10,6 +10,7 @@ from unittest import mock
 import torch
 from detectron2.modeling import build_model
 
+from ..modeling.relation_predictor import SELECTION_MODULES, TRIPLET_MODULES
 from ..modeling.relation_prior import CountsPrior
 
 __all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes"]
@@ -53,7 +54,19 @@ def read_checkpoint_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
             f"found {type(state if state is not None else ckpt).__name__}"
         )
     prefix = "module." if state and all(k.startswith("module.") for k in state) else ""
-    return {k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return _version2_names({k[len(prefix) :]: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
+
+
+def _version2_names(shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
+    """The names VRDROIHeads loads a checkpoint's tensors under: checkpoints written before the
+    relation predictor existed hold its branches at ``roi_heads.<branch>.*`` (now
+    ``roi_heads.relation_predictor.<branch>.*``); a current name wins over an old one."""
+    moved = set(TRIPLET_MODULES) | set(SELECTION_MODULES)
+    old = {k for k in shapes if k.split(".")[0] == "roi_heads" and k.split(".")[1:2] and k.split(".")[1] in moved}
+    out = {k: v for k, v in shapes.items() if k not in old}
+    for k in sorted(old):
+        out.setdefault("roi_heads.relation_predictor." + k[len("roi_heads.") :], shapes[k])
+    return out
 
 
 def _describe(cfg) -> str:
