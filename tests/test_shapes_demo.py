@@ -47,6 +47,20 @@ def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys)
     assert any(line.startswith("Wall time:") for line in lines)
 
 
+def test_each_triplet_net_reports_its_rank_usage(quick_run):
+    tool, out, _, _ = quick_run
+    data = json.loads((out / "results.json").read_text())
+    usage = data["cp_usage"]
+    assert set(usage) == {"5", "1"}
+    for r, u in usage.items():
+        assert u["rank"] == int(r) and len(u["shares"]) == int(r) and u["pairs"] > 0
+        assert sum(u["shares"]) == pytest.approx(1.0) and u["shares"] == sorted(u["shares"], reverse=True)
+        assert u["rank1_kl"] >= 0.0
+    assert usage["1"]["shares"] == [pytest.approx(1.0)] and usage["1"]["rank1_kl"] == pytest.approx(0.0, abs=1e-9)
+    lines = (out / "results.md").read_text().splitlines()
+    assert sum(line.startswith("Stage-2 CP net, rank ") for line in lines) == 2
+
+
 def test_readme_section_is_replaced_between_markers_only(quick_run):
     _, out, readme, _ = quick_run
     text = readme.read_text()

@@ -35,6 +35,7 @@ from ..utils.readme import replace_readme_section
 from . import ablation
 from .ablation import CONFIG_ROOT, Variant
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
+from .rank_usage import cp_rank_usage, format_rank_usage
 
 __all__ = [
     "VARIANTS",
@@ -140,9 +141,10 @@ def check_detector(options, det: str):
 
 
 def train_all(options):
-    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1. Returns
-    ({rank: final weights}, detector accuracy, timings)."""
-    timings = OrderedDict()
+    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1, each
+    triplet net's use of its rank measured on ``<prefix>_val``. Returns ({rank: final weights},
+    detector accuracy, timings, {rank: cp_rank_usage})."""
+    timings, usage = OrderedDict(), OrderedDict()
     det, timings["stage 1 detector"] = train_stage(build_cfg(options, "detector", RANKS[0]), options.reuse)
     accuracy = check_detector(options, det)
     weights = {}
@@ -150,11 +152,13 @@ def train_all(options):
         trip, timings[f"stage 2 triplet rank {rank}"] = train_stage(
             build_cfg(options, "triplet", rank, det), options.reuse
         )
+        usage[rank] = cp_rank_usage(build_cfg(options, "triplet", rank, trip), trip, f"{options.prefix}_val")
+        print(format_rank_usage(usage[rank], f"{options.prefix}_val"), flush=True)
         sel, timings[f"stage 3 selection rank {rank}"] = train_stage(
             build_cfg(options, "selection", rank, trip), options.reuse
         )
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
-    return weights, accuracy, timings
+    return weights, accuracy, timings, usage
 
 
 def evaluate_all(options, weights, splits, timings):
@@ -189,7 +193,7 @@ def run(options):
     wall = time.perf_counter()
     if options.quick:
         options.prefix = register_quick_subsets()
-    weights, accuracy, timings = train_all(options)
+    weights, accuracy, timings, usage = train_all(options)
     # val: where settings are compared; skipped by --quick (its numbers mean nothing anyway)
     splits = ("test",) if options.quick else ("test", "val")
     results = evaluate_all(options, weights, splits, timings)
@@ -203,6 +207,7 @@ def run(options):
         quick=options.quick,
         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
         ceilings=format_oracle_line(oracle, "this test split"),
+        usage=[format_rank_usage(u, f"{options.prefix}_val") for u in usage.values()],
     )
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
@@ -219,6 +224,7 @@ def run(options):
                     k: accuracy[k] for k in ("visible_accuracy", "per_class", "shadowed_accuracy", "accuracy")
                 },
                 "oracle": oracle,
+                "cp_usage": {str(r): u for r, u in usage.items()},
                 "quick": bool(options.quick),
                 "seed": int(build_cfg(options, "detector", RANKS[0]).SEED),
                 "threads": torch.get_num_threads(),
@@ -232,10 +238,10 @@ def run(options):
     return results, timings
 
 
-def format_table(results, timings, n_test, quick=False, detector: str = "", ceilings: str = "") -> str:
+def format_table(results, timings, n_test, quick=False, detector: str = "", ceilings: str = "", usage=()) -> str:
     """The markdown table: one row per variant (test split), then sgdet, the oracle's ceilings
-    (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy)
-    and the timings."""
+    (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy),
+    each triplet net's use of its rank (``usage``: format_rank_usage lines) and the timings."""
     cell = ablation.cell
     lines = ablation.markdown_rows(
         ["variant"] + [h for h, _, _ in COLUMNS],
@@ -249,7 +255,7 @@ def format_table(results, timings, n_test, quick=False, detector: str = "", ceil
         f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
         f"R@100 {cell(full, 'phrase', 'R@100_kfree')}.",
     ]
-    lines += [line for line in (ceilings, detector) if line]
+    lines += [line for line in (ceilings, detector, *usage) if line]
     stages = ", ".join(
         f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items() if k.startswith("stage")
     )

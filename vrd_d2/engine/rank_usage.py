@@ -1,0 +1,65 @@
+"""How much of its CP rank a trained triplet net uses, on the gold-box pairs of a dataset.
+
+A rank-R net whose components collapsed into one (one component holds all of every pair's mass)
+is a rank-1 net, whatever R says; its rank ablation then shows nothing (docs/DESIGN.md, "CP
+components"). :func:`cp_rank_usage` runs the net on every ordered pair of gold boxes and averages
+:func:`~vrd_d2.modeling.cp_usage.component_shares` (sorted per pair) and
+:func:`~vrd_d2.modeling.cp_usage.rank1_divergence`; the shapes demo prints it after stage 2.
+"""
+
+from typing import Dict
+
+import torch
+
+from ..checkpoint import VRDCheckpointer
+from ..modeling.cp_usage import component_shares, rank1_divergence
+from .trainer import Trainer
+
+__all__ = ["cp_rank_usage", "format_rank_usage"]
+
+
+@torch.no_grad()
+def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
+    """The triplet net of ``weights`` on every ordered gold-box pair of ``dataset``.
+
+    Returns a dict: ``rank``, ``pairs`` (counted), ``shares`` (list [R]: the mean over pairs of
+    the components' shares of the mass, each pair's sorted largest first) and ``rank1_kl`` (mean
+    KL in nats of psi_c to the product of its marginals; 0 for a rank-1 net).
+    """
+    cfg = cfg.clone()
+    cfg.MODEL.VRD.MODE = "phrase_cls"  # the test mapper keeps the gold boxes
+    cfg.DATASETS.TEST = (dataset,)
+    model = Trainer.build_model(cfg)
+    VRDCheckpointer(model, require_relation_head=True).load(weights)
+    model.eval()
+    rank = cfg.MODEL.VRD.RANK
+    share_sum, kl_sum, n = torch.zeros(rank, dtype=torch.float64), 0.0, 0
+    for batch in Trainer.build_test_loader(cfg, dataset):
+        images, sizes = model._image_sizes(batch)
+        features = model._backbone(images)
+        boxes = [x["instances"].gt_boxes.tensor.to(model.device) for x in batch]
+        pairs = []
+        for b in boxes:
+            idx = torch.arange(len(b), device=model.device)
+            grid = torch.cartesian_prod(idx, idx) if len(b) else idx.new_zeros((0, 2))
+            pairs.append(grid[grid[:, 0] != grid[:, 1]])
+        if sum(len(p) for p in pairs) == 0:
+            continue
+        out = model.roi_heads.pair_logits(features, boxes, pairs, sizes, want_sel=False)
+        f = [out[k].double().cpu() for k in ("s_s", "s_p", "s_o")]
+        share_sum += component_shares(*f).sort(dim=1, descending=True).values.sum(0)
+        kl_sum += float(rank1_divergence(*f).sum())
+        n += f[0].shape[0]
+    if n == 0:
+        raise ValueError(f"cp_rank_usage: {dataset} has no image with two or more gold boxes")
+    return {"rank": rank, "pairs": n, "shares": (share_sum / n).tolist(), "rank1_kl": kl_sum / n}
+
+
+def format_rank_usage(usage: Dict[str, object], dataset: str) -> str:
+    """One line: the components' mean shares and the divergence from rank 1."""
+    shares = ", ".join(f"{s:.2f}" for s in usage["shares"])
+    return (
+        f"Stage-2 CP net, rank {usage['rank']}, on the {usage['pairs']} gold-box pairs of {dataset}: "
+        f"mean share of the mass per component (largest first) {shares}; "
+        f"KL(psi_c || product of its marginals) {usage['rank1_kl']:.3f} nats (0: a rank-1 net)."
+    )
