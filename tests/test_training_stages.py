@@ -81,12 +81,18 @@ def test_detector_stage_respects_freeze_at():
     assert not torch.equal(before["backbone.conv3_1.weight"], after["backbone.conv3_1.weight"])
 
 
-def test_total_norm_clipping_matches_manual():
+def _params_with_large_gradients():
+    """Two parameters whose gradients (also returned) have total norm far above 20."""
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
     grads = [torch.randn(3) * 50, torch.randn(2, 2) * 50]
     for p, g in zip(a, grads):
         p.grad = g.clone()
+    return a, grads
+
+
+def test_total_norm_clipping_matches_manual():
+    a, grads = _params_with_large_gradients()
     w0 = [p.detach().clone() for p in a]
     opt = SGDWithTotalNormClip(a, clip_norm=20.0, lr=1.0, momentum=0.0)
     opt.step()
@@ -97,11 +103,7 @@ def test_total_norm_clipping_matches_manual():
 
 
 def test_adam_clips_the_total_norm_before_its_moments():
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
-    grads = [torch.randn(3) * 50, torch.randn(2, 2) * 50]
-    for p, g in zip(a, grads):
-        p.grad = g.clone()
+    a, grads = _params_with_large_gradients()
     opt = AdamWithTotalNormClip(a, clip_norm=20.0, lr=0.1, betas=(0.9, 0.999))
     opt.step()
     total = torch.sqrt(sum((g**2).sum() for g in grads))
