@@ -118,7 +118,8 @@ def test_schedule_from_epochs():
     out = resolve_schedule(cfg, num_images=3780)
     assert out.SOLVER.MAX_ITER == math.ceil(7 * 3780 / 8) == 3308 and out.SOLVER.STEPS == (round(3.5 * 3780 / 8),)
     assert cfg.SOLVER.MAX_ITER == 80000  # the input config is not modified
-    assert resolve_schedule(tiny_config("Shapes/stage2_triplet.yaml")).SOLVER.MAX_ITER == 1500  # EPOCHS 0
+    shapes = tiny_config("Shapes/stage2_triplet.yaml")  # EPOCHS 0: MAX_ITER as written in the file
+    assert shapes.SOLVER.EPOCHS == 0.0 and resolve_schedule(shapes).SOLVER.MAX_ITER == 750
     with pytest.raises(ValueError, match=r"SOLVER.EPOCH_STEPS entry must be in \[0.0, 7.0\], found 9.0"):
         resolve_schedule(tiny_config("VRD/stage2_triplet.yaml", "SOLVER.EPOCH_STEPS", "(9.0,)"), num_images=10)
 
