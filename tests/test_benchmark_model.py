@@ -200,3 +200,26 @@ def test_trained_row_scores_a_checkpoint_on_its_own_logits(shared_vrd, tmp_path,
     assert 1.0 < res["rows"][0]["logit_std"] < 3.0  # the biases' spread, not random-init flatness (~0.004)
     with pytest.raises(SystemExit):
         tool.main(args + ["--trained-config", config])
+
+
+def test_prior_flag_is_recorded_and_checked(shared_vrd, tmp_path):
+    out = tmp_path / "bench.json"
+    tool = load_tool("benchmark_model")
+    args = [
+        "--vrd-root",
+        str(shared_vrd),
+        "--images",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        str(out),
+        "--rows",
+        "stage3_train",
+    ]
+    for prior, source in (("images", "these images"), ("train", "annotations_train.json")):
+        assert tool.main(args + ["--prior", prior] + TINY) == 0
+        res = json.loads(out.read_text())
+        assert res["prior"] == prior and res["weights"].endswith(source)
+    with pytest.raises(SystemExit):
+        tool.main(args + ["--prior", "uniform"])

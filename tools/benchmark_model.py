@@ -54,6 +54,12 @@ def main(argv=None):
     p.add_argument(
         "--trained-weights", default=None, help="its checkpoint: row trained_phrase_cls, ours vs dense on its logits"
     )
+    p.add_argument(
+        "--prior",
+        default="train",
+        choices=["train", "images"],
+        help="the random models' prior: annotations_train.json's triplet counts, or the benchmarked images'",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides (every row)")
@@ -80,6 +86,7 @@ def main(argv=None):
         repo=REPO,
         rows=args.rows,
         trained=(args.trained_config, args.trained_weights) if args.trained_config else None,
+        prior=args.prior,
     )
     print(format_table(res))
     for k in (

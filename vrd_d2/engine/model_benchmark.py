@@ -32,14 +32,13 @@ from ..config import add_vrd_config
 from ..data.datasets.vrd import load_vrd_json
 from ..data.mapper import VRDDatasetMapper
 from ..data.triplet_counts import compute_triplet_counts
-from ..modeling.cp_triplet import dense_log_unnormalized
 from ..modeling.decode import dense_topk_triplets
-from ..modeling.decode.checks import check_decode_arguments
-from ..modeling.decode.common import pair_chunks
+from ..modeling.decode.dense import dense_predicates_given_labels
 from ..modeling.relation_inference import RelationInference
 from ..utils.peak_memory import PeakMemory, sync
 
 __all__ = ["dense_predicates_given_labels", "BenchRelationInference", "PeakMemory", "load_sample_records"]
+__all__ += ["load_train_records"]
 __all__ += ["same_relations", "same_decoding", "run_benchmark", "format_table"]
 
 # the rows: (name, config file under configs/, what it runs)
@@ -54,43 +53,7 @@ INFERENCE_ROWS = (
 )
 VG150_CONFIG = "VG150/eval_phrase_cls.yaml"
 VG150_SIZE = (151, 51)  # classes, predicates (tools/benchmark_cp.py's VG150 size)
-
-
-def dense_predicates_given_labels(
-    s_s: Tensor,
-    s_p: Tensor,
-    s_o: Tensor,
-    subject: Tensor,
-    object: Tensor,
-    k: int,
-    prior=None,
-    pair_log_weight: Optional[Tensor] = None,
-    *,
-    normalize: bool = False,
-) -> Tuple[Tensor, Tensor]:
-    """The paper's dense predcls decoding, same contract as
-    :func:`~vrd_d2.modeling.decode.topk_predicates_given_labels`: the dense log psi_c (normalized
-    by the sum of the dense tensor) plus log psi_u for every triplet of each pair, read at the
-    given labels, then top-k predicates. Chunked over pairs."""
-    n, _, S, P, O, k, w = check_decode_arguments(
-        s_s, s_p, s_o, k, prior, pair_log_weight, "dense_predicates_given_labels"
-    )
-    prior_log = prior.to_dense(log=True).to(s_s.device, s_s.dtype) if prior is not None else None
-    scores = [s_s.new_zeros((0, P))]
-    for a, b in pair_chunks(n, 3 * S * P * O):
-        lu = dense_log_unnormalized(s_s[a:b].detach(), s_p[a:b].detach(), s_o[a:b].detach())
-        lp = lu - lu.flatten(1).logsumexp(1)[:, None, None, None]
-        if prior_log is not None:
-            lp = lp + prior_log
-        scores.append(lp[torch.arange(b - a, device=lp.device), subject[a:b].long(), :, object[a:b].long()])
-    score = torch.cat(scores)
-    if normalize:
-        score = score - score.logsumexp(1, keepdim=True)
-    if w is not None:
-        score = score + w[:, None]
-    v, j = score.topk(min(k, P), dim=1)
-    sub, obj = subject.long()[:, None].expand_as(j), object.long()[:, None].expand_as(j)
-    return v, torch.stack((sub, j, obj), dim=-1)
+PRIORS = ("train", "images")  # what the random models' prior counts (run_benchmark)
 
 
 class BenchRelationInference(RelationInference):
@@ -131,6 +94,18 @@ class BenchRelationInference(RelationInference):
         self.decoded.append(tuple(x.detach().cpu() for x in res))
         self.pairs += pairs.shape[0]
         return res
+
+
+def load_train_records(vrd_root: str) -> List[dict]:
+    """The records of ``annotations_train.json`` (no images needed): the random models' prior."""
+    return load_vrd_json(
+        os.path.join(vrd_root, "annotations_train.json"),
+        os.path.join(vrd_root, "sg_train_images"),
+        os.path.join(vrd_root, "objects.json"),
+        os.path.join(vrd_root, "predicates.json"),
+        os.path.join(vrd_root, "train_image_metadata.json"),
+        name="vrd_train (benchmark prior)",
+    )
 
 
 def load_sample_records(vrd_root: str, image_dir: str, num_images: int) -> List[dict]:
@@ -255,8 +230,8 @@ def _timed(fn, inputs, device, warmup: int, after_warmup=None):
     return total / len(inputs), (mem.peak_bytes, mem.peak_bytes - mem.start_bytes), outs
 
 
-def _train_row(name, cfg, records, stage, device, warmup):
-    model = _build(cfg, records)
+def _train_row(name, cfg, records, stage, device, warmup, prior_records=None):
+    model = _build(cfg, records if prior_records is None else prior_records)
     model.train()
     model.freeze_for_stage(stage)
     inputs = _inputs(cfg, records, is_train=True)
@@ -270,9 +245,11 @@ def _train_row(name, cfg, records, stage, device, warmup):
     return {"row": name, "decoder": "-", "seconds_per_image": sec, "peak_bytes": peak[0], "peak_growth_bytes": peak[1]}
 
 
-def _inference_rows(name, cfg, records, device, warmup, peak_std=None, model=None):
-    """Two rows, ours then dense, on one model; the dense row carries ``agree`` and the ratios."""
-    model = model if model is not None else _build(cfg, records)
+def _inference_rows(name, cfg, records, device, warmup, peak_std=None, model=None, prior_records=None):
+    """Two rows, ours then dense, on one model; the dense row carries ``agree`` and the ratios.
+    The random model's prior counts the triplets of ``prior_records`` (default: ``records``)."""
+    if model is None:
+        model = _build(cfg, records if prior_records is None else prior_records)
     model.eval()
     inputs = _inputs(cfg, records, is_train=False)
     rows, outs, decoded = [], [], []
@@ -319,30 +296,40 @@ def run_benchmark(
     repo: str = ".",
     rows: Sequence[str] = (),
     trained: Optional[Tuple[str, str]] = None,
+    prior: str = "train",
 ) -> Dict:
     """All rows (or those named in ``rows``) on ``num_images`` sample images; the figures as a dict
     (``rows`` list, ``relation_scoring_speedup_vg150`` [_peaked], ``inference_speedup``). With
     ``trained`` = (config file, weights): the row ``trained_phrase_cls``, that trained model's
-    scoring ours vs dense on its own logits and prior (``relation_scoring_speedup_trained``)."""
+    scoring ours vs dense on its own logits and prior (``relation_scoring_speedup_trained``).
+    ``prior``: what the random models' prior counts, "train" (annotations_train.json, as a trained
+    model's prior) or "images" (the benchmarked images' own triplets, nearly uniform)."""
+    if prior not in PRIORS:
+        raise ValueError(f"model_benchmark: prior must be one of {PRIORS}, found {prior!r}")
     records = load_sample_records(vrd_root, image_dir, num_images)
+    pr = load_train_records(vrd_root) if prior == "train" else records
     want = set(rows) if rows else None
     out = []
     for name, config, stage in TRAIN_ROWS:
         if want is None or name in want:
-            out.append(_train_row(name, build_cfg(repo, config, opts, device), records, stage, device, warmup))
+            out.append(_train_row(name, build_cfg(repo, config, opts, device), records, stage, device, warmup, pr))
     for name, config in INFERENCE_ROWS:
         if want is None or name in want:
-            out += _inference_rows(name, build_cfg(repo, config, opts, device), records, device, warmup)[0]
+            out += _inference_rows(
+                name, build_cfg(repo, config, opts, device), records, device, warmup, prior_records=pr
+            )[0]
     res = {
         "device": device,
         "images": [r["image_name"] for r in records],
         "warmup": warmup,
-        "weights": "random init (seed 0); prior = triplet counts of these images",
+        "weights": "random init (seed 0); prior = triplet counts of "
+        + ("annotations_train.json" if prior == "train" else "these images"),
+        "prior": prior,
         "peak_std": peak_std,
     }
     if want is None or "vg150_scoring" in want:
         cfg = build_cfg(repo, VG150_CONFIG, opts, device, sizes=VG150_SIZE)
-        flat, model = _inference_rows("vg150_scoring", cfg, records, device, warmup)
+        flat, model = _inference_rows("vg150_scoring", cfg, records, device, warmup, prior_records=pr)
         peaked, _ = _inference_rows("vg150_scoring_peaked", cfg, records, device, warmup, peak_std, model)
         out += flat + peaked
         res["relation_scoring_speedup_vg150"] = flat[1]["scoring_ratio"]

@@ -31,6 +31,7 @@ __all__ = [
     "log_dense_topk",
     "dense_topk_triplets",
     "LINEAR_MIN_LOG",
+    "dense_predicates_given_labels",
 ]
 
 # underflow guard of the linear-space fallback: float64 underflows near e^-708
@@ -167,3 +168,40 @@ def dense_topk_triplets(
     if w is not None:
         v = v + w[:, None]
     return v, triplet_rows(f, P, O)
+
+
+def dense_predicates_given_labels(
+    s_s: Tensor,
+    s_p: Tensor,
+    s_o: Tensor,
+    subject: Tensor,
+    object: Tensor,
+    k: int,
+    prior=None,
+    pair_log_weight: Optional[Tensor] = None,
+    *,
+    normalize: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """The paper's dense predcls decoding, same contract as
+    :func:`~vrd_d2.modeling.decode.topk_predicates_given_labels`: the dense log psi_c (normalized
+    by the sum of the dense tensor) plus log psi_u for every triplet of each pair, read at the
+    given labels, then top-k predicates. Chunked over pairs."""
+    n, _, S, P, O, k, w = check_decode_arguments(
+        s_s, s_p, s_o, k, prior, pair_log_weight, "dense_predicates_given_labels"
+    )
+    prior_log = prior.to_dense(log=True).to(s_s.device, s_s.dtype) if prior is not None else None
+    scores = [s_s.new_zeros((0, P))]
+    for a, b in pair_chunks(n, 3 * S * P * O):
+        lu = dense_log_unnormalized(s_s[a:b].detach(), s_p[a:b].detach(), s_o[a:b].detach())
+        lp = lu - lu.flatten(1).logsumexp(1)[:, None, None, None]
+        if prior_log is not None:
+            lp = lp + prior_log
+        scores.append(lp[torch.arange(b - a, device=lp.device), subject[a:b].long(), :, object[a:b].long()])
+    score = torch.cat(scores)
+    if normalize:
+        score = score - score.logsumexp(1, keepdim=True)
+    if w is not None:
+        score = score + w[:, None]
+    v, j = score.topk(min(k, P), dim=1)
+    sub, obj = subject.long()[:, None].expand_as(j), object.long()[:, None].expand_as(j)
+    return v, torch.stack((sub, j, obj), dim=-1)
