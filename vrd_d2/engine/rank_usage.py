@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import VRDCheckpointer
 from ..modeling.cp_usage import component_shares, rank1_divergence
+from ..modeling.pairs import all_ordered_pairs
 from .trainer import Trainer
 
 __all__ = ["cp_rank_usage", "format_rank_usage"]
@@ -38,11 +39,7 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
         images, sizes = model._image_sizes(batch)
         features = model._backbone(images)
         boxes = [x["instances"].gt_boxes.tensor.to(model.device) for x in batch]
-        pairs = []
-        for b in boxes:
-            idx = torch.arange(len(b), device=model.device)
-            grid = torch.cartesian_prod(idx, idx) if len(b) else idx.new_zeros((0, 2))
-            pairs.append(grid[grid[:, 0] != grid[:, 1]])
+        pairs = [all_ordered_pairs(len(b), model.device) for b in boxes]
         if sum(len(p) for p in pairs) == 0:
             continue
         out = model.roi_heads.pair_logits(features, boxes, pairs, sizes, want_sel=False)

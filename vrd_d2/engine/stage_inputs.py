@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from ..modeling.relation_predictor import SELECTION_MODULES, TRIPLET_MODULES
 from ..modeling.relation_prior import CountsPrior
+from ..modeling.roi_heads import version1_key_now
 
 __all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes"]
 
@@ -62,10 +63,10 @@ def _version2_names(shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, 
     relation predictor existed hold its branches at ``roi_heads.<branch>.*`` (now
     ``roi_heads.relation_predictor.<branch>.*``); a current name wins over an old one."""
     moved = set(TRIPLET_MODULES) | set(SELECTION_MODULES)
-    old = {k for k in shapes if k.split(".")[0] == "roi_heads" and k.split(".")[1:2] and k.split(".")[1] in moved}
-    out = {k: v for k, v in shapes.items() if k not in old}
-    for k in sorted(old):
-        out.setdefault("roi_heads.relation_predictor." + k[len("roi_heads.") :], shapes[k])
+    renamed = {k: version1_key_now(k, "roi_heads.", moved) for k in shapes}
+    out = {k: v for k, v in shapes.items() if renamed[k] is None}
+    for k in sorted(k for k, now in renamed.items() if now is not None):
+        out.setdefault(renamed[k], shapes[k])
     return out
 
 

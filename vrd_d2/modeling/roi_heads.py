@@ -23,10 +23,19 @@ from .relation_losses import RelationLoss
 from .relation_predictor import build_relation_predictor
 from .relation_prior import CountsPrior, check_triplet_counts, keep_training_counts, triplet_counts_from_config
 
-__all__ = ["VRDROIHeads", "empty_relations", "RELATION_FIELDS"]
+__all__ = ["VRDROIHeads", "empty_relations", "RELATION_FIELDS", "version1_key_now"]
 
 logger = logging.getLogger(__name__)
 _FILE = "vrd_d2/modeling/roi_heads.py"
+
+
+def version1_key_now(key: str, prefix: str, modules) -> Optional[str]:
+    """The name a version-1 checkpoint key ``<prefix><module>.*`` (``module`` one of ``modules``, the
+    relation predictor's submodules) has now, ``<prefix>relation_predictor.<module>.*``; None for
+    any other key."""
+    if not key.startswith(prefix) or key[len(prefix) :].split(".")[0] not in modules:
+        return None
+    return prefix + "relation_predictor." + key[len(prefix) :]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -121,7 +130,7 @@ class VRDROIHeads(StandardROIHeads):
         tensor whose shape differs from the model's is skipped with a warning."""
         own = self.relation_predictor.state_dict()
         moved = {m.split(".")[-1] for m in self.relation_modules()}
-        for old in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in moved]:
+        for old in [k for k in state_dict if version1_key_now(k, prefix, moved)]:
             name = old[len(prefix) :]
             value = state_dict.pop(old)
             if name in own and tuple(own[name].shape) != tuple(value.shape):
