@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..checkpoint import VRDCheckpointer
 from ..config import add_vrd_config
-from ..data.datasets.vrd import load_vrd_json
+from ..data.datasets.vrd import load_vrd_split
 from ..data.mapper import VRDDatasetMapper
 from ..data.triplet_counts import compute_triplet_counts
 from ..modeling.decode import dense_topk_triplets
@@ -98,27 +98,13 @@ class BenchRelationInference(RelationInference):
 
 def load_train_records(vrd_root: str) -> List[dict]:
     """The records of ``annotations_train.json`` (no images needed): the random models' prior."""
-    return load_vrd_json(
-        os.path.join(vrd_root, "annotations_train.json"),
-        os.path.join(vrd_root, "sg_train_images"),
-        os.path.join(vrd_root, "objects.json"),
-        os.path.join(vrd_root, "predicates.json"),
-        os.path.join(vrd_root, "train_image_metadata.json"),
-        name="vrd_train (benchmark prior)",
-    )
+    return load_vrd_split(vrd_root, "train", "vrd_train (benchmark prior)")
 
 
 def load_sample_records(vrd_root: str, image_dir: str, num_images: int) -> List[dict]:
     """The first ``num_images`` records of ``annotations_test.json`` (VRD loader) whose image is in
     ``image_dir`` and that have a relation between 2 or more boxes. ValueError if there are fewer."""
-    recs = load_vrd_json(
-        os.path.join(vrd_root, "annotations_test.json"),
-        image_dir,
-        os.path.join(vrd_root, "objects.json"),
-        os.path.join(vrd_root, "predicates.json"),
-        os.path.join(vrd_root, "test_image_metadata.json"),
-        name="vrd_test (benchmark)",
-    )
+    recs = load_vrd_split(vrd_root, "test", "vrd_test (benchmark)", image_root=image_dir)
     recs = [r for r in recs if os.path.isfile(r["file_name"]) and len(r["relations"]) and len(r["annotations"]) >= 2]
     if len(recs) < num_images:
         raise ValueError(

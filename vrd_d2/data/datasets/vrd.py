@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "load_vrd_json",
+    "load_vrd_split",
     "register_vrd_split",
     "register_all_vrd",
     "read_image_size",
@@ -165,22 +166,24 @@ def load_vrd_json(
     return records
 
 
+def load_vrd_split(root: str, split: str, name: str, image_root: Optional[str] = None) -> List[dict]:
+    """:func:`load_vrd_json` of ``<root>/annotations_<split>.json`` with the root's class lists and
+    image metadata; images looked for in ``image_root`` (default ``<root>/sg_<split>_images``)."""
+    return load_vrd_json(
+        os.path.join(root, f"annotations_{split}.json"),
+        image_root or os.path.join(root, f"sg_{split}_images"),
+        os.path.join(root, "objects.json"),
+        os.path.join(root, "predicates.json"),
+        os.path.join(root, f"{split}_image_metadata.json"),
+        name=name,
+    )
+
+
 def register_vrd_split(name: str, root: str, split: str, train_split: Optional[str] = None):
     """Register VRD ``split`` ("train" | "test") under ``name``; class lists are read lazily."""
     json_file = os.path.join(root, f"annotations_{split}.json")
     image_root = os.path.join(root, f"sg_{split}_images")
-
-    def load():
-        return load_vrd_json(
-            json_file,
-            image_root,
-            os.path.join(root, "objects.json"),
-            os.path.join(root, "predicates.json"),
-            os.path.join(root, f"{split}_image_metadata.json"),
-            name=name,
-        )
-
-    DatasetCatalog.register(name, load)
+    DatasetCatalog.register(name, lambda: load_vrd_split(root, split, name))
     md = MetadataCatalog.get(name)
     md.set(
         json_file=json_file,
