@@ -55,3 +55,28 @@ def tiny_cfg():
 # the same paths as strings, for the tests that build paths with os.path
 REPO_DIR = str(REPO)
 SHARED_VRD_DIR = str(SHARED_VRD)
+
+# the triplet stage of a net shrunk to a few channels (tools/train_net.py overrides): the two
+# distributed-training tests start from it
+TINY_TRIPLET_NET = [
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.VRD.FC_DIMS",
+    "[32]",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_DIM",
+    "16",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[4, 8]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "16",
+    "MODEL.VRD.TRAIN_STAGE",
+    "triplet",
+    "MODEL.VRD.MODE",
+    "phrase_cls",
+    "MODEL.WEIGHTS",
+    "",
+]

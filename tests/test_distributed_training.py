@@ -22,6 +22,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRIPLET_NET  # noqa: E402  (tests/ is on sys.path under pytest)
 
 TRAIN, TEST = "dist_equal_train", "dist_equal_test"
 THINGS = ["red", "green", "blue"]
@@ -29,27 +30,7 @@ PREDICATES = ["near", "above", "left of", "on"]
 COLORS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]  # BGR of red, green, blue
 SIZE = 128
 PAIRS_PER_IMAGE = (1, 2, 3)  # image i has PAIRS_PER_IMAGE[i % 3] annotated pairs
-TINY = [
-    "MODEL.VGG.WIDTH_DIVISOR",
-    "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "32",
-    "MODEL.VRD.FC_DIMS",
-    "[32]",
-    "MODEL.VRD.SELECTION_FC_DIM",
-    "16",
-    "MODEL.VRD.SPATIAL_DIM",
-    "16",
-    "MODEL.VRD.SPATIAL_CONV_DIMS",
-    "[4, 8]",
-    "MODEL.VRD.SPATIAL_MASK_SIZE",
-    "16",
-    "MODEL.VRD.TRAIN_STAGE",
-    "triplet",
-    "MODEL.VRD.MODE",
-    "phrase_cls",
-    "MODEL.WEIGHTS",
-    "",
+TINY = TINY_TRIPLET_NET + [
     "MODEL.DEVICE",
     "cpu",
     "MODEL.ROI_HEADS.NUM_CLASSES",

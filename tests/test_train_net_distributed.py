@@ -8,28 +8,9 @@ import sys
 
 import pytest
 from conftest import REPO_DIR as REPO  # noqa: E402
+from conftest import TINY_TRIPLET_NET
 
-TINY = [
-    "MODEL.VGG.WIDTH_DIVISOR",
-    "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "32",
-    "MODEL.VRD.FC_DIMS",
-    "[32]",
-    "MODEL.VRD.SELECTION_FC_DIM",
-    "16",
-    "MODEL.VRD.SPATIAL_DIM",
-    "16",
-    "MODEL.VRD.SPATIAL_CONV_DIMS",
-    "[4, 8]",
-    "MODEL.VRD.SPATIAL_MASK_SIZE",
-    "16",
-    "MODEL.VRD.TRAIN_STAGE",
-    "triplet",
-    "MODEL.VRD.MODE",
-    "phrase_cls",
-    "MODEL.WEIGHTS",
-    "",
+TINY = TINY_TRIPLET_NET + [
     "INPUT.MIN_SIZE_TRAIN",
     "(128,)",
     "INPUT.MAX_SIZE_TRAIN",
