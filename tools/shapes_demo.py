@@ -59,6 +59,14 @@ def get_parser():
         help="stop after stage 1 when the detector classifies fewer of the visible gold boxes of "
         f"shapes_val correctly (default {shapes_demo.MIN_DETECTOR_ACCURACY:g}; 0 with --quick)",
     )
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stage-2 runs per rank, the one with the lowest cross-entropy on shapes_val kept "
+        f"(default {shapes_demo.STAGE2_RESTARTS}; 1 with --quick)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (cfg.SEED) ...")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="... and per torch thread count")
     p.add_argument("--band-file", default=shapes_bands.BAND_FILE, help=argparse.SUPPRESS)
@@ -71,6 +79,8 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     for t in args.threads or []:
         check_int(t, "--threads", low=1, where="shapes_demo")
+    if args.restarts is not None:
+        check_int(args.restarts, "--restarts", low=1, where="shapes_demo")
     os.makedirs(args.output, exist_ok=True)
     setup_logger(output=os.path.join(args.output, "log.txt"), name="detectron2")
     setup_logger(output=os.path.join(args.output, "log.txt"), name="vrd_d2")

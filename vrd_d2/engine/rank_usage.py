@@ -4,7 +4,9 @@ A rank-R net whose components collapsed into one (one component holds all of eve
 is a rank-1 net, whatever R says; its rank ablation then shows nothing (docs/DESIGN.md, "CP
 components"). :func:`cp_rank_usage` runs the net on every ordered pair of gold boxes and averages
 :func:`~vrd_d2.modeling.cp_usage.component_shares` (sorted per pair) and
-:func:`~vrd_d2.modeling.cp_usage.rank1_divergence`; the shapes demo prints it after stage 2.
+:func:`~vrd_d2.modeling.cp_usage.rank1_divergence`; the shapes demo prints it after stage 2. It
+also gives the held-out cross-entropy of the annotated triplets (the training loss on unseen
+images), by which the demo picks among stage-2 restarts.
 """
 
 from typing import Dict
@@ -12,6 +14,7 @@ from typing import Dict
 import torch
 
 from ..checkpoint import VRDCheckpointer
+from ..modeling.cp_triplet import triplet_log_prob
 from ..modeling.cp_usage import component_shares, rank1_divergence
 from ..modeling.pairs import all_ordered_pairs
 from .trainer import Trainer
@@ -24,8 +27,10 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
     """The triplet net of ``weights`` on every ordered gold-box pair of ``dataset``.
 
     Returns a dict: ``rank``, ``pairs`` (counted), ``shares`` (list [R]: the mean over pairs of
-    the components' shares of the mass, each pair's sorted largest first) and ``rank1_kl`` (mean
-    KL in nats of psi_c to the product of its marginals; 0 for a rank-1 net).
+    the components' shares of the mass, each pair's sorted largest first), ``rank1_kl`` (mean
+    KL in nats of psi_c to the product of its marginals; 0 for a rank-1 net), ``triplets`` (the
+    annotated relations counted) and ``nll`` (their mean -log psi_c(subject class, predicate,
+    object class) at their gold pair, in nats; NaN without relations).
     """
     cfg = cfg.clone()
     cfg.MODEL.VRD.MODE = "phrase_cls"  # the test mapper keeps the gold boxes
@@ -35,6 +40,7 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
     model.eval()
     rank = cfg.MODEL.VRD.RANK
     share_sum, kl_sum, n = torch.zeros(rank, dtype=torch.float64), 0.0, 0
+    nll_sum, n_triplets = 0.0, 0
     for batch in Trainer.build_test_loader(cfg, dataset):
         images, sizes = model._image_sizes(batch)
         features = model._backbone(images)
@@ -46,10 +52,40 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
         f = [out[k].double().cpu() for k in ("s_s", "s_p", "s_o")]
         share_sum += component_shares(*f).sort(dim=1, descending=True).values.sum(0)
         kl_sum += float(rank1_divergence(*f).sum())
+        triplets, pair_index = _annotated_triplets(batch, [len(b) for b in boxes])
+        if len(triplets):
+            nll_sum -= float(triplet_log_prob(*f, triplets, pair_index).sum())
+            n_triplets += len(triplets)
         n += f[0].shape[0]
     if n == 0:
         raise ValueError(f"cp_rank_usage: {dataset} has no image with two or more gold boxes")
-    return {"rank": rank, "pairs": n, "shares": (share_sum / n).tolist(), "rank1_kl": kl_sum / n}
+    return {
+        "rank": rank,
+        "pairs": n,
+        "shares": (share_sum / n).tolist(),
+        "rank1_kl": kl_sum / n,
+        "triplets": n_triplets,
+        "nll": nll_sum / n_triplets if n_triplets else float("nan"),
+    }
+
+
+def _annotated_triplets(batch, num_boxes):
+    """The annotated relations of ``batch`` as (LongTensor[M, 3] (subject class, predicate, object
+    class), LongTensor[M] row of the pair in the batch's :func:`all_ordered_pairs`, image after
+    image)."""
+    triplets, pair_index, offset = [], [], 0
+    for x, n in zip(batch, num_boxes):
+        rel = x.get("relations")
+        if rel is not None and len(rel):
+            rel = torch.as_tensor(rel).long().cpu()
+            i, j, p = rel[:, 0], rel[:, 1], rel[:, 2]
+            cls = x["instances"].gt_classes.long().cpu()
+            triplets.append(torch.stack((cls[i], p, cls[j]), 1))
+            pair_index.append(offset + i * (n - 1) + j - (j > i).long())  # row-major, i != j
+        offset += n * (n - 1)
+    if not triplets:
+        return torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(triplets), torch.cat(pair_index)
 
 
 def format_rank_usage(usage: Dict[str, object], dataset: str) -> str:
@@ -58,5 +94,6 @@ def format_rank_usage(usage: Dict[str, object], dataset: str) -> str:
     return (
         f"Stage-2 CP net, rank {usage['rank']}, on the {usage['pairs']} gold-box pairs of {dataset}: "
         f"mean share of the mass per component (largest first) {shares}; "
-        f"KL(psi_c || product of its marginals) {usage['rank1_kl']:.3f} nats (0: a rank-1 net)."
+        f"KL(psi_c || product of its marginals) {usage['rank1_kl']:.3f} nats (0: a rank-1 net); "
+        f"cross-entropy of its {usage['triplets']} annotated triplets {usage['nll']:.3f} nats."
     )

@@ -85,7 +85,7 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
                 opts.output = os.path.join(options.output, f"seed{seed}_threads{t}")
                 opts.opts = list(options.opts) + ["SEED", str(seed)]
                 opts.update_readme = False
-                done = _finished_run(opts.output, seed, t, options.quick) if options.reuse else None
+                done = _finished_run(opts.output, seed, t, opts) if options.reuse else None
                 if done is None:
                     os.makedirs(opts.output, exist_ok=True)
                     torch.set_num_threads(t)
@@ -108,23 +108,20 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
     return records
 
 
-def _finished_run(folder: str, seed: int, threads: int, quick: bool):
-    """The results.json of a finished run in ``folder`` made with this seed, thread count and
-    --quick setting, or None (no file, or another setting: that run is made again)."""
+def _finished_run(folder: str, seed: int, threads: int, options):
+    """The results.json of a finished run in ``folder`` made with this seed, thread count, --quick
+    setting and number of stage-2 restarts (``options``), or None (no file, or another setting:
+    that run is made again; a file without ``restarts`` was made with one)."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         done = json.load(f)
-    if (done.get("seed"), done.get("threads"), bool(done.get("quick"))) != (seed, threads, bool(quick)):
+    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), done.get("restarts", 1))
+    wanted = (seed, threads, bool(options.quick), shapes_demo.num_restarts(options))
+    if made != wanted:
         logger.info(
-            "%s: made with seed %s, %s threads, quick %s; running seed %d, %d threads again",
-            path,
-            done.get("seed"),
-            done.get("threads"),
-            done.get("quick"),
-            seed,
-            threads,
+            "%s: made with (seed, threads, quick, restarts) %s; running %s again", path, made, wanted
         )
         return None
     return done

@@ -45,6 +45,8 @@ __all__ = [
     "register_quick_subsets",
     "build_cfg",
     "train_stage",
+    "train_triplet",
+    "num_restarts",
     "run",
     "format_table",
 ]
@@ -81,6 +83,7 @@ COLUMNS = [
 ]
 QUICK_SIZES = {"train": 8, "val": 4, "test": 4}
 MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
+STAGE2_RESTARTS = 2  # stage-2 runs per rank, the best on shapes_val kept (train_triplet)
 
 
 def register_quick_subsets(prefix: str = "shapes_quick") -> str:
@@ -140,23 +143,65 @@ def check_detector(options, det: str):
     return acc
 
 
+def train_triplet(options, rank: int, det: str):
+    """Stage 2 at ``rank`` from the detector ``det``, restarted :func:`num_restarts` times (restart
+    k: cfg.SEED + 1000 k, folder ``rank<R>_stage2_triplet[_restart<k>]``); the restart with the
+    lowest cross-entropy of the annotated triplets of ``<prefix>_val`` is kept. Why: how the CP
+    components split varies from run to run (docs/DESIGN.md, "CP components"), and a run whose
+    components stayed together scores several points lower; held-out data tell which one it is.
+    Returns (weights, seconds of all restarts, cp_rank_usage of the kept one plus ``restart`` (its
+    k) and ``restart_nll`` (every restart's cross-entropy))."""
+    val = f"{options.prefix}_val"
+    best, seconds, nlls = None, 0.0, []
+    for k in range(num_restarts(options)):
+        cfg = build_cfg(options, "triplet", rank, det)
+        if k:
+            cfg.OUTPUT_DIR += f"_restart{k}"
+            cfg.SEED = cfg.SEED + 1000 * k if cfg.SEED >= 0 else cfg.SEED
+        weights, sec = train_stage(cfg, options.reuse)
+        seconds += sec
+        usage = cp_rank_usage(build_cfg(options, "triplet", rank, weights), weights, val)
+        nlls.append(usage["nll"])
+        print(f"restart {k} (SEED {cfg.SEED}): " + format_rank_usage(usage, val), flush=True)
+        if best is None or usage["nll"] < best[1]["nll"]:
+            best = (weights, dict(usage, restart=k))
+    weights, usage = best
+    usage["restart_nll"] = nlls
+    if len(nlls) > 1:
+        print(f"Stage 2, rank {rank}: kept restart {usage['restart']} (lowest cross-entropy on {val})", flush=True)
+    return weights, seconds, usage
+
+
+def _usage_line(usage, dataset: str) -> str:
+    line = format_rank_usage(usage, dataset)
+    nlls = usage.get("restart_nll", [])
+    if len(nlls) > 1:
+        line += f" Kept restart {usage['restart']} of {len(nlls)} (cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
+    return line
+
+
+def num_restarts(options) -> int:
+    """Stage-2 runs per rank (``options.restarts``; :data:`STAGE2_RESTARTS` when absent, 1 with --quick)."""
+    n = getattr(options, "restarts", None)
+    if n is None:
+        n = 1 if options.quick else STAGE2_RESTARTS
+    return int(n)
+
+
 def train_all(options):
-    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1, each
-    triplet net's use of its rank measured on ``<prefix>_val``. Returns ({rank: final weights},
-    detector accuracy, timings, {rank: cp_rank_usage})."""
+    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1, stage 2
+    kept from the best of its restarts (:func:`train_triplet`). Returns ({rank: final weights},
+    detector accuracy, timings, {rank: cp_rank_usage of the kept triplet net})."""
     timings, usage = OrderedDict(), OrderedDict()
     det, timings["stage 1 detector"] = train_stage(build_cfg(options, "detector", RANKS[0]), options.reuse)
     accuracy = check_detector(options, det)
     weights = {}
     for rank in RANKS:
-        trip, timings[f"stage 2 triplet rank {rank}"] = train_stage(
-            build_cfg(options, "triplet", rank, det), options.reuse
-        )
-        usage[rank] = cp_rank_usage(build_cfg(options, "triplet", rank, trip), trip, f"{options.prefix}_val")
-        print(format_rank_usage(usage[rank], f"{options.prefix}_val"), flush=True)
-        sel, timings[f"stage 3 selection rank {rank}"] = train_stage(
-            build_cfg(options, "selection", rank, trip), options.reuse
-        )
+        trip, timings[f"stage 2 triplet rank {rank}"], usage[rank] = train_triplet(options, rank, det)
+        cfg = build_cfg(options, "selection", rank, trip)
+        if usage[rank]["restart"]:  # its own folder: --reuse must not take another restart's head
+            cfg.OUTPUT_DIR += f"_restart{usage[rank]['restart']}"
+        sel, timings[f"stage 3 selection rank {rank}"] = train_stage(cfg, options.reuse)
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
     return weights, accuracy, timings, usage
 
@@ -207,7 +252,7 @@ def run(options):
         quick=options.quick,
         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
         ceilings=format_oracle_line(oracle, "this test split"),
-        usage=[format_rank_usage(u, f"{options.prefix}_val") for u in usage.values()],
+        usage=[_usage_line(u, f"{options.prefix}_val") for u in usage.values()],
     )
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
@@ -226,6 +271,7 @@ def run(options):
                 "oracle": oracle,
                 "cp_usage": {str(r): u for r, u in usage.items()},
                 "quick": bool(options.quick),
+                "restarts": num_restarts(options),
                 "seed": int(build_cfg(options, "detector", RANKS[0]).SEED),
                 "threads": torch.get_num_threads(),
             },
