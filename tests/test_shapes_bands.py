@@ -100,3 +100,27 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     bands = json.loads((out / "bands.json").read_text())
     assert [(r["seed"], r["threads"]) for r in bands["runs"]] == [(0, 1), (1, 1), (2, 1)]
     assert bands["runs"][0]["seconds"] == per_run[0]["seconds"]["total"]
+
+
+def test_finished_run_must_match_the_number_of_restarts(tmp_path):
+    from types import SimpleNamespace
+
+    from vrd_d2.engine.shapes_bands import _finished_run
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": shapes_demo.STAGE2_RESTARTS}))
+    assert (
+        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=shapes_demo.STAGE2_RESTARTS))
+        is not None
+    )
+    assert _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=None)) is not None  # the default
+    assert (
+        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=shapes_demo.STAGE2_RESTARTS + 1))
+        is None
+    )
+    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False}))  # made before restarts: one
+    default_is_one = shapes_demo.STAGE2_RESTARTS == 1
+    assert (
+        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=None)) is not None
+    ) == default_is_one
+    assert _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=1)) is not None

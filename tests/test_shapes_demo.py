@@ -89,3 +89,51 @@ def test_failure_exits_nonzero(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shapes_demo, "train_stage", boom)
     assert tool.main(["--quick", "--output", str(tmp_path)]) == 1
+
+
+@pytest.fixture(scope="module")
+def restarted_run(tmp_path_factory):
+    tool = load_tool("shapes_demo")
+    out = tmp_path_factory.mktemp("shapes_demo_restarts")
+    rc = tool.main(["--quick", "--restarts", "2", "--output", str(out)])
+    return out, rc
+
+
+def test_stage2_keeps_the_restart_with_the_lowest_heldout_cross_entropy(restarted_run):
+    out, rc = restarted_run
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["restarts"] == 2
+    for rank in ("5", "1"):
+        u = data["cp_usage"][rank]
+        nll = u["restart_nll"]
+        assert len(nll) == 2 and all(x > 0 for x in nll)
+        assert u["restart"] == min(range(2), key=nll.__getitem__) and u["nll"] == nll[u["restart"]]
+        # restart 1 has its own folder and seed; stage 3 is trained from the kept restart, in a
+        # folder of its own (so that --reuse never takes another restart's selection head)
+        cfg1 = (out / f"rank{rank}_stage2_triplet_restart1" / "config.yaml").read_text()
+        assert "\nSEED: 1000\n" in cfg1
+        suffix = f"_restart{u['restart']}" if u["restart"] else ""
+        stage3 = (out / f"rank{rank}_stage3_selection{suffix}" / "config.yaml").read_text()
+        assert f"rank{rank}_stage2_triplet{suffix}/model_final.pth" in stage3
+        assert not (out / f"rank{rank}_stage3_selection{'' if suffix else '_restart1'}").exists()
+    lines = (out / "results.md").read_text().splitlines()
+    assert sum("Kept restart" in line and "of 2 (cross-entropies" in line for line in lines) == 2
+
+
+def test_heldout_cross_entropy_counts_every_annotated_relation(quick_run):
+    from detectron2.data import DatasetCatalog
+
+    tool, out, _, _ = quick_run
+    data = json.loads((out / "results.json").read_text())
+    n_relations = sum(len(d["relations"]) for d in DatasetCatalog.get("shapes_quick_val"))
+    for u in data["cp_usage"].values():
+        assert u["triplets"] == n_relations > 0
+        assert u["nll"] > 0 and u["restart_nll"] == [u["nll"]] and u["restart"] == 0
+    assert data["restarts"] == 1  # --quick trains stage 2 once
+
+
+def test_restarts_must_be_positive(tmp_path):
+    tool = load_tool("shapes_demo")
+    with pytest.raises(ValueError, match="--restarts must be"):
+        tool.main(["--quick", "--restarts", "0", "--output", str(tmp_path)])

@@ -6,7 +6,8 @@
     python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --update-readme   # the README band
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
-rank 5 and rank 1 from the same detector, stage 3 the selection head of each; then every variant
+rank 5 and rank 1 from the same detector (``--restarts`` runs each, the one with the lowest
+cross-entropy of shapes_val's annotated triplets kept), stage 3 the selection head of each; then every variant
 of the paper's Table 4 ablation is scored on shapes_test (phrase classification, predicate
 classification, against the annotated and the complete ground truth; sgdet for the full model).
 The same numbers on shapes_val go to results.json (settings are chosen there, never on test).

@@ -89,7 +89,7 @@ def _annotated_triplets(batch, num_boxes):
 
 
 def format_rank_usage(usage: Dict[str, object], dataset: str) -> str:
-    """One line: the components' mean shares and the divergence from rank 1."""
+    """One line: the components' mean shares, the divergence from rank 1, the held-out cross-entropy."""
     shares = ", ".join(f"{s:.2f}" for s in usage["shares"])
     return (
         f"Stage-2 CP net, rank {usage['rank']}, on the {usage['pairs']} gold-box pairs of {dataset}: "

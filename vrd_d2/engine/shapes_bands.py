@@ -120,9 +120,7 @@ def _finished_run(folder: str, seed: int, threads: int, options):
     made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), done.get("restarts", 1))
     wanted = (seed, threads, bool(options.quick), shapes_demo.num_restarts(options))
     if made != wanted:
-        logger.info(
-            "%s: made with (seed, threads, quick, restarts) %s; running %s again", path, made, wanted
-        )
+        logger.info("%s: made with (seed, threads, quick, restarts) %s; running %s again", path, made, wanted)
         return None
     return done
 

@@ -3,7 +3,8 @@
 Stages, each a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this process:
   1. the detector (configs/Shapes/stage1_detector.yaml);
   2. the CP triplet net on gold boxes, rank 5 and rank 1, both from the same stage-1 weights
-     (configs/Shapes/stage2_triplet.yaml);
+     (configs/Shapes/stage2_triplet.yaml), each trained ``--restarts`` times with other seeds and
+     the one with the lowest cross-entropy on shapes_val kept (:func:`train_triplet`);
   3. the selection head of each (configs/Shapes/stage3_selection.yaml).
 Then every variant of :data:`VARIANTS` is scored on shapes_test (and shapes_val, where settings
 are compared) with VRDEvaluator: phrase classification (gold boxes, labels predicted) and predicate
@@ -11,8 +12,8 @@ classification, against the annotated and the complete ground truth, plus relati
 (sgdet) for the full model. Seeds are fixed (``cfg.SEED`` before every stage), so a run repeats.
 
 ``options`` below is any object with the attributes of ``tools/shapes_demo.py``'s arguments:
-``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy`` for
-:func:`run`).
+``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy,
+restarts`` for :func:`run`; absent ones take their defaults).
 
 After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
 the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
@@ -176,7 +177,9 @@ def _usage_line(usage, dataset: str) -> str:
     line = format_rank_usage(usage, dataset)
     nlls = usage.get("restart_nll", [])
     if len(nlls) > 1:
-        line += f" Kept restart {usage['restart']} of {len(nlls)} (cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
+        line += (
+            f" Kept restart {usage['restart']} of {len(nlls)} (cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
+        )
     return line
 
 
