@@ -66,6 +66,7 @@ VARIANTS = OrderedDict(
     [  # the paper's Table 4 ablation
         ("prior alone", Variant(rank=5, use_cp=False, use_selection=False, use_prior=True)),
         ("rank 1", Variant(rank=1)),
+        ("rank 1 + X_sel", Variant(rank=1, use_selection=True)),  # so that the prior's gain at rank 1 shows
         ("rank 1 + X_sel + prior", Variant(rank=1, use_selection=True, use_prior=True)),
         ("rank 5", Variant(rank=5)),
         ("rank 5 + X_sel", Variant(rank=5, use_selection=True)),
