@@ -21,8 +21,8 @@ def test_annotated_triplets_and_pair_rows_by_brute_force():
         _image([1, 3, 0, 2], [[3, 0, 6], [0, 3, 6], [2, 1, 0]]),
     ]
     sizes = [3, 2, 4]
-    triplets, rows = _annotated_triplets(batch, sizes)
     pairs = [all_ordered_pairs(n) for n in sizes]
+    triplets, rows = _annotated_triplets(batch, pairs)
     offsets = [0, 6, 8]
     expected_t, expected_r = [], []
     for x, p, off in zip(batch, pairs, offsets):
@@ -36,5 +36,5 @@ def test_annotated_triplets_and_pair_rows_by_brute_force():
 
 
 def test_no_relations_gives_empty_tensors():
-    triplets, rows = _annotated_triplets([_image([0, 1], [])], [2])
+    triplets, rows = _annotated_triplets([_image([0, 1], [])], [all_ordered_pairs(2)])
     assert triplets.shape == (0, 3) and rows.shape == (0,)

@@ -16,7 +16,7 @@ import torch
 from ..checkpoint import VRDCheckpointer
 from ..modeling.cp_triplet import triplet_log_prob
 from ..modeling.cp_usage import component_shares, rank1_divergence
-from ..modeling.pairs import all_ordered_pairs
+from ..modeling.pairs import all_ordered_pairs, pair_triplets
 from .trainer import Trainer
 
 __all__ = ["cp_rank_usage", "format_rank_usage"]
@@ -52,7 +52,7 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
         f = [out[k].double().cpu() for k in ("s_s", "s_p", "s_o")]
         share_sum += component_shares(*f).sort(dim=1, descending=True).values.sum(0)
         kl_sum += float(rank1_divergence(*f).sum())
-        triplets, pair_index = _annotated_triplets(batch, [len(b) for b in boxes])
+        triplets, pair_index = _annotated_triplets(batch, pairs)
         if len(triplets):
             nll_sum -= float(triplet_log_prob(*f, triplets, pair_index).sum())
             n_triplets += len(triplets)
@@ -69,20 +69,20 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
     }
 
 
-def _annotated_triplets(batch, num_boxes):
+def _annotated_triplets(batch, pairs):
     """The annotated relations of ``batch`` as (LongTensor[M, 3] (subject class, predicate, object
-    class), LongTensor[M] row of the pair in the batch's :func:`all_ordered_pairs`, image after
-    image)."""
+    class), LongTensor[M] row of the pair in the concatenation of ``pairs`` (one LongTensor[N_i, 2]
+    per image), image after image), by :func:`~vrd_d2.modeling.pairs.pair_triplets` on gold boxes."""
     triplets, pair_index, offset = [], [], 0
-    for x, n in zip(batch, num_boxes):
+    for x, p in zip(batch, pairs):
         rel = x.get("relations")
         if rel is not None and len(rel):
-            rel = torch.as_tensor(rel).long().cpu()
-            i, j, p = rel[:, 0], rel[:, 1], rel[:, 2]
             cls = x["instances"].gt_classes.long().cpu()
-            triplets.append(torch.stack((cls[i], p, cls[j]), 1))
-            pair_index.append(offset + i * (n - 1) + j - (j > i).long())  # row-major, i != j
-        offset += n * (n - 1)
+            p = p.cpu()
+            t, rows = pair_triplets(p, torch.arange(len(cls)), cls, torch.as_tensor(rel))
+            triplets.append(t)
+            pair_index.append(rows + offset)
+        offset += len(p)
     if not triplets:
         return torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(triplets), torch.cat(pair_index)

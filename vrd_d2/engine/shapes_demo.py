@@ -157,12 +157,12 @@ def train_triplet(options, rank: int, det: str):
     best, seconds, nlls = None, 0.0, []
     for k in range(num_restarts(options)):
         cfg = build_cfg(options, "triplet", rank, det)
-        if k:
-            cfg.OUTPUT_DIR += f"_restart{k}"
-            cfg.SEED = cfg.SEED + 1000 * k if cfg.SEED >= 0 else cfg.SEED
+        cfg.OUTPUT_DIR += _restart_suffix(k)
+        if k and cfg.SEED >= 0:
+            cfg.SEED += 1000 * k
         weights, sec = train_stage(cfg, options.reuse)
         seconds += sec
-        usage = cp_rank_usage(build_cfg(options, "triplet", rank, weights), weights, val)
+        usage = cp_rank_usage(cfg, weights, val)
         nlls.append(usage["nll"])
         print(f"restart {k} (SEED {cfg.SEED}): " + format_rank_usage(usage, val), flush=True)
         if best is None or usage["nll"] < best[1]["nll"]:
@@ -172,6 +172,11 @@ def train_triplet(options, rank: int, det: str):
     if len(nlls) > 1:
         print(f"Stage 2, rank {rank}: kept restart {usage['restart']} (lowest cross-entropy on {val})", flush=True)
     return weights, seconds, usage
+
+
+def _restart_suffix(k: int) -> str:
+    """Folder suffix of restart ``k`` (none for the first, so a one-restart run keeps the old folders)."""
+    return f"_restart{k}" if k else ""
 
 
 def _usage_line(usage, dataset: str) -> str:
@@ -203,8 +208,7 @@ def train_all(options):
     for rank in RANKS:
         trip, timings[f"stage 2 triplet rank {rank}"], usage[rank] = train_triplet(options, rank, det)
         cfg = build_cfg(options, "selection", rank, trip)
-        if usage[rank]["restart"]:  # its own folder: --reuse must not take another restart's head
-            cfg.OUTPUT_DIR += f"_restart{usage[rank]['restart']}"
+        cfg.OUTPUT_DIR += _restart_suffix(usage[rank]["restart"])  # --reuse must not take another restart's head
         sel, timings[f"stage 3 selection rank {rank}"] = train_stage(cfg, options.reuse)
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
     return weights, accuracy, timings, usage
