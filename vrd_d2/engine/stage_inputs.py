@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from ..modeling.relation_predictor import SELECTION_MODULES, TRIPLET_MODULES
 from ..modeling.relation_prior import CountsPrior
-from ..modeling.roi_heads import version1_key_now
+from ..modeling.roi_heads import relation_box_head_from_detector, version1_key_now
 
 __all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes"]
 
@@ -61,12 +61,14 @@ def read_checkpoint_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
 def _version2_names(shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
     """The names VRDROIHeads loads a checkpoint's tensors under: checkpoints written before the
     relation predictor existed hold its branches at ``roi_heads.<branch>.*`` (now
-    ``roi_heads.relation_predictor.<branch>.*``); a current name wins over an old one."""
+    ``roi_heads.relation_predictor.<branch>.*``); a current name wins over an old one. A checkpoint
+    without the relation stages' box head loads the detector's into it."""
     moved = set(TRIPLET_MODULES) | set(SELECTION_MODULES)
     renamed = {k: version1_key_now(k, "roi_heads.", moved) for k in shapes}
     out = {k: v for k, v in shapes.items() if renamed[k] is None}
     for k in sorted(k for k, now in renamed.items() if now is not None):
         out.setdefault(renamed[k], shapes[k])
+    relation_box_head_from_detector(out, "roi_heads.")
     return out
 
 

@@ -50,7 +50,8 @@ class VRDRCNN(GeneralizedRCNN):
 
     ``train_stage`` sets ``requires_grad=False`` on everything the stage does not train:
     "detector" freezes the relation modules (the backbone keeps its own FREEZE_AT), "triplet"
-    trains only the CP branches and the spatial branch, "selection" only the selection head.
+    trains only the CP branches and the spatial branch (and the relation stages' copy of the box
+    head with MODEL.VRD.FINETUNE_BOX_HEAD), "selection" only the selection head.
     """
 
     @configurable

@@ -7,6 +7,7 @@ head on box pairs, wired from its parts the way DensePose's ROI heads wire their
 - relation_prior.py: the triplet prior psi_u and its counts buffer.
 """
 
+import copy
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -14,7 +15,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import nms
 
 from ..config import check_vrd_config
@@ -23,7 +24,7 @@ from .relation_losses import RelationLoss
 from .relation_predictor import build_relation_predictor
 from .relation_prior import CountsPrior, check_triplet_counts, keep_training_counts, triplet_counts_from_config
 
-__all__ = ["VRDROIHeads", "empty_relations", "RELATION_FIELDS", "version1_key_now"]
+__all__ = ["VRDROIHeads", "empty_relations", "RELATION_FIELDS", "version1_key_now", "relation_box_head_from_detector"]
 
 logger = logging.getLogger(__name__)
 _FILE = "vrd_d2/modeling/roi_heads.py"
@@ -36,6 +37,27 @@ def version1_key_now(key: str, prefix: str, modules) -> Optional[str]:
     if not key.startswith(prefix) or key[len(prefix) :].split(".")[0] not in modules:
         return None
     return prefix + "relation_predictor." + key[len(prefix) :]
+
+
+def relation_box_head_from_detector(state: dict, prefix: str) -> List[str]:
+    """When ``state`` (a state dict, or ``{key: shape}``) has no ``<prefix>relation_box_head.*``
+    key, add one per ``<prefix>box_head.*`` key with its value: the relation stages' copy of the box
+    head (MODEL.VRD.FINETUNE_BOX_HEAD) starts from the detector's. Returns the keys added."""
+    own, detector = prefix + "relation_box_head.", prefix + "box_head."
+    if any(k.startswith(own) for k in state):
+        return []
+    added = [own + k[len(detector) :] for k in state if k.startswith(detector)]
+    for k in added:
+        state[k] = state[detector + k[len(own) :]]
+    return added
+
+
+def _drop_untrained_copy(heads, state_dict, prefix, local_metadata) -> None:
+    """Stage 1 never trains the relation box head: its checkpoints hold none, so that stage 2
+    copies the box head stage 1 trained instead of keeping the copy's random weights."""
+    if heads.train_stage == "detector":
+        for k in [k for k in state_dict if k.startswith(prefix + "relation_box_head.")]:
+            del state_dict[k]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -61,6 +83,7 @@ class VRDROIHeads(StandardROIHeads):
         relation_inference: RelationInference,
         triplet_counts: Optional[Tensor] = None,
         test_nms_thresh: float = 0.7,
+        relation_box_head: Optional[nn.Module] = None,
         **kwargs,
     ):
         """
@@ -73,6 +96,10 @@ class VRDROIHeads(StandardROIHeads):
                 (buffer ``triplet_counts``); a checkpoint with all-zero counts does not replace
                 non-zero counts built from the training set.
             test_nms_thresh: class-agnostic NMS on detected boxes before pairing (sgdet).
+            relation_box_head: the relation stages' own box head (FEATURES "box_head" with
+                FINETUNE_BOX_HEAD; None: they read the detector's). Stage 2 trains it; loading a
+                checkpoint without it copies the detector's ``box_head``; the detector stage
+                does not save it.
         """
         super().__init__(**kwargs)
         shape = (self.num_classes, relation_predictor.num_predicates, self.num_classes)
@@ -83,12 +110,17 @@ class VRDROIHeads(StandardROIHeads):
         self.register_buffer("triplet_counts", triplet_counts)
         self.prior = CountsPrior.from_counts(triplet_counts)
         self.test_nms_thresh = test_nms_thresh
+        self.relation_box_head = relation_box_head
+        if relation_box_head is not None:
+            self.register_state_dict_post_hook(_drop_untrained_copy)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_relation_head(cfg, input_shape, box_feature_dim=ret["box_head"].output_shape.channels))
+        if cfg.MODEL.VRD.FINETUNE_BOX_HEAD:
+            ret["relation_box_head"] = copy.deepcopy(ret["box_head"])
         return ret
 
     @classmethod
@@ -121,6 +153,8 @@ class VRDROIHeads(StandardROIHeads):
         if local_metadata.get("version", 1) < 2:
             self._rename_version1_keys(state_dict, prefix)
         keep_training_counts(state_dict, prefix + "triplet_counts", self.triplet_counts)
+        if self.relation_box_head is not None and relation_box_head_from_detector(state_dict, prefix):
+            logger.info(f"{prefix}relation_box_head: none in the checkpoint, copied from {prefix}box_head")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         self.prior.set_counts(self.triplet_counts)
 
@@ -129,7 +163,8 @@ class VRDROIHeads(StandardROIHeads):
         ``roi_heads.relation_predictor.``. As fvcore's checkpointer does for the other keys, a
         tensor whose shape differs from the model's is skipped with a warning."""
         own = self.relation_predictor.state_dict()
-        moved = {m.split(".")[-1] for m in self.relation_modules()}
+        predictor = self.relation_predictor
+        moved = set(predictor.trainable_modules("triplet") + predictor.trainable_modules("selection"))
         for old in [k for k in state_dict if version1_key_now(k, prefix, moved)]:
             name = old[len(prefix) :]
             value = state_dict.pop(old)
@@ -145,7 +180,8 @@ class VRDROIHeads(StandardROIHeads):
     # ------------------------------------------------------------------------------ stages
     def trainable_modules(self, stage: str) -> Tuple[str, ...]:
         """Names (for ``get_submodule``) of the relation modules trained in ``stage`` ("detector": none)."""
-        return tuple("relation_predictor." + m for m in self.relation_predictor.trainable_modules(stage))
+        own = ("relation_box_head",) if stage == "triplet" and self.relation_box_head is not None else ()
+        return own + tuple("relation_predictor." + m for m in self.relation_predictor.trainable_modules(stage))
 
     def relation_modules(self) -> Tuple[str, ...]:
         """Names (for ``get_submodule``) of every relation module a relation stage trains."""
@@ -163,15 +199,17 @@ class VRDROIHeads(StandardROIHeads):
         image_sizes: List[Tuple[int, int]],
         **kwargs,
     ) -> Dict[str, Tensor]:
-        """The predictor's ``pair_logits`` with the detector's box head as its "box_head" features."""
+        """The predictor's ``pair_logits`` with the box head (the relation stages' own copy when
+        there is one, else the detector's) as its "box_head" features."""
         return self.relation_predictor.pair_logits(
             features, boxes, pairs, image_sizes, box_features=self._box_head_features, **kwargs
         )
 
     def _box_head_features(self, features: Dict[str, Tensor], boxes: List[Boxes]) -> Tensor:
-        """[sum B_i, D] the detector's box head (fc7) on boxes."""
+        """[sum B_i, D] the box head (fc7) on boxes."""
         maps = [features[f] for f in self.box_in_features]
-        return self.box_head(self.box_pooler(maps, boxes)).flatten(1)
+        head = self.box_head if self.relation_box_head is None else self.relation_box_head
+        return head(self.box_pooler(maps, boxes)).flatten(1)
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, images, features, proposals, targets=None, relations: Optional[List[Tensor]] = None):
