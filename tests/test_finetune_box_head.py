@@ -12,7 +12,6 @@ from test_roi_heads import build, make_inputs, tiny_cfg  # noqa: E402
 from test_training_stages import TRAINED, _one_step  # noqa: E402
 
 from vrd_d2.checkpoint import VRDCheckpointer
-from vrd_d2.config import check_vrd_config
 from vrd_d2.engine import check_stage_inputs
 
 COPY = "roi_heads.relation_box_head."
@@ -28,10 +27,15 @@ def _assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_needs_box_head_features():
-    with pytest.raises(ValueError, match=r"FINETUNE_BOX_HEAD True needs MODEL.VRD.FEATURES 'box_head'.*'roi_align'"):
-        check_vrd_config(tiny_cfg(FEATURES="roi_align", FINETUNE_BOX_HEAD=True))
-    # stage 1 does not train the copy nor save it: nothing it saves can be taken for a trained copy
+def test_only_box_head_features_have_a_copy():
+    for features in ("roi_align", "geometry"):  # they read no box head
+        model = build(tiny_cfg(TRAIN_STAGE="triplet", FEATURES=features, FINETUNE_BOX_HEAD=True))
+        assert model.roi_heads.relation_box_head is None
+        assert not any(k.startswith(COPY) for k in model.state_dict())
+
+
+def test_stage_1_neither_trains_nor_saves_the_copy():
+    # nothing stage 1 saves can be taken for a trained copy
     detector = build(tiny_cfg(TRAIN_STAGE="detector", FEATURES="box_head", FINETUNE_BOX_HEAD=True))
     assert not any(p.requires_grad for p in detector.roi_heads.relation_box_head.parameters())
     state = detector.state_dict()

@@ -81,7 +81,8 @@ def add_vrd_config(cfg):
     # with FEATURES "box_head": the relation stages read the boxes through their own copy of the
     # box head (roi_heads.relation_box_head, copied from the detector's box head when a checkpoint
     # has none) and stage 2 trains it, as the paper's branches train their FCs above the frozen
-    # convs; the detector's own box head, and so its detections, stay as stage 1 left them
+    # convs; the detector's own box head, and so its detections, stay as stage 1 left them. Other
+    # FEATURES read no box head: the key has no effect there
     _C.MODEL.VRD.FINETUNE_BOX_HEAD = False
     # the RELATION_PREDICTOR_REGISTRY entry that maps pair features to the CP log-factors and the
     # selection logit
@@ -199,11 +200,6 @@ def check_vrd_config(cfg) -> str:
     if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
         raise ValueError(f"{where}: SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, found {cfg.SOLVER.OPTIMIZER!r}")
     features = resolve_pair_features(cfg, warn=True)
-    if v.FINETUNE_BOX_HEAD and features != "box_head":
-        raise ValueError(
-            f"{where}: MODEL.VRD.FINETUNE_BOX_HEAD True needs MODEL.VRD.FEATURES 'box_head' (the box "
-            f"head it fine-tunes), found {features!r}"
-        )
     for key in ("NUM_PREDICATES", "RANK", "SELECTION_FC_DIM", "SPATIAL_DIM", "POOLER_RESOLUTION", "PROPOSALS_PER_GT"):
         check_int(v[key], f"MODEL.VRD.{key}", low=1, where=where)
     for key in ("FC_DIMS", "SPATIAL_CONV_DIMS"):

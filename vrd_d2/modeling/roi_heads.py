@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ..config import check_vrd_config
+from ..config import check_vrd_config, resolve_pair_features
 from .relation_inference import RELATION_FIELDS, RelationInference, empty_relations
 from .relation_losses import RelationLoss
 from .relation_predictor import build_relation_predictor
@@ -119,7 +119,7 @@ class VRDROIHeads(StandardROIHeads):
         check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_relation_head(cfg, input_shape, box_feature_dim=ret["box_head"].output_shape.channels))
-        if cfg.MODEL.VRD.FINETUNE_BOX_HEAD:
+        if cfg.MODEL.VRD.FINETUNE_BOX_HEAD and resolve_pair_features(cfg) == "box_head":
             ret["relation_box_head"] = copy.deepcopy(ret["box_head"])
         return ret
 
