@@ -266,7 +266,9 @@ def test_two_process_training_equals_one_process(data_root, tmp_path):
     # the test can fail: the triplet branches moved (well beyond the tolerance), the rest did not
     trainable = set(one["trainable"])
     assert trainable == set(two["trainable"]) and trainable
-    assert all(k.startswith("roi_heads.") and "branch" in k for k in trainable), trainable
+    # the branches and the relation stages' box head (the shapes configs' MODEL.VRD.FINETUNE_BOX_HEAD)
+    copy = "roi_heads.relation_box_head."
+    assert all(k.startswith("roi_heads.") and ("branch" in k or k.startswith(copy)) for k in trainable), trainable
     moved = {k: float((one["final"][k] - one["initial"][k]).abs().max()) for k in trainable}
     assert max(moved.values()) > 1e-2, moved
     for prefix in (
@@ -274,6 +276,7 @@ def test_two_process_training_equals_one_process(data_root, tmp_path):
         "roi_heads.relation_predictor.subject_branch.",
         "roi_heads.relation_predictor.predicate_branch.",
         "roi_heads.relation_predictor.object_branch.",
+        copy,
     ):
         assert any(v > 1e-4 for k, v in moved.items() if k.startswith(prefix)), prefix
     for run_ in (one, two):
