@@ -107,20 +107,21 @@ def test_finished_run_must_match_the_number_of_restarts(tmp_path):
 
     from vrd_d2.engine.shapes_bands import _finished_run
 
+    def finished(restarts):
+        return _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=restarts)) is not None
+
+    n = shapes_demo.STAGE2_RESTARTS
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": shapes_demo.STAGE2_RESTARTS}))
-    assert (
-        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=shapes_demo.STAGE2_RESTARTS))
-        is not None
+    path.write_text(
+        json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": n, "restarts_per_rank": {"5": n, "1": 1}})
     )
-    assert _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=None)) is not None  # the default
-    assert (
-        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=shapes_demo.STAGE2_RESTARTS + 1))
-        is None
-    )
+    assert finished(n) and finished(None)  # None: the default
+    assert not finished(n + 1)
+    # made before rank 1 trained once: every rank restarted `restarts` times
+    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": n}))
+    assert not finished(n) and not finished(None)
+    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": 1}))
+    assert finished(1)  # one run per rank then is one now too
     path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False}))  # made before restarts: one
-    default_is_one = shapes_demo.STAGE2_RESTARTS == 1
-    assert (
-        _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=None)) is not None
-    ) == default_is_one
-    assert _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=1)) is not None
+    assert finished(None) == (n == 1)
+    assert finished(1)

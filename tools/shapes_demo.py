@@ -6,11 +6,11 @@
     python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --update-readme   # the README band
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
-rank 5 and rank 1 from the same detector (``--restarts`` runs each, the one with the lowest
-cross-entropy of shapes_val's annotated triplets kept), stage 3 the selection head of each; then every variant
+rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one with the lowest
+cross-entropy of shapes_val's annotated triplets kept; rank 1 once), stage 3 the selection head of each; then every variant
 of the paper's Table 4 ablation is scored on shapes_test (phrase classification, predicate
 classification, against the annotated and the complete ground truth; sgdet for the full model).
-The same numbers on shapes_val go to results.json (settings are chosen there, never on test).
+The full model's numbers on shapes_val go to results.json (settings are chosen there, never on test).
 
 Outputs under ``--output``: one folder per stage (``--reuse`` skips a stage whose model_final.pth
 exists), results.md, results.json; ``--update-readme`` replaces the README section between
@@ -65,7 +65,7 @@ def get_parser():
         type=int,
         default=None,
         metavar="N",
-        help="stage-2 runs per rank, the one with the lowest cross-entropy on shapes_val kept "
+        help="stage-2 runs at rank 5 (rank 1: one), the one with the lowest cross-entropy on shapes_val kept "
         f"(default {shapes_demo.STAGE2_RESTARTS}; 1 with --quick)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (cfg.SEED) ...")

@@ -110,15 +110,17 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
 
 def _finished_run(folder: str, seed: int, threads: int, options):
     """The results.json of a finished run in ``folder`` made with this seed, thread count, --quick
-    setting and number of stage-2 restarts (``options``), or None (no file, or another setting:
-    that run is made again; a file without ``restarts`` was made with one)."""
+    setting and number of stage-2 restarts per rank (``options``), or None (no file, or another
+    setting: that run is made again). A file without ``restarts_per_rank`` restarted every rank
+    ``restarts`` times (one when that is absent too)."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         done = json.load(f)
-    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), done.get("restarts", 1))
-    wanted = (seed, threads, bool(options.quick), shapes_demo.num_restarts(options))
+    per_rank = done.get("restarts_per_rank") or {str(r): done.get("restarts", 1) for r in shapes_demo.RANKS}
+    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank)
+    wanted = (seed, threads, bool(options.quick), shapes_demo.restarts_per_rank(options))
     if made != wanted:
         logger.info("%s: made with (seed, threads, quick, restarts) %s; running %s again", path, made, wanted)
         return None
