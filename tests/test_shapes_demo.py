@@ -141,3 +141,23 @@ def test_restarts_must_be_positive(tmp_path):
     tool = load_tool("shapes_demo")
     with pytest.raises(ValueError, match="--restarts must be"):
         tool.main(["--quick", "--restarts", "0", "--output", str(tmp_path)])
+
+
+def test_every_variant_on_test_and_the_full_model_alone_on_val(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_evaluate(cfg, weights, dataset, mode, out_dir, *, variant=None, seed=False):
+        calls.append((dataset, os.path.basename(os.path.dirname(out_dir)), mode))
+        return {mode: {"R@50_kfree": 1.0}}
+
+    monkeypatch.setattr(shapes_demo.ablation, "evaluate_variant", fake_evaluate)
+    options = SimpleNamespace(prefix="shapes", output=str(tmp_path), quick=False, opts=[])
+    results = shapes_demo.evaluate_all(options, {1: "r1.pth", 5: "r5.pth"}, ("test", "val"), {})
+    assert list(results["test"]) == list(shapes_demo.VARIANTS)
+    assert list(results["val"]) == [shapes_demo.FULL]
+    full = shapes_demo.VARIANTS[shapes_demo.FULL].tag(shapes_demo.FULL)
+    assert sorted(c for c in calls if c[0] == "shapes_val") == [
+        ("shapes_val", full, "phrase_cls"),
+        ("shapes_val", full, "predcls"),
+    ]
+    assert len([c for c in calls if c[0] == "shapes_test"]) == 2 * len(shapes_demo.VARIANTS) + 1  # + sgdet
