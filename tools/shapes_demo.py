@@ -7,9 +7,10 @@
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
 rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one with the lowest
-cross-entropy of shapes_val's annotated triplets kept; rank 1 once), stage 3 the selection head of each; then every variant
-of the paper's Table 4 ablation is scored on shapes_test (phrase classification, predicate
-classification, against the annotated and the complete ground truth; sgdet for the full model).
+cross-entropy of shapes_val's annotated triplets kept; rank 1 once), stage 3 the selection head of
+each; then every variant of the paper's Table 4 ablation is scored on shapes_test (phrase
+classification, predicate classification, against the annotated and the complete ground truth;
+sgdet for the full model).
 The full model's numbers on shapes_val go to results.json (settings are chosen there, never on test).
 
 Outputs under ``--output``: one folder per stage (``--reuse`` skips a stage whose model_final.pth

@@ -9,8 +9,9 @@ Stages, each a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this
   3. the selection head of each (configs/Shapes/stage3_selection.yaml).
 Then every variant of :data:`VARIANTS` is scored on shapes_test (and the full model on
 shapes_val, where its settings would be tuned) with VRDEvaluator: phrase classification (gold
-boxes, labels predicted) and predicate classification, against the annotated and the complete ground truth, plus relationship detection
-(sgdet) for the full model. Seeds are fixed (``cfg.SEED`` before every stage), so a run repeats.
+boxes, labels predicted) and predicate classification, against the annotated and the complete
+ground truth, plus relationship detection (sgdet) for the full model. Seeds are fixed
+(``cfg.SEED`` before every stage), so a run repeats.
 
 ``options`` below is any object with the attributes of ``tools/shapes_demo.py``'s arguments:
 ``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy,
