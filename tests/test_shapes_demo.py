@@ -108,19 +108,19 @@ def test_stage2_keeps_the_restart_with_the_lowest_heldout_cross_entropy(restarte
     u1 = data["cp_usage"]["1"]
     assert len(u1["restart_nll"]) == 1 and u1["restart"] == 0
     assert not (out / "rank1_stage2_triplet_restart1").exists()
-    for rank in ("5",):
-        u = data["cp_usage"][rank]
-        nll = u["restart_nll"]
-        assert len(nll) == 2 and all(x > 0 for x in nll)
-        assert u["restart"] == min(range(2), key=nll.__getitem__) and u["nll"] == nll[u["restart"]]
-        # restart 1 has its own folder and seed; stage 3 is trained from the kept restart, in a
-        # folder of its own (so that --reuse never takes another restart's selection head)
-        cfg1 = (out / f"rank{rank}_stage2_triplet_restart1" / "config.yaml").read_text()
-        assert "\nSEED: 1000\n" in cfg1
-        suffix = f"_restart{u['restart']}" if u["restart"] else ""
-        stage3 = (out / f"rank{rank}_stage3_selection{suffix}" / "config.yaml").read_text()
-        assert f"rank{rank}_stage2_triplet{suffix}/model_final.pth" in stage3
-        assert not (out / f"rank{rank}_stage3_selection{'' if suffix else '_restart1'}").exists()
+    rank = "5"  # the restart checks: rank 5 alone has restarts
+    u = data["cp_usage"][rank]
+    nll = u["restart_nll"]
+    assert len(nll) == 2 and all(x > 0 for x in nll)
+    assert u["restart"] == min(range(2), key=nll.__getitem__) and u["nll"] == nll[u["restart"]]
+    # restart 1 has its own folder and seed; stage 3 is trained from the kept restart, in a
+    # folder of its own (so that --reuse never takes another restart's selection head)
+    cfg1 = (out / f"rank{rank}_stage2_triplet_restart1" / "config.yaml").read_text()
+    assert "\nSEED: 1000\n" in cfg1
+    suffix = f"_restart{u['restart']}" if u["restart"] else ""
+    stage3 = (out / f"rank{rank}_stage3_selection{suffix}" / "config.yaml").read_text()
+    assert f"rank{rank}_stage2_triplet{suffix}/model_final.pth" in stage3
+    assert not (out / f"rank{rank}_stage3_selection{'' if suffix else '_restart1'}").exists()
     lines = (out / "results.md").read_text().splitlines()
     assert sum("Kept restart" in line and "of 2 (cross-entropies" in line for line in lines) == 1
 
