@@ -95,7 +95,7 @@ def test_default_sizes_and_metadata(shapes_train):
     assert len(md.thing_classes) == 6 and len(md.predicate_classes) == 10
     left, right = md.predicate_classes.index("left of"), md.predicate_classes.index("right of")
     assert md.flip_predicate_map[left] == right and md.flip_predicate_map[right] == left
-    assert len(shapes_train) == 600
+    assert len(shapes_train) == 1200
     assert len(DatasetCatalog.get("shapes_val")) == 100
     assert len(DatasetCatalog.get("shapes_test")) == 200
     n_obj = [len(d["annotations"]) for d in shapes_train]

@@ -25,7 +25,7 @@ It carries the phenomena the paper is about:
   marginals) cannot: ``shapes_oracle`` measures the recall this costs (v3: >= 3 points).
 
 Images are 128x128 PNG (cv2) with 3-6 objects of 6 classes (shape x colour), 10 predicates;
-600 train / 100 val / 200 test images. Stored in the vrd json format (custom.py).
+1200 train / 100 val / 200 test images. Stored in the vrd json format (custom.py).
 """
 
 import logging
@@ -55,8 +55,8 @@ __all__ = [
     "expected_labels",
 ]
 
-SHAPES_VERSION = "v4"  # v4: colours differ in luminance; v3 (never released): "different colour
-# from" replaces "same shape as", shadow 0.2
+SHAPES_VERSION = "v5"  # v5: 1200 train images (v4: 600); v4: colours differ in luminance; v3 (never
+# released): "different colour from" replaces "same shape as", shadow 0.2
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "blue")
 # Red is brighter than blue (luminance ~121 vs ~55; v3 and before: 91 vs 79, nearly equal): with
@@ -83,7 +83,7 @@ SHADOW_PROB = 0.20  # v2: 0.15 (v1: none)
 SHADOW_BGR = 28
 SIZES = np.array([10, 14, 20, 28, 36, 44])
 SIZE_PROBS = np.array([0.22, 0.22, 0.2, 0.16, 0.1, 0.1])
-SPLIT_SIZES = {"train": 600, "val": 100, "test": 200}
+SPLIT_SIZES = {"train": 1200, "val": 100, "test": 200}
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 IMAGE_SIZE = 128
 NEAR_PX = 12.0
