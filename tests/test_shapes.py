@@ -170,7 +170,8 @@ def test_triplet_frequencies_are_skewed(shapes_train):
     top = nz[: max(1, len(nz) // 10)].sum()
     assert top > 0.25 * nz.sum(), (top, nz.sum())  # top 10% of triplet types: > 25% (uniform: 10%)
     assert nz[0] >= 20 * nz[-1]
-    assert (nz <= 2).sum() >= 10  # a long tail of rare triplets
+    assert (nz <= 4).sum() >= 10  # a long tail of rare triplets (seen at most 4 times in 1200 images)
+    assert nz[-(len(nz) // 10) :].sum() < 0.01 * nz.sum()  # the rarest 10% of triplet types: < 1%
     per_pred = counts.sum(axis=(0, 2))
     assert per_pred.max() >= 5 * per_pred.min()
 
