@@ -64,6 +64,17 @@ def _env():
     )
 
 
+def _checkpoint_tagged(out_dir) -> bool:
+    """``last_checkpoint`` names a saved file. Its existence alone is not enough: fvcore opens it
+    and then writes the name, so a kill between the two leaves it empty."""
+    tag = out_dir / "last_checkpoint"
+    try:
+        name = tag.read_text().strip()
+    except FileNotFoundError:
+        return False
+    return name.endswith(".pth") and (out_dir / name).is_file()
+
+
 def _final(out_dir):
     return torch.load(os.path.join(out_dir, "model_final.pth"), map_location="cpu", weights_only=True)
 
@@ -76,7 +87,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     full = subprocess.Popen(_cmd(full_dir), cwd=REPO, env=_env(), stdout=logs["full"], stderr=subprocess.STDOUT)
     victim = subprocess.Popen(_cmd(killed_dir), cwd=REPO, env=_env(), stdout=logs["killed"], stderr=subprocess.STDOUT)
     deadline = time.time() + 240
-    while not (killed_dir / "last_checkpoint").exists() and victim.poll() is None and time.time() < deadline:
+    while not _checkpoint_tagged(killed_dir) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]

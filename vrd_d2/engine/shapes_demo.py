@@ -197,7 +197,8 @@ def num_restarts(options, rank: int) -> int:
     """Stage-2 runs at ``rank`` (``options.restarts``; :data:`STAGE2_RESTARTS` when absent, 1 with
     --quick). Rank 1 trains once: the restarts choose among ways the CP components split, and a
     rank-1 net has one component (its restarts' held-out cross-entropies differed by at most 0.044
-    nats in 12 runs, those of rank 5 by up to 0.124)."""
+    nats in 12 runs, those of rank 5 by up to 0.124; its recall follows the detector, not the
+    stage-2 seed: README, "Spread")."""
     if rank == 1:
         return 1
     n = getattr(options, "restarts", None)
