@@ -1,7 +1,6 @@
 """Relation evaluation: hand-worked recall cases, real VRD gt.mat checks, distributed gather."""
 
 import os
-import socket
 import time
 
 import numpy as np
@@ -366,17 +365,12 @@ def test_evaluator_on_toy_dataset(tmp_path):
     assert list(ev2.evaluate()) == ["predcls", "predcls_complete"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_worker(rank, world, port, out_path):
-    import torch.distributed as dist
+def _dist_worker(out_path):
+    """Run in each of 2 gloo processes by launch_cpu: evaluate half of the images, gather on rank 0."""
+    from detectron2.utils import comm
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    rank, world = comm.get_rank(), comm.get_world_size()
     name = _register_toy()
     inputs, outputs = _toy_outputs(name)
     ev = VRDEvaluator(name, distributed=True)
@@ -387,17 +381,18 @@ def _dist_worker(rank, world, port, out_path):
         torch.save(dict(res), out_path)
     else:
         assert res == {}
-    dist.destroy_process_group()
 
 
 def test_distributed_gloo_equals_single_process(tmp_path):
+    from vrd_d2.engine import launch_cpu
+
     name = _register_toy()
     inputs, outputs = _toy_outputs(name)
     ev = VRDEvaluator(name, distributed=False)
     ev.process(inputs, outputs)
     single = ev.evaluate()
     out = str(tmp_path / "dist.pth")
-    torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    launch_cpu(_dist_worker, 2, args=(out,))
     dist_res = torch.load(out, weights_only=False)
     assert dist_res == dict(single)
 
