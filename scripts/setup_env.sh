@@ -52,8 +52,14 @@ ensure_editable() {
   local where
   where="$(cd /tmp && "$venv/bin/python" -c 'import vrd_d2, os; print(os.path.dirname(os.path.dirname(os.path.abspath(vrd_d2.__file__))))' 2>/dev/null || true)"
   if [ "$where" != "$here" ]; then
-    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" \
-      || fail "pip install -e ." "installing this checkout in editable mode failed (see pip's message above)"
+    if ! "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"; then
+      # The environment itself is complete (its marker exists) and may be serving other
+      # checkouts or running jobs: report, but never remove it for this.
+      echo "" >&2
+      echo "setup_env: FAILED at step: pip install -e ." >&2
+      echo "setup_env: pointing the cached environment $venv at this checkout failed (see pip's message above); the environment was kept" >&2
+      exit 1
+    fi
   fi
 }
 

@@ -2,6 +2,7 @@
 its components, and a stock Faster R-CNN runs on CPU."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -89,10 +90,9 @@ def test_pillow_pinned_below_10_for_detectron2():
     assert hasattr(Image, "LINEAR")
 
 
-def test_setup_env_reports_failing_step(tmp_path):
-    """A setup failure names the step and leaves no half-built environment behind."""
+def _setup_env_without_index(tmp_path):
+    """(checkout with scripts/ and setup.py, environment whose pip reaches no package index)."""
     env = dict(os.environ)
-    # No package index reachable: the torch step fails after the venv was created.
     env.update(
         VRD_D2_CACHE=str(tmp_path / "cache"),
         PIP_NO_INDEX="1",
@@ -104,9 +104,36 @@ def test_setup_env_reports_failing_step(tmp_path):
     work.mkdir()
     shutil.copytree(os.path.join(REPO, "scripts"), work / "scripts")
     shutil.copy(os.path.join(REPO, "setup.py"), work / "setup.py")
+    return work, env
+
+
+def test_setup_env_reports_failing_step(tmp_path):
+    """A setup failure names the step and leaves no half-built environment behind."""
+    work, env = _setup_env_without_index(tmp_path)
+    # No package index reachable: the torch step fails after the venv was created.
     proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "FAILED at step: torch" in proc.stderr, proc.stderr[-2000:]
     assert not (work / ".venv").exists()
     leftovers = list((tmp_path / "cache").glob("venv-*")) if (tmp_path / "cache").exists() else []
     assert leftovers == []
+
+
+def test_setup_env_keeps_a_complete_environment_when_the_editable_install_fails(tmp_path):
+    """A cached environment (its marker written) serves other checkouts and running jobs: when
+    only pointing it at this checkout fails (pip install -e), the step is named and the environment
+    stays. (A checkout deleted during that step once removed the shared environment.)"""
+    work, env = _setup_env_without_index(tmp_path)
+    first = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env, capture_output=True, text=True)
+    venv = re.search(r"building the environment in (\S+)", first.stdout).group(1)
+    # a complete environment at the same key whose python answers "vrd_d2 lives elsewhere" and whose pip fails
+    os.makedirs(os.path.join(venv, "bin"))
+    python = os.path.join(venv, "bin", "python")
+    with open(python, "w") as f:
+        f.write('#!/bin/sh\ncase "$*" in *"-m pip"*) echo "pip: simulated failure" >&2; exit 1;; esac\necho /elsewhere\n')
+    os.chmod(python, 0o755)
+    open(os.path.join(venv, ".vrd_d2_complete"), "w").close()
+    proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "FAILED at step: pip install -e ." in proc.stderr and "was kept" in proc.stderr, proc.stderr[-2000:]
+    assert os.path.isfile(os.path.join(venv, ".vrd_d2_complete")) and os.path.isfile(python)
