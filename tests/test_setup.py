@@ -130,7 +130,9 @@ def test_setup_env_keeps_a_complete_environment_when_the_editable_install_fails(
     os.makedirs(os.path.join(venv, "bin"))
     python = os.path.join(venv, "bin", "python")
     with open(python, "w") as f:
-        f.write('#!/bin/sh\ncase "$*" in *"-m pip"*) echo "pip: simulated failure" >&2; exit 1;; esac\necho /elsewhere\n')
+        f.write(
+            '#!/bin/sh\ncase "$*" in *"-m pip"*) echo "pip: simulated failure" >&2; exit 1;; esac\necho /elsewhere\n'
+        )
     os.chmod(python, 0o755)
     open(os.path.join(venv, ".vrd_d2_complete"), "w").close()
     proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=work, env=env, capture_output=True, text=True)
