@@ -1,7 +1,10 @@
 """``make demo``: every training stage on the embedded shapes data, then the Table 4 ablation.
 
-Stages, each a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this process:
-  1. the detector (configs/Shapes/stage1_detector.yaml);
+Stages, each (but stage 0) a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this
+process:
+  0. dense class pretraining of the from-scratch backbone, in place of the paper's ImageNet
+     weights (configs/Shapes/stage0_backbone.yaml, :mod:`vrd_d2.engine.backbone_pretrain`);
+  1. the detector from the stage-0 backbone (configs/Shapes/stage1_detector.yaml);
   2. the CP triplet net on gold boxes, rank 5 and rank 1, both from the same stage-1 weights
      (configs/Shapes/stage2_triplet.yaml); rank 5 trained ``--restarts`` times with other seeds
      and the one with the lowest cross-entropy on shapes_val kept (:func:`train_triplet`), rank 1
@@ -38,6 +41,7 @@ from ..data.datasets.shapes_oracle import format_oracle_line, oracle_of_dataset
 from ..utils.readme import replace_readme_section
 from . import ablation
 from .ablation import CONFIG_ROOT, Variant
+from .backbone_pretrain import pretrain_backbone
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 from .rank_usage import cp_rank_usage, format_rank_usage
 
@@ -59,6 +63,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONFIGS = {
+    "backbone": str(CONFIG_ROOT / "Shapes" / "stage0_backbone.yaml"),
     "detector": str(CONFIG_ROOT / "Shapes" / "stage1_detector.yaml"),
     "triplet": str(CONFIG_ROOT / "Shapes" / "stage2_triplet.yaml"),
     "selection": str(CONFIG_ROOT / "Shapes" / "stage3_selection.yaml"),
@@ -108,13 +113,15 @@ def register_quick_subsets(prefix: str = "shapes_quick") -> str:
 
 
 def _stage_dir(stage: str, rank: int) -> str:
+    if stage == "backbone":
+        return "stage0_backbone"
     if stage == "detector":
         return "stage1_detector"
     return f"rank{rank}_{'stage2_triplet' if stage == 'triplet' else 'stage3_selection'}"
 
 
 def build_cfg(options, stage: str, rank: int, weights: str = ""):
-    """The config of ``stage`` ("detector", "triplet", "selection") at CP rank ``rank``."""
+    """The config of ``stage`` ("backbone", "detector", "triplet", "selection") at CP rank ``rank``."""
     cfg = add_vrd_config(get_cfg())
     cfg.merge_from_file(CONFIGS[stage])
     cfg.DATASETS.TRAIN = (f"{options.prefix}_train",)
@@ -213,11 +220,23 @@ def restarts_per_rank(options) -> Dict[str, int]:
 
 
 def train_all(options):
-    """Stages 1-3 for every rank of :data:`RANKS`, the detector checked after stage 1, stage 2
+    """Stages 0-3 for every rank of :data:`RANKS`, the detector checked after stage 1, stage 2
     kept from the best of its restarts (:func:`train_triplet`). Returns ({rank: final weights},
     detector accuracy, timings, {rank: cp_rank_usage of the kept triplet net})."""
     timings, usage = OrderedDict(), OrderedDict()
-    det, timings["stage 1 detector"] = train_stage(build_cfg(options, "detector", RANKS[0]), options.reuse)
+    det_cfg = build_cfg(options, "detector", RANKS[0])
+    if options.reuse and os.path.isfile(os.path.join(det_cfg.OUTPUT_DIR, "model_final.pth")):
+        timings["stage 0 backbone"] = 0.0  # the detector is reused: nothing to start it from
+    else:
+        det_cfg.MODEL.WEIGHTS, timings["stage 0 backbone"], pre = pretrain_backbone(
+            build_cfg(options, "backbone", RANKS[0]), f"{options.prefix}_train", f"{options.prefix}_val", options.reuse
+        )
+        if pre["val_cell_accuracy"] is not None:
+            print(
+                f"Stage-0 backbone: {pre['val_cell_accuracy']:.1f}% of the object cells of {options.prefix}_val classified right",
+                flush=True,
+            )
+    det, timings["stage 1 detector"] = train_stage(det_cfg, options.reuse)
     accuracy = check_detector(options, det)
     weights = {}
     for rank in RANKS:
