@@ -27,7 +27,8 @@ def quick_run(tmp_path_factory):
 def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys):
     tool, out, _, rc = quick_run
     assert rc == 0
-    stages = ["stage1_detector"] + [f"rank{r}_{s}" for r in (5, 1) for s in ("stage2_triplet", "stage3_selection")]
+    stages = ["stage0_backbone", "stage1_detector"]
+    stages += [f"rank{r}_{s}" for r in (5, 1) for s in ("stage2_triplet", "stage3_selection")]
     for stage in stages:
         assert os.path.isfile(out / stage / "model_final.pth"), stage
     data = json.loads((out / "results.json").read_text())
@@ -38,6 +39,10 @@ def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys)
             assert 0.0 <= res[task][metric] <= 100.0, (variant, task, metric)
     assert "relationship" in data["test"][tool.FULL] and "phrase" in data["test"][tool.FULL]
     assert data["seconds"]["total"] > 0
+    assert list(data["seconds"])[:2] == ["stage 0 backbone", "stage 1 detector"]
+    # stage 1 started from stage 0's backbone
+    det_cfg = (out / "stage1_detector" / "config.yaml").read_text()
+    assert str(out / "stage0_backbone" / "model_final.pth") in det_cfg
     # the markdown table: header, separator, one row per variant, each with every column
     lines = (out / "results.md").read_text().splitlines()
     assert lines[0].count("|") == len(tool.COLUMNS) + 2

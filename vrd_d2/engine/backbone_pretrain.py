@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_backbone
+from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
@@ -94,7 +95,7 @@ def _images_and_targets(dataset: str, size: int, cells: int, num_classes: int):
         hidden = shadowed.get(d["image_id"], [False] * len(anns))
         targets.append(
             dense_class_targets(
-                [a["bbox"] for a in anns],
+                [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
                 [a["category_id"] for a in anns],
                 hidden,
                 (d["height"], d["width"]),
@@ -135,6 +136,11 @@ def pretrain_backbone(
     rng = np.random.default_rng(cfg.SEED)
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     backbone = build_backbone(cfg)
+    if len(backbone.output_shape()) != 1:
+        raise ValueError(
+            f"backbone_pretrain: {cfg.MODEL.BACKBONE.NAME} has outputs {list(backbone.output_shape())}; "
+            "stage 0 trains a backbone with one output feature map"
+        )
     (feature,) = backbone.output_shape().keys()
     spec = backbone.output_shape()[feature]
     head = nn.Conv2d(spec.channels, num_classes + 1, 1)
