@@ -204,8 +204,8 @@ def num_restarts(options, rank: int) -> int:
     """Stage-2 runs at ``rank`` (``options.restarts``; :data:`STAGE2_RESTARTS` when absent, 1 with
     --quick). Rank 1 trains once: the restarts choose among ways the CP components split, and a
     rank-1 net has one component (its restarts' held-out cross-entropies differed by at most 0.044
-    nats in 12 runs, those of rank 5 by up to 0.124; its recall follows the detector, not the
-    stage-2 seed: README, "Spread")."""
+    nats in 12 runs, those of rank 5 by up to 0.124; another stage-2 seed moved its recall by at
+    most 1.4 points: docs/DESIGN.md, "CP components")."""
     if rank == 1:
         return 1
     n = getattr(options, "restarts", None)
