@@ -74,6 +74,9 @@ def test_bad_documents_name_the_file_and_entry(tmp_path, content, message):
         ("subject", True, r"row 1: labels must be integers, subject is True"),
         ("predicate", 3.7, r"row 1: labels must be integers, predicate is 3.7"),
         ("object", "3", r"row 1: labels must be integers, object is '3'"),
+        # found by the mutation test: 2**63 as a float overflowed int64 instead of naming the row
+        ("object", 9.223372036854776e18, r"row 1: labels must be integers within int64, object is 9.22"),
+        ("subject", 2**70, r"row 1: labels must be integers within int64, subject is"),
         ("subject_box", [0, 0, 9], r"row 1: subject_box must be 4 numbers \[x1, y1, x2, y2\], found \[0, 0, 9\]"),
         ("object_box", [0, 0, "x", 9], r"row 1: object_box must be 4 numbers"),
         ("object_box", "0 0 9 9", r"row 1: object_box must be 4 numbers"),

@@ -71,6 +71,8 @@ def _box(value, name: str, where: str) -> List[float]:
 def _label(value, name: str, where: str) -> int:
     if not _is_number(value) or not math.isfinite(float(value)) or float(value) != round(float(value)):
         raise ValueError(f"{where}: labels must be integers, {name} is {value!r}")
+    if not -(2**63) <= int(value) < 2**63:  # stored as int64
+        raise ValueError(f"{where}: labels must be integers within int64, {name} is {value!r}")
     return int(value)
 
 
