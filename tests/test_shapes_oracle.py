@@ -1,6 +1,7 @@
 """The shapes oracle: expected labels against a simulation of the annotator, the hidden-colour
-posterior on hand-built scenes, rank 1 exact when every colour is visible, and the rank gap the
-generator is built for (issue #13: >= 3 points at free-k R@50)."""
+posterior on hand-built scenes, rank 1 exact when every colour is visible, the rank gap the
+generator is built for (issue #13: >= 3 points at free-k R@50), and the full model's ceilings with
+the prior psi_u (the model's own prior, rebuilt independently)."""
 
 import json
 
@@ -106,3 +107,66 @@ def test_oracle_rank_gap_is_at_least_three_points(tmp_path):
     assert set(r) >= {"optimal_R50_free_k", "rank1_R50_free_k", "rank5_R50_free_k"}
     assert r["optimal_R50_free_k"] >= r["rank5_R50_free_k"] - 0.5  # optimal up to sampling ties
     assert r["rank5_R50_free_k"] - r["rank1_R50_free_k"] >= 3.0, r
+    # the prior restores part of what rank 1 loses; at rank >= 4 it counts the class-predicate
+    # statistics psi_c already holds a second time (the trained rank-5 nets of the demo lose too)
+    assert r["rank1_prior_R50_free_k"] - r["rank1_R50_free_k"] >= 1.0, r
+    assert r["rank5_prior_R50_free_k"] < r["rank5_R50_free_k"] - 1.0, r
+
+
+def test_oracle_prior_is_the_models_prior():
+    """psi_u of the oracle (counted from the training json) equals the model's: the counts of the
+    registered loader and TripletPrior's add-1 smoothing."""
+    import torch
+
+    from vrd_d2.data import get_triplet_counts
+    from vrd_d2.modeling.triplet_prior import TripletPrior
+
+    root = shapes.ensure_shapes(seed=0)
+    with open(root + "/shapes_train.json") as f:
+        counts = oracle.training_counts(json.load(f)["images"])
+    np.testing.assert_array_equal(counts, get_triplet_counts("shapes_train"))
+    assert counts.sum() > 10000  # the real training split, not an empty one
+    model = TripletPrior.from_counts(torch.as_tensor(counts)).to_dense().double().numpy()
+    np.testing.assert_allclose(oracle.prior_from_counts(counts), model, rtol=1e-12)
+    np.testing.assert_allclose(oracle.prior_of_root(root), model, rtol=1e-12)
+
+
+def test_uniform_prior_changes_no_ranking():
+    """psi_u of no counts is uniform: the full model's ceilings equal the ones without the prior."""
+    rng = np.random.default_rng([5, 99])
+    images = [shapes._make_image(rng, i, "t")[1] for i in range(30)]
+    uniform = oracle.prior_from_counts(np.zeros((6, 10, 6)))
+    r = oracle.oracle_recall(images, k=20, prior=uniform)
+    assert r["rank5_prior"] == pytest.approx(r["rank5"]) and r["rank1_prior"] == pytest.approx(r["rank1"])
+    assert r["rank1"] < r["rank5"]  # a sample where the two differ
+
+
+def test_prior_sends_the_triplet_rank1_invents_below_the_valid_ones():
+    """A shadowed circle beside a blue triangle: rank 1 gives the impossible (red circle, same
+    colour as, blue triangle) mass; a prior that never saw it ranks it below every valid triplet."""
+    objs = [_obj((10, 10, 20, 20), RED_CIRCLE, shadowed=True), _obj((24, 10, 34, 20), BLUE_TRIANGLE)]
+    same = shapes.SHAPE_PREDICATES.index("same colour as")
+    different = shapes.SHAPE_PREDICATES.index("different colour from")
+    counts = np.zeros((6, 10, 6))
+    counts[:, :, BLUE_TRIANGLE] = 50  # every triplet with a blue triangle object was seen ...
+    counts[RED_CIRCLE, same, BLUE_TRIANGLE] = counts[BLUE_CIRCLE, different, BLUE_TRIANGLE] = 0  # ... but these
+    prior = oracle.prior_from_counts(counts)
+    look, u = oracle.pair_tensors(objs)[(0, 1)]
+    valid = {tuple(t) for t in np.argwhere(u > 0)}
+    impossible = (RED_CIRCLE, same, BLUE_TRIANGLE)
+    assert impossible not in valid
+    for scorer, below in (("rank1", False), ("rank1_prior", True)):
+        pairs, trips, scores = oracle.image_scores(objs, scorer, prior=prior)
+        on_pair = (pairs[:, 0] == 0) & (pairs[:, 1] == 1)
+        by_triplet = {tuple(t): v for t, v in zip(trips[on_pair], scores[on_pair])}
+        lowest_valid = min(by_triplet[t] for t in valid)
+        assert (by_triplet[impossible] < lowest_valid) == below, scorer
+        assert sum(by_triplet.values()) == pytest.approx(look)  # X_sel x a distribution over triplets
+
+
+def test_prior_scorers_need_a_prior():
+    objs = [_obj((10, 10, 20, 20), RED_CIRCLE), _obj((24, 10, 34, 20), BLUE_TRIANGLE)]
+    with pytest.raises(ValueError, match="needs the prior"):
+        oracle.image_scores(objs, "rank5_prior")
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        oracle.oracle_recall([], scorers=("rank3",))

@@ -16,7 +16,12 @@ none was drawn). Ranking all triplets of an image by T is Bayes-optimal for reca
   P(looked) x psi_c with psi_c = T / sum T per pair; a pair has at most two hidden colours, so at
   most 4 (subject colour, object colour) components, each one class x predicates x one class;
 - ``rank1``: P(looked) x the product of psi_c's marginals (the maximum-likelihood rank-1 fit);
-- ``*_no_sel``: the same without P(looked).
+- ``*_no_sel``: the same without P(looked);
+- ``rank5_prior`` / ``rank1_prior``: the full model of the paper with psi_c at that ceiling, eq. 7:
+  P(looked) x (psi_c psi_u / sum psi_c psi_u), psi_u the add-1 smoothed training counts (only when
+  a ``prior`` is given). Since ``rank5`` is Bayes-optimal up to each pair's expected number of
+  labels, psi_u can only lower it (it counts the class-predicate statistics psi_c already holds a
+  second time), while it restores part of what rank 1 cannot represent.
 
 Recall counts hits against an image's annotated relations (``relations`` of the json), as the
 evaluator does with gold boxes. The generator's last-resort label (an image with no label gets
@@ -34,7 +39,11 @@ from . import shapes
 
 __all__ = [
     "SCORERS",
+    "PRIOR_SCORERS",
     "pair_tensors",
+    "training_counts",
+    "prior_from_counts",
+    "prior_of_root",
     "image_scores",
     "oracle_recall",
     "oracle_recall_of_split",
@@ -45,6 +54,7 @@ __all__ = [
 ]
 
 SCORERS = ("optimal", "rank5", "rank1", "rank5_no_sel", "rank1_no_sel")
+PRIOR_SCORERS = ("rank5_prior", "rank1_prior")
 
 
 def _hidden_colour_posterior(objects: Sequence[dict]):
@@ -94,92 +104,164 @@ def _rank1(q: np.ndarray) -> np.ndarray:
     return np.einsum("s,p,o->spo", q.sum((1, 2)), q.sum((0, 2)), q.sum((0, 1)))
 
 
-def image_scores(objects: Sequence[dict], scorer: str):
-    """(pairs int [N, 2], triplets int [N, 3], scores float [N]) of every triplet of every pair."""
-    if scorer not in SCORERS:
-        raise ValueError(f"shapes_oracle: scorer must be one of {SCORERS}, found {scorer!r}")
-    pairs, trips, scores = [], [], []
-    for (i, j), (look, u) in pair_tensors(objects).items():
-        q = u / u.sum()
-        t = {
-            "optimal": look * u,
-            "rank5": look * q,
-            "rank1": look * _rank1(q),
-            "rank5_no_sel": q,
-            "rank1_no_sel": _rank1(q),
-        }[scorer]
-        idx = np.argwhere(t > 0)
-        pairs.append(np.tile([i, j], (len(idx), 1)))
-        trips.append(idx)
-        scores.append(t[tuple(idx.T)])
-    if not pairs:
-        return np.zeros((0, 2), int), np.zeros((0, 3), int), np.zeros(0)
-    return np.concatenate(pairs), np.concatenate(trips), np.concatenate(scores)
+def training_counts(images: Iterable[dict]) -> np.ndarray:
+    """int64 [S, P, O]: the annotated (subject class, predicate, object class) triplets of
+    ``images`` (entries of the shapes json), as the model's prior counts them."""
+    n_cls, n_pred = len(shapes.SHAPE_CLASSES), len(shapes.SHAPE_PREDICATES)
+    counts = np.zeros((n_cls, n_pred, n_cls), dtype=np.int64)
+    for d in images:
+        cats = [o["category_id"] for o in d["objects"]]
+        for s, o, p in {tuple(r) for r in d["relations"]}:
+            counts[cats[s], p, cats[o]] += 1
+    return counts
 
 
-def _hits(objects, relations, scorer: str, k: int) -> int:
-    pairs, trips, scores = image_scores(objects, scorer)
-    top = np.argsort(-scores, kind="stable")[:k]
+def prior_from_counts(counts: np.ndarray) -> np.ndarray:
+    """psi_u float [S, P, O] = (count + 1) / (total + S P O), the paper's prior (as
+    :class:`vrd_d2.modeling.triplet_prior.TripletPrior`)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return (counts + 1.0) / (counts.sum() + counts.size)
+
+
+def _check_scorers(scorers: Sequence[str], prior) -> None:
+    for name in scorers:
+        if name not in SCORERS + PRIOR_SCORERS:
+            raise ValueError(f"shapes_oracle: scorer must be one of {SCORERS + PRIOR_SCORERS}, found {name!r}")
+        if name in PRIOR_SCORERS and prior is None:
+            raise ValueError(f"shapes_oracle: scorer {name!r} needs the prior psi_u (prior=None)")
+
+
+def _pair_scores(look: float, u: np.ndarray, scorers: Sequence[str], prior) -> Dict[str, np.ndarray]:
+    q = u / u.sum()
+    r1 = _rank1(q)
+    out = {}
+    for name in scorers:
+        if name == "optimal":
+            out[name] = look * u
+        elif name.startswith("rank"):
+            t = q if name.startswith("rank5") else r1
+            if name.endswith("_prior"):
+                t = t * prior
+                t = t / t.sum()
+            out[name] = t if name.endswith("_no_sel") else look * t
+    return out
+
+
+def image_scores(objects: Sequence[dict], scorer: str, prior: Optional[np.ndarray] = None):
+    """(pairs int [N, 2], triplets int [N, 3], scores float [N]) of every triplet of every pair
+    (``prior``: psi_u [S, P, O], needed by the PRIOR_SCORERS)."""
+    return _image_scores(pair_tensors(objects), (scorer,), prior)[scorer]
+
+
+def _image_scores(tensors: Dict[tuple, tuple], scorers: Sequence[str], prior) -> Dict[str, tuple]:
+    _check_scorers(scorers, prior)
+    parts = {name: ([], [], []) for name in scorers}
+    for (i, j), (look, u) in tensors.items():
+        for name, t in _pair_scores(look, u, scorers, prior).items():
+            idx = np.argwhere(t > 0)
+            pairs, trips, scores = parts[name]
+            pairs.append(np.tile([i, j], (len(idx), 1)))
+            trips.append(idx)
+            scores.append(t[tuple(idx.T)])
+    out = {}
+    for name, (pairs, trips, scores) in parts.items():
+        if not pairs:
+            out[name] = np.zeros((0, 2), int), np.zeros((0, 3), int), np.zeros(0)
+        else:
+            out[name] = np.concatenate(pairs), np.concatenate(trips), np.concatenate(scores)
+    return out
+
+
+def _hits(objects, relations, scorers: Sequence[str], k: int, prior) -> Dict[str, int]:
     cats = [o["category_id"] for o in objects]
     gt = {(s, o, p) for s, o, p in relations}
-    return sum(
-        (int(pairs[t, 0]), int(pairs[t, 1]), int(trips[t, 1])) in gt
-        and trips[t, 0] == cats[pairs[t, 0]]
-        and trips[t, 2] == cats[pairs[t, 1]]
-        for t in top
-    )
+    out = {}
+    for name, (pairs, trips, scores) in _image_scores(pair_tensors(objects), scorers, prior).items():
+        top = np.argsort(-scores, kind="stable")[:k]
+        out[name] = sum(
+            (int(pairs[t, 0]), int(pairs[t, 1]), int(trips[t, 1])) in gt
+            and trips[t, 0] == cats[pairs[t, 0]]
+            and trips[t, 2] == cats[pairs[t, 1]]
+            for t in top
+        )
+    return out
 
 
-def oracle_recall(images: Iterable[dict], k: int = 50, scorers: Sequence[str] = SCORERS) -> Dict[str, float]:
+def oracle_recall(
+    images: Iterable[dict], k: int = 50, scorers: Optional[Sequence[str]] = None, prior: Optional[np.ndarray] = None
+) -> Dict[str, float]:
     """{scorer: recall@k in percent} over ``images`` (entries of the shapes json: ``objects``
-    with bbox, category_id, shadowed; ``relations`` [subject, object, predicate] rows)."""
+    with bbox, category_id, shadowed; ``relations`` [subject, object, predicate] rows).
+    ``scorers`` default: SCORERS, and PRIOR_SCORERS when ``prior`` (psi_u [S, P, O]) is given."""
+    if scorers is None:
+        scorers = SCORERS + (PRIOR_SCORERS if prior is not None else ())
+    _check_scorers(scorers, prior)
     hits = dict.fromkeys(scorers, 0)
     total = 0
     for d in images:
         rel = {tuple(r) for r in d["relations"]}
         total += len(rel)
-        for name in scorers:
-            hits[name] += _hits(d["objects"], rel, name, k)
+        for name, h in _hits(d["objects"], rel, scorers, k, prior).items():
+            hits[name] += h
     return {name: 100.0 * h / max(1, total) for name, h in hits.items()}
 
 
-def oracle_recall_of_split(root: str, split: str, k: int = 50) -> Dict[str, float]:
-    """:func:`oracle_recall` of ``shapes_<split>.json`` in the dataset folder ``root``."""
+def _json_images(root: str, split: str):
     with open(os.path.join(root, f"shapes_{split}.json")) as f:
-        return oracle_recall(json.load(f)["images"], k)
+        return json.load(f)["images"]
+
+
+def prior_of_root(root: str) -> np.ndarray:
+    """psi_u from ``shapes_train.json`` in the dataset folder ``root``."""
+    return prior_from_counts(training_counts(_json_images(root, "train")))
+
+
+def oracle_recall_of_split(root: str, split: str, k: int = 50, prior: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """:func:`oracle_recall` of ``shapes_<split>.json`` in the dataset folder ``root``."""
+    return oracle_recall(_json_images(root, split), k, prior=prior)
 
 
 def oracle_of_dataset(name: str, k: int = 50) -> Dict[str, float]:
     """:func:`oracle_recall` of the registered shapes dataset ``name`` (its images, read from
-    the json of its metadata: ``json_file``)."""
+    the json of its metadata: ``json_file``), with psi_u from the counts the model's prior uses
+    (``get_triplet_counts(name)``: its training split)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ..triplet_counts import get_triplet_counts
 
     ids = {d["image_id"] for d in DatasetCatalog.get(name)}
     with open(MetadataCatalog.get(name).json_file) as f:
-        return oracle_recall([d for d in json.load(f)["images"] if d["image_id"] in ids], k)
+        images = [d for d in json.load(f)["images"] if d["image_id"] in ids]
+    return oracle_recall(images, k, prior=prior_from_counts(get_triplet_counts(name)))
 
 
-def oracle_recall_of_fresh_images(n: int, seed: int = 1000, k: int = 50) -> Dict[str, float]:
+def oracle_recall_of_fresh_images(
+    n: int, seed: int = 1000, k: int = 50, prior: Optional[np.ndarray] = None
+) -> Dict[str, float]:
     """:func:`oracle_recall` of ``n`` images drawn by the generator (no files written)."""
     rng = np.random.default_rng([seed, 99])
-    return oracle_recall((shapes._make_image(rng, i, "oracle")[1] for i in range(n)), k)
+    return oracle_recall((shapes._make_image(rng, i, "oracle")[1] for i in range(n)), k, prior=prior)
 
 
 def format_oracle_line(recall: Dict[str, float], where: str, k: int = 50) -> str:
     """One line of ceilings for the demo's table (phrase_cls free-k R@k)."""
-    return (
+    line = (
         f"Ceilings from the generator's probabilities (tools/shapes_oracle.py), phrase_cls R@{k} free k "
         f"on {where}: Bayes-optimal {recall['optimal']:.2f}; rank ≥ 4 + X_sel {recall['rank5']:.2f}; "
         f"rank 1 + X_sel {recall['rank1']:.2f} (without X_sel: rank ≥ 4 {recall['rank5_no_sel']:.2f}, "
-        f"rank 1 {recall['rank1_no_sel']:.2f})."
+        f"rank 1 {recall['rank1_no_sel']:.2f})"
     )
+    if all(name in recall for name in PRIOR_SCORERS):
+        line += (
+            f"; with the prior ψ_u (training counts): rank ≥ 4 + X_sel + prior {recall['rank5_prior']:.2f}, "
+            f"rank 1 + X_sel + prior {recall['rank1_prior']:.2f}"
+        )
+    return line + "."
 
 
 def oracle_json(recall: Dict[str, float], k: int = 50) -> Dict[str, Optional[float]]:
     """The keys of ``tools/shapes_oracle.py --json``."""
     return {
-        f"optimal_R{k}_free_k": recall["optimal"],
-        f"rank1_R{k}_free_k": recall["rank1"],
-        f"rank5_R{k}_free_k": recall["rank5"],
-        **{f"{name}_R{k}_free_k": recall[name] for name in SCORERS if name.endswith("no_sel")},
+        **{f"{name}_R{k}_free_k": recall[name] for name in ("optimal", "rank1", "rank5")},
+        **{f"{name}_R{k}_free_k": recall[name] for name in SCORERS + PRIOR_SCORERS if name in recall},
     }
