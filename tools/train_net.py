@@ -30,7 +30,7 @@ import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCN
 from vrd_d2.checkpoint import VRDCheckpointer
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
-from vrd_d2.engine.backbone_pretrain import pretrain_backbone
+from vrd_d2.engine.backbone_pretrain import run_stage0
 
 
 def setup(args):
@@ -50,18 +50,7 @@ def main(args):
         args = get_parser().parse_args(list(args))
     cfg = setup(args)
     if cfg.MODEL.BACKBONE_PRETRAIN.ENABLED:  # stage 0: not a detectron2 model
-        if args.eval_only or args.resume or comm.get_world_size() > 1:
-            raise ValueError(
-                f"{args.config_file}: stage 0 (MODEL.BACKBONE_PRETRAIN.ENABLED) runs in one process, "
-                "without --eval-only or --resume"
-            )
-        val = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
-        path, seconds, info = pretrain_backbone(cfg, cfg.DATASETS.TRAIN[0], val, reuse=False)
-        acc = info["val_cell_accuracy"]
-        print(
-            f"stage 0: {path} in {seconds:.0f} s" + (f"; {acc:.1f}% of the object cells of {val} right" if val else "")
-        )
-        return info
+        return run_stage0(cfg, eval_only=args.eval_only, resume=args.resume, config_file=args.config_file)
     if args.eval_only:
         check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)

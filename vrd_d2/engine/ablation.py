@@ -62,6 +62,19 @@ class Variant:
         return name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
 
 
+def stage_output(cfg, reuse: bool) -> Tuple[str, bool]:
+    """(``cfg.OUTPUT_DIR/model_final.pth``, whether it exists and is reused). When the stage is to
+    run, the folder is made and ``config.yaml`` written beside the weights to come."""
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if reuse and os.path.isfile(final):
+        logger.info("reusing %s", final)
+        return final, True
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    return final, False
+
+
 def train_stage(cfg, *, reuse: bool = True, seed: bool = False) -> Tuple[str, float]:
     """Train ``cfg`` (one stage: a vrd_d2 Trainer run) into ``cfg.OUTPUT_DIR``.
 
@@ -69,13 +82,9 @@ def train_stage(cfg, *, reuse: bool = True, seed: bool = False) -> Tuple[str, fl
     (a repeatable run). Writes ``config.yaml`` beside the weights. Returns (weights path, seconds;
     0.0 when reused). A RuntimeError if training wrote no ``model_final.pth``.
     """
-    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    if reuse and os.path.isfile(final):
-        logger.info("reusing %s", final)
+    final, reused = stage_output(cfg, reuse)
+    if reused:
         return final, 0.0
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
     start = time.perf_counter()
     if seed:
         seed_all_rng(cfg.SEED)

@@ -21,7 +21,6 @@ GAMMA, MAX_ITER}``, seeded by ``cfg.SEED``.
 """
 
 import logging
-import os
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -33,9 +32,10 @@ from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
+from .ablation import stage_output
 from .detector_check import _shadowed_flags
 
-__all__ = ["BACKGROUND_WEIGHT", "dense_class_targets", "pretrain_backbone"]
+__all__ = ["BACKGROUND_WEIGHT", "dense_class_targets", "pretrain_backbone", "run_stage0"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +124,9 @@ def pretrain_backbone(
     Returns (weights path, seconds (0.0 when reused), {"val_cell_accuracy": percent on
     ``val_dataset``'s object cells, or None}).
     """
-    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    if reuse and os.path.isfile(final):
-        logger.info("reusing %s", final)
+    final, reused = stage_output(cfg, reuse)
+    if reused:
         return final, 0.0, {"val_cell_accuracy": None}
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
     start = time.perf_counter()
     seed_all_rng(cfg.SEED)
     rng = np.random.default_rng(cfg.SEED)
@@ -177,3 +173,22 @@ def pretrain_backbone(
         info["val_cell_accuracy"] = _cell_accuracy(backbone, head, feature, vi, vt, mean, std, num_classes)
     torch.save({"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, final)
     return final, time.perf_counter() - start, info
+
+
+def run_stage0(cfg, *, eval_only: bool = False, resume: bool = False, config_file: str = "") -> Dict:
+    """Stage 0 as ``tools/train_net.py`` runs it (MODEL.BACKBONE_PRETRAIN.ENABLED): trains on
+    DATASETS.TRAIN[0], reports the cell accuracy on DATASETS.TEST[0] when there is one, never
+    reuses. Stage 0 is not a detectron2 model: a ValueError for --eval-only, --resume or several
+    processes. Returns the info dict of :func:`pretrain_backbone`."""
+    from detectron2.utils import comm
+
+    if eval_only or resume or comm.get_world_size() > 1:
+        raise ValueError(
+            f"{config_file or 'config'}: stage 0 (MODEL.BACKBONE_PRETRAIN.ENABLED) runs in one process, "
+            "without --eval-only or --resume"
+        )
+    val = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    path, seconds, info = pretrain_backbone(cfg, cfg.DATASETS.TRAIN[0], val, reuse=False)
+    acc = info["val_cell_accuracy"]
+    print(f"stage 0: {path} in {seconds:.0f} s" + (f"; {acc:.1f}% of the object cells of {val} right" if val else ""))
+    return info
