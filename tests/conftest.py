@@ -5,6 +5,7 @@ Tests that read the real VRD files use the ``shared_vrd`` fixture (or ``SHARED_V
 is absent, as on a fresh clone outside the workplace.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,18 @@ needs_shared_vrd = pytest.mark.skipif(
     not (SHARED_VRD / "annotations_train.json").is_file(),
     reason=f"real VRD annotations not found in {SHARED_VRD} (set VRD_D2_SHARED_DATA)",
 )
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_on_closed_streams():
+    """After each test: detectron2's ``setup_logger`` is lru-cached, so a StreamHandler it bound to
+    one test's captured stdout outlives that capture; every later record through it printed
+    "--- Logging error --- ValueError: I/O operation on closed file" into later tests' output."""
+    yield
+    for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in list(getattr(logger, "handlers", ())):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
