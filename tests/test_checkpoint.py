@@ -200,3 +200,35 @@ def test_train_net_eval_only_refuses_pickle_and_detector_checkpoint(build, tmp_p
     ):
         with pytest.raises(ValueError, match=msg):
             tool.main(base + SMALL + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")])
+
+
+def test_training_counts_its_own_training_set_evaluation_keeps_the_checkpoints(tiny_cfg, tmp_path):
+    """MODEL.WEIGHTS from a run on another split of the same label space: a training run's psi_u
+    is its own DATASETS.TRAIN's counts (the paper's prior), evaluation keeps the checkpoint's."""
+    from detectron2.data import DatasetCatalog
+
+    from vrd_d2.data import compute_triplet_counts, get_triplet_counts
+    from vrd_d2.modeling.triplet_prior import TripletPrior
+
+    opts = [*SMALL, "DATASETS.TRAIN", "('shapes_train',)", "MODEL.VRD.USE_PRIOR", "True", "DATASETS.TEST", "()"]
+    cfg = tiny_cfg("Shapes/geometry_only.yaml", *opts, "OUTPUT_DIR", str(tmp_path / "run"))
+    train = get_triplet_counts("shapes_train")
+    other = compute_triplet_counts(DatasetCatalog.get("shapes_val"), 6, 10)  # another split, same shape
+    assert other.sum() > 0 and not np.array_equal(other, train)
+    state = Trainer.build_model(cfg).state_dict()
+    assert np.array_equal(state["roi_heads.triplet_counts"].numpy(), train)  # built from DATASETS.TRAIN
+    state["roi_heads.triplet_counts"] = torch.as_tensor(other, dtype=torch.float32)
+    weights = tmp_path / "other_split.pth"
+    torch.save({"model": state}, weights)
+
+    cfg.MODEL.WEIGHTS = str(weights)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    heads = trainer.model.roi_heads
+    np.testing.assert_array_equal(heads.triplet_counts.numpy(), train)
+    expected = TripletPrior.from_counts(torch.tensor(train)).to_dense()
+    torch.testing.assert_close(heads.prior.to_dense(), expected, rtol=0, atol=0)
+
+    model = Trainer.build_model(cfg)
+    VRDCheckpointer(model, require_relation_head=True).load(str(weights))
+    np.testing.assert_array_equal(model.roi_heads.triplet_counts.numpy(), other)

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 
 from ..checkpoint import VRDCheckpointer
 from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler
+from ..modeling.relation_prior import triplet_counts_from_config
 from .schedule import resolve_schedule, stage_training_dicts
 from .stage_inputs import check_stage_inputs
 
@@ -141,12 +142,29 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
+        self._use_training_set_counts()
         sampler = find_resumable_sampler(self._trainer.data_loader)
         if sampler is not None and self.start_iter > 0:
             sampler.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             if hasattr(self._trainer, "_data_loader_iter"):  # 0.6 made it eagerly: workers may hold the old start
                 self._trainer._data_loader_iter = iter(self._trainer.data_loader)
             logger.info(f"Resuming the data stream after {sampler.start} images per process")
+
+    def _use_training_set_counts(self) -> None:
+        """psi_u is the triplet counts of this run's training set (DATASETS.TRAIN[0]). MODEL.WEIGHTS
+        from a run on another split of the same label space (a fine-tuning, a subset) carries that
+        split's counts, which loading would otherwise keep. (Evaluation keeps a checkpoint's.)"""
+        counts = triplet_counts_from_config(self.cfg)
+        heads = getattr(getattr(self._trainer.model, "module", self._trainer.model), "roi_heads", None)
+        if counts is None or not hasattr(heads, "set_triplet_counts"):
+            return
+        loaded = heads.triplet_counts.detach().cpu()
+        if not torch.equal(loaded, counts):
+            logger.info(
+                f"triplet prior: the loaded weights carried counts of {int(loaded.sum())} relations; "
+                f"psi_u now counts the {int(counts.sum())} of {self.cfg.DATASETS.TRAIN[0]} (this run's training set)"
+            )
+            heads.set_triplet_counts(counts)
 
     def state_dict(self):
         ret = super().state_dict()

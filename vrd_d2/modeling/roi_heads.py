@@ -94,7 +94,8 @@ class VRDROIHeads(StandardROIHeads):
             triplet_counts: Tensor[S, P, S] training triplet counts, psi_u = their add-1 smoothed
                 normalization (TripletPrior); None = no counts (uniform). Saved in checkpoints
                 (buffer ``triplet_counts``); a checkpoint with all-zero counts does not replace
-                non-zero counts built from the training set.
+                non-zero counts built from the training set (and the Trainer re-counts its own
+                training set after loading: a checkpoint's counts are kept only for evaluation).
             test_nms_thresh: class-agnostic NMS on detected boxes before pairing (sgdet).
             relation_box_head: the relation stages' own box head (FEATURES "box_head" with
                 FINETUNE_BOX_HEAD; None: they read the detector's). Stage 2 trains it; loading a
