@@ -119,10 +119,13 @@ def _finished_run(folder: str, seed: int, threads: int, options):
     with open(path) as f:
         done = json.load(f)
     per_rank = done.get("restarts_per_rank") or {str(r): done.get("restarts", 1) for r in shapes_demo.RANKS}
-    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank)
-    wanted = (seed, threads, bool(options.quick), shapes_demo.restarts_per_rank(options))
+    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank, done.get("relation_images"))
+    relations = getattr(options, "relation_images", None)
+    wanted = (seed, threads, bool(options.quick), shapes_demo.restarts_per_rank(options), relations)
     if made != wanted:
-        logger.info("%s: made with (seed, threads, quick, restarts) %s; running %s again", path, made, wanted)
+        logger.info(
+            "%s: made with (seed, threads, quick, restarts, relation images) %s; running %s again", path, made, wanted
+        )
         return None
     return done
 
@@ -207,7 +210,8 @@ def run_cli(options) -> None:
     table (README section and ``band_file`` with ``update_readme``)."""
     if not (options.seeds or options.threads):
         results, _ = shapes_demo.run(options)
-        stored = None if options.quick else load_band(options.band_file)
+        # the stored band is of the default demo: nothing to compare a --quick or --relation-images run with
+        stored = None if options.quick or getattr(options, "relation_images", None) else load_band(options.band_file)
         if stored:
             print(format_beside_band(headline(results["test"]), stored))
         return
@@ -219,6 +223,7 @@ def run_cli(options) -> None:
         + " --threads "
         + " ".join(map(str, threads))
         + (" --quick" if options.quick else "")
+        + (f" --relation-images {options.relation_images}" if getattr(options, "relation_images", None) else "")
         + ("" if not options.opts else " " + " ".join(options.opts))
     )
     records = run_matrix(options, seeds, threads)
@@ -229,5 +234,6 @@ def run_cli(options) -> None:
     with open(os.path.join(options.output, "bands.json"), "w") as f:
         json.dump({"command": command, "runs": records, "band": band([r["headline"] for r in records])}, f, indent=1)
     if options.update_readme:
-        replace_readme_section(options.readme, shapes_demo.README_MARKER, table)
-        save_band(records, command, options.band_file)
+        replace_readme_section(options.readme, shapes_demo.readme_marker(options), table)
+        if not getattr(options, "relation_images", None):  # make demo's band: the default demo's
+            save_band(records, command, options.band_file)

@@ -18,7 +18,11 @@ ground truth, plus relationship detection (sgdet) for the full model. Seeds are 
 
 ``options`` below is any object with the attributes of ``tools/shapes_demo.py``'s arguments:
 ``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy,
-restarts`` for :func:`run`; absent ones take their defaults).
+restarts, relation_images`` for :func:`run`; absent ones take their defaults).
+
+``relation_images`` N trains the relation stages (2, 3) on the first N training images only
+(:func:`relation_train_split`; their prior counts those images), the backbone and the detector
+on all: relations as scarce per triplet as in the paper's data, where the prior helps the CP net.
 
 After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
 the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
@@ -58,6 +62,7 @@ __all__ = [
     "restarts_per_rank",
     "run",
     "format_table",
+    "relation_train_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,23 +117,58 @@ def register_quick_subsets(prefix: str = "shapes_quick") -> str:
     return prefix
 
 
-def _stage_dir(stage: str, rank: int) -> str:
+def readme_marker(options) -> str:
+    """The README section a run's table goes to: the default demo's, or with --relation-images
+    the scarce-relations one."""
+    return README_MARKER + ("-relations" if getattr(options, "relation_images", None) else "")
+
+
+def relation_train_split(options) -> str:
+    """The training split of the relation stages (2, 3), which their prior counts:
+    ``<prefix>_train``, or with ``options.relation_images`` N its first N images
+    (``<prefix>_train_first<N>``, registered here)."""
+    base = f"{options.prefix}_train"
+    n = getattr(options, "relation_images", None)
+    if not n:
+        return base
+    name = f"{base}_first{n}"
+    if name not in DatasetCatalog.list():
+
+        def load(base=base, n=n):
+            dicts = DatasetCatalog.get(base)
+            if len(dicts) < n:
+                raise ValueError(f"shapes_demo: --relation-images {n}, but {base} has {len(dicts)} images")
+            return dicts[:n]
+
+        DatasetCatalog.register(name, load)
+        meta = MetadataCatalog.get(base).as_dict()
+        for key in ("name", "triplet_counts"):
+            meta.pop(key, None)
+        meta["train_split"] = name  # a training set: its prior counts itself
+        MetadataCatalog.get(name).set(**meta)
+    return name
+
+
+def _stage_dir(stage: str, rank: int, relation_images=None) -> str:
     if stage == "backbone":
         return "stage0_backbone"
     if stage == "detector":
         return "stage1_detector"
-    return f"rank{rank}_{'stage2_triplet' if stage == 'triplet' else 'stage3_selection'}"
+    # other relation data, other folders: --reuse never takes a head trained on other images
+    suffix = f"_rel{relation_images}" if relation_images else ""
+    return f"rank{rank}_{'stage2_triplet' if stage == 'triplet' else 'stage3_selection'}{suffix}"
 
 
 def build_cfg(options, stage: str, rank: int, weights: str = ""):
     """The config of ``stage`` ("backbone", "detector", "triplet", "selection") at CP rank ``rank``."""
     cfg = add_vrd_config(get_cfg())
     cfg.merge_from_file(CONFIGS[stage])
-    cfg.DATASETS.TRAIN = (f"{options.prefix}_train",)
+    relation_stage = stage in ("triplet", "selection")
+    cfg.DATASETS.TRAIN = (relation_train_split(options) if relation_stage else f"{options.prefix}_train",)
     cfg.DATASETS.TEST = ()  # evaluated variant by variant
     cfg.MODEL.VRD.RANK = rank
     cfg.MODEL.WEIGHTS = weights
-    cfg.OUTPUT_DIR = os.path.join(options.output, _stage_dir(stage, rank))
+    cfg.OUTPUT_DIR = os.path.join(options.output, _stage_dir(stage, rank, getattr(options, "relation_images", None)))
     if options.quick:
         cfg.SOLVER.MAX_ITER = 2
         cfg.SOLVER.IMS_PER_BATCH = 2
@@ -289,7 +329,8 @@ def run(options):
     results = evaluate_all(options, weights, splits, timings)
     timings["total"] = time.perf_counter() - wall
     n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
-    oracle = oracle_of_dataset(f"{options.prefix}_test")
+    oracle = oracle_of_dataset(f"{options.prefix}_test", train=relation_train_split(options))
+    relations = getattr(options, "relation_images", None)
     table = format_table(
         results["test"],
         timings,
@@ -298,6 +339,12 @@ def run(options):
         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
         ceilings=format_oracle_line(oracle, "this test split"),
         usage=[_usage_line(u, f"{options.prefix}_val") for u in usage.values()],
+        relations=(
+            f"Relation stages (2, 3) trained on the first {relations} training images "
+            f"({relation_train_split(options)}); the prior ψ_u counts their relations."
+            if relations
+            else ""
+        ),
     )
     print(table)
     with open(os.path.join(options.output, "results.md"), "w") as f:
@@ -316,6 +363,7 @@ def run(options):
                 "oracle": oracle,
                 "cp_usage": {str(r): u for r, u in usage.items()},
                 "quick": bool(options.quick),
+                "relation_images": relations,
                 "restarts": num_restarts(options, max(RANKS)),
                 "restarts_per_rank": restarts_per_rank(options),
                 "seed": int(build_cfg(options, "detector", RANKS[0]).SEED),
@@ -325,15 +373,18 @@ def run(options):
             indent=1,
         )
     if options.update_readme:
-        replace_readme_section(options.readme, README_MARKER, table)
+        replace_readme_section(options.readme, readme_marker(options), table)
         logger.info("updated %s", options.readme)
     return results, timings
 
 
-def format_table(results, timings, n_test, quick=False, detector: str = "", ceilings: str = "", usage=()) -> str:
-    """The markdown table: one row per variant (test split), then sgdet, the oracle's ceilings
-    (``ceilings``: format_oracle_line), the detector's accuracy (``detector``: format_accuracy),
-    each triplet net's use of its rank (``usage``: format_rank_usage lines) and the timings."""
+def format_table(
+    results, timings, n_test, quick=False, detector: str = "", ceilings: str = "", usage=(), relations: str = ""
+) -> str:
+    """The markdown table: one row per variant (test split), then sgdet, the relation stages'
+    training images when not all (``relations``), the oracle's ceilings (``ceilings``:
+    format_oracle_line), the detector's accuracy (``detector``: format_accuracy), each triplet
+    net's use of its rank (``usage``: format_rank_usage lines) and the timings."""
     cell = ablation.cell
     lines = ablation.markdown_rows(
         ["variant"] + [h for h, _, _ in COLUMNS],
@@ -347,7 +398,7 @@ def format_table(results, timings, n_test, quick=False, detector: str = "", ceil
         f"phrase detection R@50 {cell(full, 'phrase', 'R@50_kfree')}, "
         f"R@100 {cell(full, 'phrase', 'R@100_kfree')}.",
     ]
-    lines += [line for line in (ceilings, detector, *usage) if line]
+    lines += [line for line in (relations, ceilings, detector, *usage) if line]
     stages = ", ".join(
         f"{k} " + (f"{v:.0f} s" if v > 0 else "reused") for k, v in timings.items() if k.startswith("stage")
     )

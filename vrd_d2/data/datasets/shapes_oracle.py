@@ -221,10 +221,10 @@ def oracle_recall_of_split(root: str, split: str, k: int = 50, prior: Optional[n
     return oracle_recall(_json_images(root, split), k, prior=prior)
 
 
-def oracle_of_dataset(name: str, k: int = 50) -> Dict[str, float]:
+def oracle_of_dataset(name: str, k: int = 50, train: Optional[str] = None) -> Dict[str, float]:
     """:func:`oracle_recall` of the registered shapes dataset ``name`` (its images, read from
     the json of its metadata: ``json_file``), with psi_u from the counts the model's prior uses
-    (``get_triplet_counts(name)``: its training split)."""
+    (``get_triplet_counts(train)``; default: ``name``'s training split)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..triplet_counts import get_triplet_counts
@@ -232,7 +232,7 @@ def oracle_of_dataset(name: str, k: int = 50) -> Dict[str, float]:
     ids = {d["image_id"] for d in DatasetCatalog.get(name)}
     with open(MetadataCatalog.get(name).json_file) as f:
         images = [d for d in json.load(f)["images"] if d["image_id"] in ids]
-    return oracle_recall(images, k, prior=prior_from_counts(get_triplet_counts(name)))
+    return oracle_recall(images, k, prior=prior_from_counts(get_triplet_counts(train or name)))
 
 
 def oracle_recall_of_fresh_images(
