@@ -6,6 +6,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -166,3 +167,63 @@ def test_every_variant_on_test_and_the_full_model_alone_on_val(monkeypatch, tmp_
         ("shapes_val", full, "predcls"),
     ]
     assert len([c for c in calls if c[0] == "shapes_test"]) == 2 * len(shapes_demo.VARIANTS) + 1  # + sgdet
+
+
+def test_relation_images_train_the_relation_stages_on_the_first_images(tmp_path):
+    """--relation-images N: stages 2 and 3 train on (and their prior counts) the first N training
+    images, in folders of their own; stages 0 and 1 on all; a split too small is refused."""
+    prefix = shapes_demo.register_quick_subsets()
+    args = SimpleNamespace(quick=True, reuse=False, output=str(tmp_path), opts=[], prefix=prefix, relation_images=3)
+    for stage, train, folder in (
+        ("backbone", f"{prefix}_train", "stage0_backbone"),
+        ("detector", f"{prefix}_train", "stage1_detector"),
+        ("triplet", f"{prefix}_train_first3", "rank5_stage2_triplet_rel3"),
+        ("selection", f"{prefix}_train_first3", "rank5_stage3_selection_rel3"),
+    ):
+        cfg = shapes_demo.build_cfg(args, stage, 5)
+        assert cfg.DATASETS.TRAIN == (train,) and cfg.OUTPUT_DIR == str(tmp_path / folder), stage
+    from detectron2.data import DatasetCatalog
+
+    from vrd_d2.data import get_triplet_counts
+
+    first = DatasetCatalog.get(f"{prefix}_train_first3")
+    assert [d["image_id"] for d in first] == [d["image_id"] for d in DatasetCatalog.get(f"{prefix}_train")[:3]]
+    by_hand = np.zeros((6, 10, 6), dtype=np.int64)
+    for d in first:
+        cats = [a["category_id"] for a in d["annotations"]]
+        for s, o, p in d["relations"]:
+            by_hand[cats[s], p, cats[o]] += 1
+    np.testing.assert_array_equal(get_triplet_counts(f"{prefix}_train_first3"), by_hand)
+    args.relation_images = 1000
+    with pytest.raises(ValueError, match=r"--relation-images 1000, but shapes_quick_train has 8 images"):
+        DatasetCatalog.get(shapes_demo.relation_train_split(args))
+
+
+def test_relation_images_run_counts_its_own_prior(tmp_path):
+    """A --quick --relation-images 4 run: the relation stages' checkpoints carry the counts of the
+    first 4 training images (not the detector's, which counted all 8), results.json records N and
+    results.md says so; the default band is not printed beside it."""
+    import torch
+    from detectron2.data import DatasetCatalog
+
+    tool = load_tool("shapes_demo")
+    assert tool.main(["--quick", "--relation-images", "4", "--output", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["relation_images"] == 4
+    by_hand = np.zeros((6, 10, 6))
+    for d in DatasetCatalog.get("shapes_quick_train")[:4]:
+        cats = [a["category_id"] for a in d["annotations"]]
+        for s, o, p in d["relations"]:
+            by_hand[cats[s], p, cats[o]] += 1
+
+    def counts(folder):
+        state = torch.load(tmp_path / folder / "model_final.pth", map_location="cpu", weights_only=True)
+        return state["model"]["roi_heads.triplet_counts"].numpy()
+
+    assert counts("stage1_detector").sum() > by_hand.sum()  # all 8 images
+    for folder in ("rank5_stage2_triplet_rel4", "rank5_stage3_selection_rel4", "rank1_stage3_selection_rel4"):
+        np.testing.assert_array_equal(counts(folder), by_hand)
+    text = (tmp_path / "results.md").read_text()
+    assert "Relation stages (2, 3) trained on the first 4 training images" in text
+    with pytest.raises(ValueError, match="--relation-images must be"):
+        tool.main(["--quick", "--relation-images", "0", "--output", str(tmp_path / "x")])
