@@ -38,7 +38,7 @@ from typing import Dict
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
 from ..config import add_vrd_config
 from ..data.datasets.shapes_oracle import format_oracle_line, oracle_of_dataset
@@ -48,6 +48,7 @@ from .ablation import CONFIG_ROOT, Variant
 from .backbone_pretrain import pretrain_backbone
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 from .rank_usage import cp_rank_usage, format_rank_usage
+from .shapes_splits import register_quick_subsets, relation_train_split
 
 __all__ = [
     "VARIANTS",
@@ -97,56 +98,14 @@ COLUMNS = [
     ("complete-GT phrase_cls R@50 free k", "phrase_cls_complete", "R@50_kfree"),
     ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
 ]
-QUICK_SIZES = {"train": 8, "val": 4, "test": 4}
 MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
 STAGE2_RESTARTS = 2  # stage-2 runs at rank > 1, the best on shapes_val kept (train_triplet)
-
-
-def register_quick_subsets(prefix: str = "shapes_quick") -> str:
-    """``<prefix>_{train,val,test}``: the first images of each shapes split (for --quick)."""
-    for split, n in QUICK_SIZES.items():
-        name = f"{prefix}_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda split=split, n=n: DatasetCatalog.get(f"shapes_{split}")[:n])
-        meta = MetadataCatalog.get(f"shapes_{split}").as_dict()
-        for key in ("name", "triplet_counts"):
-            meta.pop(key, None)
-        meta["train_split"] = f"{prefix}_train"
-        MetadataCatalog.get(name).set(**meta)
-    return prefix
 
 
 def readme_marker(options) -> str:
     """The README section a run's table goes to: the default demo's, or with --relation-images
     the scarce-relations one."""
     return README_MARKER + ("-relations" if getattr(options, "relation_images", None) else "")
-
-
-def relation_train_split(options) -> str:
-    """The training split of the relation stages (2, 3), which their prior counts:
-    ``<prefix>_train``, or with ``options.relation_images`` N its first N images
-    (``<prefix>_train_first<N>``, registered here)."""
-    base = f"{options.prefix}_train"
-    n = getattr(options, "relation_images", None)
-    if not n:
-        return base
-    name = f"{base}_first{n}"
-    if name not in DatasetCatalog.list():
-
-        def load(base=base, n=n):
-            dicts = DatasetCatalog.get(base)
-            if len(dicts) < n:
-                raise ValueError(f"shapes_demo: --relation-images {n}, but {base} has {len(dicts)} images")
-            return dicts[:n]
-
-        DatasetCatalog.register(name, load)
-        meta = MetadataCatalog.get(base).as_dict()
-        for key in ("name", "triplet_counts"):
-            meta.pop(key, None)
-        meta["train_split"] = name  # a training set: its prior counts itself
-        MetadataCatalog.get(name).set(**meta)
-    return name
 
 
 def _stage_dir(stage: str, rank: int, relation_images=None) -> str:

@@ -150,11 +150,11 @@ def _pair_scores(look: float, u: np.ndarray, scorers: Sequence[str], prior) -> D
 def image_scores(objects: Sequence[dict], scorer: str, prior: Optional[np.ndarray] = None):
     """(pairs int [N, 2], triplets int [N, 3], scores float [N]) of every triplet of every pair
     (``prior``: psi_u [S, P, O], needed by the PRIOR_SCORERS)."""
+    _check_scorers((scorer,), prior)
     return _image_scores(pair_tensors(objects), (scorer,), prior)[scorer]
 
 
 def _image_scores(tensors: Dict[tuple, tuple], scorers: Sequence[str], prior) -> Dict[str, tuple]:
-    _check_scorers(scorers, prior)
     parts = {name: ([], [], []) for name in scorers}
     for (i, j), (look, u) in tensors.items():
         for name, t in _pair_scores(look, u, scorers, prior).items():
