@@ -111,17 +111,84 @@ def test_finished_run_must_match_the_number_of_restarts(tmp_path):
         return _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=restarts)) is not None
 
     n = shapes_demo.STAGE2_RESTARTS
+    base = {"seed": 1, "threads": 2, "quick": False, "relation_images": shapes_demo.RELATION_IMAGES}
     path = tmp_path / "results.json"
-    path.write_text(
-        json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": n, "restarts_per_rank": {"5": n, "1": 1}})
-    )
+    path.write_text(json.dumps(dict(base, restarts=n, restarts_per_rank={"5": n, "1": 1})))
     assert finished(n) and finished(None)  # None: the default
     assert not finished(n + 1)
     # made before rank 1 trained once: every rank restarted `restarts` times
-    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": n}))
+    path.write_text(json.dumps(dict(base, restarts=n)))
     assert not finished(n) and not finished(None)
-    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False, "restarts": 1}))
+    path.write_text(json.dumps(dict(base, restarts=1)))
     assert finished(1)  # one run per rank then is one now too
-    path.write_text(json.dumps({"seed": 1, "threads": 2, "quick": False}))  # made before restarts: one
+    path.write_text(json.dumps(base))  # made before restarts: one
     assert finished(None) == (n == 1)
     assert finished(1)
+
+
+def test_finished_run_must_match_the_relation_images(tmp_path):
+    """A run on other relation images is made again; results.json files from before
+    --relation-images (no key, or None) were made on all the training images (= 0)."""
+    from types import SimpleNamespace
+
+    from vrd_d2.engine.shapes_bands import _finished_run
+
+    def finished(**kw):
+        options = SimpleNamespace(quick=False, restarts=1, **kw)
+        return _finished_run(str(tmp_path), 1, 2, options) is not None
+
+    path = tmp_path / "results.json"
+    base = {"seed": 1, "threads": 2, "quick": False, "restarts": 1}
+    for made in ({}, {"relation_images": None}, {"relation_images": 0}):
+        path.write_text(json.dumps(dict(base, **made)))
+        assert finished(relation_images=0) and not finished() and not finished(relation_images=150), made
+    path.write_text(json.dumps(dict(base, relation_images=shapes_demo.RELATION_IMAGES)))
+    assert finished() and finished(relation_images=shapes_demo.RELATION_IMAGES) and not finished(relation_images=0)
+    assert not finished(relation_images=shapes_demo.RELATION_IMAGES + 1)
+
+
+def test_make_demo_prints_its_run_beside_a_band_of_the_same_settings_only(tmp_path, monkeypatch, capsys):
+    """A single run is compared with the stored band only when both were made with the same
+    relation images and restarts; otherwise it says so."""
+    from types import SimpleNamespace
+
+    res = _results(50.0)
+    monkeypatch.setattr(shapes_demo, "run", lambda options: ({"test": res}, {}))
+    options = SimpleNamespace(quick=False, seeds=None, threads=None, restarts=None, relation_images=None)
+    options.band_file = str(tmp_path / "band.json")
+    records = [
+        {
+            "seed": 0,
+            "threads": 1,
+            "headline": shapes_bands.headline(res),
+            "detector_visible_accuracy": 99.0,
+            "seconds": 1.0,
+        }
+    ]
+    shapes_bands.save_band(records, "cmd", options.band_file, shapes_bands.settings(options))
+    assert json.loads((tmp_path / "band.json").read_text())["settings"] == {
+        "quick": False,
+        "relation_images": shapes_demo.RELATION_IMAGES,
+        "restarts_per_rank": {"5": shapes_demo.STAGE2_RESTARTS, "1": 1},
+    }
+    shapes_bands.run_cli(options)
+    assert "This run beside the band of 1 runs (`cmd`)" in capsys.readouterr().out
+    for other in ({"relation_images": 0}, {"restarts": shapes_demo.STAGE2_RESTARTS + 1}):
+        shapes_bands.run_cli(SimpleNamespace(**dict(vars(options), **other)))
+        out = capsys.readouterr().out
+        assert "beside the band" not in out and "was made with other settings" in out, other
+
+
+def test_the_shipped_band_is_of_the_default_demo():
+    """configs/Shapes/demo_band.json was made with make demo's settings (else make demo would not
+    print its run beside it), and its band is the summary of its own runs."""
+    from types import SimpleNamespace
+
+    stored = shapes_bands.load_band()
+    assert stored is not None
+    default = SimpleNamespace(quick=False, restarts=None, relation_images=None)
+    assert stored["settings"] == shapes_bands.settings(default)
+    assert stored["command"] == "tools/shapes_demo.py --seeds 0 1 2 --threads 1 2"
+    again = shapes_bands.band([r["headline"] for r in stored["runs"]])
+    for key, s in stored["band"].items():
+        assert s == pytest.approx(again[key]), key

@@ -226,4 +226,36 @@ def test_relation_images_run_counts_its_own_prior(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "Relation stages (2, 3) trained on the first 4 training images" in text
     with pytest.raises(ValueError, match="--relation-images must be"):
-        tool.main(["--quick", "--relation-images", "0", "--output", str(tmp_path / "x")])
+        tool.main(["--quick", "--relation-images", "-1", "--output", str(tmp_path / "x")])
+
+
+def test_relation_images_default_and_all(tmp_path):
+    """By default the relation stages train on the first RELATION_IMAGES training images (with
+    --quick on all of its 8); --relation-images 0 means all of them, in the folders without a
+    suffix."""
+    args = SimpleNamespace(quick=False, reuse=False, output=str(tmp_path), opts=[], prefix="shapes")
+    assert shapes_demo.num_relation_images(args) == shapes_demo.RELATION_IMAGES == 150
+    cfg = shapes_demo.build_cfg(args, "triplet", 5)
+    assert cfg.DATASETS.TRAIN == ("shapes_train_first150",)
+    assert cfg.OUTPUT_DIR == str(tmp_path / "rank5_stage2_triplet_rel150")
+    assert shapes_demo.build_cfg(args, "detector", 5).DATASETS.TRAIN == ("shapes_train",)
+    args.relation_images = 0
+    cfg = shapes_demo.build_cfg(args, "selection", 1)
+    assert cfg.DATASETS.TRAIN == ("shapes_train",) and cfg.OUTPUT_DIR == str(tmp_path / "rank1_stage3_selection")
+    quick = SimpleNamespace(quick=True, output=str(tmp_path), opts=[], prefix=shapes_demo.register_quick_subsets())
+    assert shapes_demo.num_relation_images(quick) == 0
+    assert shapes_demo.build_cfg(quick, "triplet", 5).DATASETS.TRAIN == ("shapes_quick_train",)
+
+
+def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path):
+    """--update-readme: the default demo's section (also for --relation-images 150 and --quick),
+    the all-images one for 0; another N is refused before anything is trained."""
+    args = SimpleNamespace(quick=False)
+    assert shapes_demo.readme_marker(args) == "shapes-demo"
+    for n, marker in ((150, "shapes-demo"), (0, "shapes-demo-all-relations")):
+        assert shapes_demo.readme_marker(SimpleNamespace(quick=False, relation_images=n)) == marker
+    assert shapes_demo.readme_marker(SimpleNamespace(quick=True)) == "shapes-demo"
+    tool = load_tool("shapes_demo")
+    with pytest.raises(ValueError, match=r"not of --relation-images 100"):
+        tool.main(["--relation-images", "100", "--update-readme", "--output", str(tmp_path / "y")])
+    assert not (tmp_path / "y" / "stage0_backbone").exists()

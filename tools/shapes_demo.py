@@ -4,6 +4,7 @@
 
     python tools/shapes_demo.py [--output output/shapes_demo] [--reuse] [--update-readme]
     python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --update-readme   # the README band
+    python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --relation-images 0 --update-readme   # all images
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
 rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one with the lowest
@@ -23,9 +24,10 @@ once per (seed, thread count) into <output>/seed<S>_threads<T> and print each he
 mean (min–max) over the runs (bands.md, bands.json); with ``--update-readme`` that table goes to
 the README and the band to configs/Shapes/demo_band.json. After stage 1 the detector's gold-box
 classification accuracy on shapes_val is printed; below --min-detector-accuracy (95%) the run
-stops with exit code 2. Exits 1 on any other failure. ``--relation-images N`` trains the relation
-stages (2, 3) on the first N training images only, and their prior counts those (the relations as
-scarce per triplet as in the paper's data; their folders end in ``_rel<N>``).
+stops with exit code 2. Exits 1 on any other failure. The relation stages (2, 3) train on the first
+``--relation-images`` N training images only (default 150; 0: all 1200), and their prior counts those
+(relations as scarce per triplet as in the paper's data; their folders end in ``_rel<N>``);
+``--update-readme`` writes the README table of N = 150 (and the band file) or of N = 0.
 """
 
 import argparse
@@ -77,7 +79,8 @@ def get_parser():
         default=None,
         metavar="N",
         help="train the relation stages (2, 3) and count their prior on the first N training images only "
-        "(the backbone and the detector use all): relations as scarce per triplet as in the paper's data",
+        "(the backbone and the detector use all; 0: all): relations as scarce per triplet as in the paper's data "
+        f"(default {shapes_demo.RELATION_IMAGES}; 0 with --quick)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (cfg.SEED) ...")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="... and per torch thread count")
@@ -94,7 +97,9 @@ def main(argv=None):
     if args.restarts is not None:
         check_int(args.restarts, "--restarts", low=1, where="shapes_demo")
     if args.relation_images is not None:
-        check_int(args.relation_images, "--relation-images", low=1, where="shapes_demo")
+        check_int(args.relation_images, "--relation-images", low=0, where="shapes_demo")
+    if args.update_readme:
+        shapes_demo.readme_marker(args)  # a ValueError now, not after the run, if the README has no section for it
     os.makedirs(args.output, exist_ok=True)
     setup_logger(output=os.path.join(args.output, "log.txt"), name="detectron2")
     setup_logger(output=os.path.join(args.output, "log.txt"), name="vrd_d2")

@@ -28,6 +28,7 @@ __all__ = [
     "band",
     "format_band_table",
     "format_beside_band",
+    "settings",
     "save_band",
     "load_band",
 ]
@@ -119,9 +120,15 @@ def _finished_run(folder: str, seed: int, threads: int, options):
     with open(path) as f:
         done = json.load(f)
     per_rank = done.get("restarts_per_rank") or {str(r): done.get("restarts", 1) for r in shapes_demo.RANKS}
-    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank, done.get("relation_images"))
-    relations = getattr(options, "relation_images", None)
-    wanted = (seed, threads, bool(options.quick), shapes_demo.restarts_per_rank(options), relations)
+    # None: made before --relation-images, on all the training images
+    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank, done.get("relation_images") or 0)
+    wanted = (
+        seed,
+        threads,
+        bool(options.quick),
+        shapes_demo.restarts_per_rank(options),
+        shapes_demo.num_relation_images(options),
+    )
     if made != wanted:
         logger.info(
             "%s: made with (seed, threads, quick, restarts, relation images) %s; running %s again", path, made, wanted
@@ -167,10 +174,27 @@ def format_band_table(records: Sequence[dict], command: str, quick: bool = False
     return "\n".join(lines)
 
 
-def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE) -> None:
+def settings(options) -> Dict[str, object]:
+    """What must be equal for two runs' figures to belong to one band (besides seed and threads)."""
+    return {
+        "quick": bool(options.quick),
+        "relation_images": shapes_demo.num_relation_images(options),
+        "restarts_per_rank": shapes_demo.restarts_per_rank(options),
+    }
+
+
+def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE, run_settings=None) -> None:
+    """Write the band of ``records`` (made by ``command`` with ``run_settings``: :func:`settings`) to ``path``."""
     with open(path, "w") as f:
         json.dump(
-            {"command": command, "runs": list(records), "band": band([r["headline"] for r in records])}, f, indent=1
+            {
+                "command": command,
+                "settings": run_settings,
+                "runs": list(records),
+                "band": band([r["headline"] for r in records]),
+            },
+            f,
+            indent=1,
         )
 
 
@@ -210,10 +234,13 @@ def run_cli(options) -> None:
     table (README section and ``band_file`` with ``update_readme``)."""
     if not (options.seeds or options.threads):
         results, _ = shapes_demo.run(options)
-        # the stored band is of the default demo: nothing to compare a --quick or --relation-images run with
-        stored = None if options.quick or getattr(options, "relation_images", None) else load_band(options.band_file)
-        if stored:
+        stored = None if options.quick else load_band(options.band_file)
+        if stored and stored.get("settings") == settings(options):
             print(format_beside_band(headline(results["test"]), stored))
+        elif stored:
+            print(
+                f"(The band in {options.band_file} was made with other settings, {stored.get('settings')}: not compared.)"
+            )
         return
     seeds = list(options.seeds or [0])
     threads = list(options.threads or [torch.get_num_threads()])
@@ -223,7 +250,12 @@ def run_cli(options) -> None:
         + " --threads "
         + " ".join(map(str, threads))
         + (" --quick" if options.quick else "")
-        + (f" --relation-images {options.relation_images}" if getattr(options, "relation_images", None) else "")
+        + (
+            f" --relation-images {options.relation_images}"
+            if getattr(options, "relation_images", None) is not None
+            else ""
+        )
+        + (f" --restarts {options.restarts}" if getattr(options, "restarts", None) is not None else "")
         + ("" if not options.opts else " " + " ".join(options.opts))
     )
     records = run_matrix(options, seeds, threads)
@@ -234,6 +266,7 @@ def run_cli(options) -> None:
     with open(os.path.join(options.output, "bands.json"), "w") as f:
         json.dump({"command": command, "runs": records, "band": band([r["headline"] for r in records])}, f, indent=1)
     if options.update_readme:
-        replace_readme_section(options.readme, shapes_demo.readme_marker(options), table)
-        if not getattr(options, "relation_images", None):  # make demo's band: the default demo's
-            save_band(records, command, options.band_file)
+        marker = shapes_demo.readme_marker(options)
+        replace_readme_section(options.readme, marker, table)
+        if marker == shapes_demo.README_MARKERS[shapes_demo.RELATION_IMAGES]:  # the default demo's: make demo's band
+            save_band(records, command, options.band_file, settings(options))

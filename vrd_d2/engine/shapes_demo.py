@@ -20,9 +20,10 @@ ground truth, plus relationship detection (sgdet) for the full model. Seeds are 
 ``output, reuse, quick, prefix, opts`` (and ``readme, update_readme, min_detector_accuracy,
 restarts, relation_images`` for :func:`run`; absent ones take their defaults).
 
-``relation_images`` N trains the relation stages (2, 3) on the first N training images only
-(:func:`relation_train_split`; their prior counts those images), the backbone and the detector
-on all: relations as scarce per triplet as in the paper's data, where the prior helps the CP net.
+The relation stages (2, 3) train on the first ``relation_images`` training images only (default
+:data:`RELATION_IMAGES` = 150; 0: all 1200; :func:`relation_train_split`; their prior counts those
+images), the backbone and the detector on all: relations as scarce per triplet as in the paper's
+data, where the prior helps the CP net.
 
 After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
 the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
@@ -48,7 +49,7 @@ from .ablation import CONFIG_ROOT, Variant
 from .backbone_pretrain import pretrain_backbone
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 from .rank_usage import cp_rank_usage, format_rank_usage
-from .shapes_splits import register_quick_subsets, relation_train_split
+from .shapes_splits import RELATION_IMAGES, num_relation_images, register_quick_subsets, relation_train_split
 
 __all__ = [
     "VARIANTS",
@@ -64,6 +65,8 @@ __all__ = [
     "run",
     "format_table",
     "relation_train_split",
+    "num_relation_images",
+    "readme_marker",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +77,6 @@ CONFIGS = {
     "triplet": str(CONFIG_ROOT / "Shapes" / "stage2_triplet.yaml"),
     "selection": str(CONFIG_ROOT / "Shapes" / "stage3_selection.yaml"),
 }
-README_MARKER = "shapes-demo"
 RANKS = (5, 1)
 FULL = "rank 5 + X_sel + prior (full)"
 VARIANTS = OrderedDict(
@@ -99,13 +101,24 @@ COLUMNS = [
     ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
 ]
 MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
-STAGE2_RESTARTS = 2  # stage-2 runs at rank > 1, the best on shapes_val kept (train_triplet)
+STAGE2_RESTARTS = 3  # stage-2 runs at rank > 1, the best on shapes_val kept (train_triplet)
+# {relation images: README section}: the default demo's, and the one with all 1200 images
+README_MARKERS = {RELATION_IMAGES: "shapes-demo", 0: "shapes-demo-all-relations"}
 
 
 def readme_marker(options) -> str:
-    """The README section a run's table goes to: the default demo's, or with --relation-images
-    the scarce-relations one."""
-    return README_MARKER + ("-relations" if getattr(options, "relation_images", None) else "")
+    """The README section a run's table goes to: ``shapes-demo`` for the default demo (also with
+    --quick), ``shapes-demo-all-relations`` with --relation-images 0. A ValueError for other
+    --relation-images (the README has no section for them)."""
+    n = getattr(options, "relation_images", None)
+    if n is None:
+        return README_MARKERS[RELATION_IMAGES]
+    if n not in README_MARKERS:
+        raise ValueError(
+            f"shapes_demo: --update-readme writes the README tables of --relation-images {RELATION_IMAGES} "
+            f"(the default) and 0 (all training images), not of --relation-images {n}"
+        )
+    return README_MARKERS[n]
 
 
 def _stage_dir(stage: str, rank: int, relation_images=None) -> str:
@@ -127,7 +140,7 @@ def build_cfg(options, stage: str, rank: int, weights: str = ""):
     cfg.DATASETS.TEST = ()  # evaluated variant by variant
     cfg.MODEL.VRD.RANK = rank
     cfg.MODEL.WEIGHTS = weights
-    cfg.OUTPUT_DIR = os.path.join(options.output, _stage_dir(stage, rank, getattr(options, "relation_images", None)))
+    cfg.OUTPUT_DIR = os.path.join(options.output, _stage_dir(stage, rank, num_relation_images(options)))
     if options.quick:
         cfg.SOLVER.MAX_ITER = 2
         cfg.SOLVER.IMS_PER_BATCH = 2
@@ -289,7 +302,7 @@ def run(options):
     timings["total"] = time.perf_counter() - wall
     n_test = len(DatasetCatalog.get(f"{options.prefix}_test"))
     oracle = oracle_of_dataset(f"{options.prefix}_test", train=relation_train_split(options))
-    relations = getattr(options, "relation_images", None)
+    relations = num_relation_images(options)
     table = format_table(
         results["test"],
         timings,
