@@ -152,9 +152,12 @@ def test_restarts_must_be_positive(tmp_path):
 def test_every_variant_on_test_and_the_full_model_alone_on_val(monkeypatch, tmp_path):
     calls = []
 
-    def fake_evaluate(cfg, weights, dataset, mode, out_dir, *, variant=None, seed=False):
+    def fake_evaluate(cfg, weights, dataset, mode, out_dir, *, variant=None, seed=False, train_split=None):
         calls.append((dataset, os.path.basename(os.path.dirname(out_dir)), mode))
+        train_splits.add(train_split)
         return {mode: {"R@50_kfree": 1.0}}
+
+    train_splits = set()
 
     monkeypatch.setattr(shapes_demo.ablation, "evaluate_variant", fake_evaluate)
     options = SimpleNamespace(prefix="shapes", output=str(tmp_path), quick=False, opts=[])
@@ -167,6 +170,7 @@ def test_every_variant_on_test_and_the_full_model_alone_on_val(monkeypatch, tmp_
         ("shapes_val", full, "predcls"),
     ]
     assert len([c for c in calls if c[0] == "shapes_test"]) == 2 * len(shapes_demo.VARIANTS) + 1  # + sgdet
+    assert train_splits == {"shapes_train_first150"}  # zero-shot: unseen by the relation stages
 
 
 def test_relation_images_train_the_relation_stages_on_the_first_images(tmp_path):
@@ -259,3 +263,45 @@ def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path)
     with pytest.raises(ValueError, match=r"not of --relation-images 100"):
         tool.main(["--relation-images", "100", "--update-readme", "--output", str(tmp_path / "y")])
     assert not (tmp_path / "y" / "stage0_backbone").exists()
+
+
+def _hand_counts(dicts):
+    counts = np.zeros((6, 10, 6), dtype=np.int64)
+    for d in dicts:
+        cats = [a["category_id"] for a in d["annotations"]]
+        for s, o, p in d["relations"]:
+            counts[cats[s], p, cats[o]] += 1
+    return counts
+
+
+def test_zero_shot_counts_against_the_relation_stages_training_images():
+    """VRDEvaluator(train_split=...): a test triplet is zero-shot when the relation stages' own
+    training images never hold it (the demo passes its relation split), not the metadata's split."""
+    from detectron2.data import DatasetCatalog
+
+    from vrd_d2.evaluation import VRDEvaluator
+
+    prefix = shapes_demo.register_quick_subsets()
+    first3 = shapes_demo.relation_train_split(SimpleNamespace(quick=True, prefix=prefix, relation_images=3))
+    test = DatasetCatalog.get(f"{prefix}_test")
+    preds = [{"image_id": d["image_id"], "file_name": d["file_name"]} for d in test]
+
+    def flags(**kwargs):
+        ev = VRDEvaluator(f"{prefix}_test", mode="predcls", distributed=False, save_predictions=False, **kwargs)
+        gts, _ = ev._load_dataset_ground_truth(preds)
+        return np.concatenate([g["zeroshot"] for g in gts])
+
+    def by_hand(train_dicts):
+        counts = _hand_counts(train_dicts)
+        return np.array(
+            [
+                counts[d["annotations"][s]["category_id"], p, d["annotations"][o]["category_id"]] == 0
+                for d in test
+                for s, o, p in d["relations"]
+            ]
+        )
+
+    train = DatasetCatalog.get(f"{prefix}_train")
+    np.testing.assert_array_equal(flags(), by_hand(train))  # the metadata's: all 8 training images
+    np.testing.assert_array_equal(flags(train_split=first3), by_hand(train[:3]))
+    assert flags(train_split=first3).sum() > flags().sum()

@@ -282,6 +282,7 @@ def evaluate_all(options, weights, splits, timings):
                         os.path.join(options.output, "eval", split, variant.tag(name), mode),
                         variant=variant,
                         seed=True,
+                        train_split=relation_train_split(options),  # zero-shot: unseen by the relation stages
                     )
                 )
             results[split][name] = res

@@ -73,6 +73,7 @@ class VRDEvaluator(DatasetEvaluator):
         num_predicates: Optional[int] = None,
         protocol: str = "auto",
         sgb_zeroshot_triplets: Optional[str] = None,
+        train_split: Optional[str] = None,
     ):
         """
         Args:
@@ -102,6 +103,9 @@ class VRDEvaluator(DatasetEvaluator):
                 ``k_values``, ``best_k`` and ``denominator`` are Lu's only.
             sgb_zeroshot_triplets: SGB's ``zeroshot_triplet.pytorch``: its triplets are the
                 zero-shot rows of zR@K (default: training count 0, or zeroShot.mat).
+            train_split: the registered split whose triplet counts make a triplet zero-shot
+                (count 0), for a model trained on another split than the metadata's
+                ``train_split`` (default); e.g. the shapes demo's relation stages.
         """
         if mode not in MODES:
             raise ValueError(f"VRDEvaluator: mode must be one of {MODES}, got {mode!r}")
@@ -138,6 +142,7 @@ class VRDEvaluator(DatasetEvaluator):
                 zeroshot_mat = cand if os.path.isfile(cand) else None
         self._image_path_mat = image_path_mat
         self._zeroshot_mat = zeroshot_mat
+        self._train_split = train_split
         self.reset()
 
     @classmethod
@@ -207,13 +212,13 @@ class VRDEvaluator(DatasetEvaluator):
         return gts, (complete if has_complete else None)
 
     def _zeroshot_counts(self):
-        train = self._metadata.get("train_split", None)
+        train = self._train_split or self._metadata.get("train_split", None)
         if not train or train == self._dataset_name:
             return None
         try:
             from vrd_d2.data import get_triplet_counts  # lazy: evaluation does not need data
 
-            return get_triplet_counts(self._dataset_name)
+            return get_triplet_counts(self._train_split or self._dataset_name)
         except Exception as e:  # training split not installed: report without zero-shot
             logger.warning(f"VRDEvaluator: no zero-shot recall (triplet counts of {train}: {e})")
             return None
