@@ -192,3 +192,16 @@ def test_the_shipped_band_is_of_the_default_demo():
     again = shapes_bands.band([r["headline"] for r in stored["runs"]])
     for key, s in stored["band"].items():
         assert s == pytest.approx(again[key]), key
+
+
+def test_the_readme_shows_the_shipped_band():
+    """The README's shapes-demo table is the one the shipped band file's runs make (neither was
+    edited without the other)."""
+    import re
+    from pathlib import Path
+
+    stored = shapes_bands.load_band()
+    readme = (Path(shapes_bands.BAND_FILE).parents[2] / "README.md").read_text()
+    section = re.search(r"<!-- shapes-demo:begin -->\n(.*?)\n<!-- shapes-demo:end -->", readme, re.S)
+    assert section is not None
+    assert section.group(1) == shapes_bands.format_band_table(stored["runs"], stored["command"])
