@@ -110,29 +110,25 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
 
 
 def _finished_run(folder: str, seed: int, threads: int, options):
-    """The results.json of a finished run in ``folder`` made with this seed, thread count, --quick
-    setting and number of stage-2 restarts per rank (``options``), or None (no file, or another
-    setting: that run is made again). A file without ``restarts_per_rank`` restarted every rank
-    ``restarts`` times (one when that is absent too)."""
+    """The results.json of a finished run in ``folder`` made with this seed, thread count and
+    :func:`settings` of ``options``, or None (no file, or another setting: that run is made again).
+    A file without ``restarts_per_rank`` restarted every rank ``restarts`` times (one when that is
+    absent too); one without ``relation_images`` (or None) trained on all the training images."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         done = json.load(f)
-    per_rank = done.get("restarts_per_rank") or {str(r): done.get("restarts", 1) for r in shapes_demo.RANKS}
-    # None: made before --relation-images, on all the training images
-    made = (done.get("seed"), done.get("threads"), bool(done.get("quick")), per_rank, done.get("relation_images") or 0)
-    wanted = (
-        seed,
-        threads,
-        bool(options.quick),
-        shapes_demo.restarts_per_rank(options),
-        shapes_demo.num_relation_images(options),
-    )
+    made_settings = {
+        "quick": bool(done.get("quick")),
+        "relation_images": done.get("relation_images") or 0,
+        "restarts_per_rank": done.get("restarts_per_rank")
+        or {str(r): done.get("restarts", 1) for r in shapes_demo.RANKS},
+    }
+    made = (done.get("seed"), done.get("threads"), made_settings)
+    wanted = (seed, threads, settings(options))
     if made != wanted:
-        logger.info(
-            "%s: made with (seed, threads, quick, restarts, relation images) %s; running %s again", path, made, wanted
-        )
+        logger.info("%s: made with (seed, threads, settings) %s; running %s again", path, made, wanted)
         return None
     return done
 

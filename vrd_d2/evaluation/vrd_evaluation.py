@@ -212,13 +212,14 @@ class VRDEvaluator(DatasetEvaluator):
         return gts, (complete if has_complete else None)
 
     def _zeroshot_counts(self):
+        # get_triplet_counts(name) counts name's metadata train_split; a given split counts itself
         train = self._train_split or self._metadata.get("train_split", None)
         if not train or train == self._dataset_name:
             return None
         try:
             from vrd_d2.data import get_triplet_counts  # lazy: evaluation does not need data
 
-            return get_triplet_counts(self._train_split or self._dataset_name)
+            return get_triplet_counts(train if self._train_split else self._dataset_name)
         except Exception as e:  # training split not installed: report without zero-shot
             logger.warning(f"VRDEvaluator: no zero-shot recall (triplet counts of {train}: {e})")
             return None
