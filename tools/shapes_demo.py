@@ -15,7 +15,8 @@ sgdet for the full model).
 The full model's numbers on shapes_val go to results.json (settings are chosen there, never on test).
 
 Outputs under ``--output``: one folder per stage (``--reuse`` skips a stage whose model_final.pth
-exists), results.md, results.json; ``--update-readme`` replaces the README section between
+exists, when the config.yaml beside it is the stage's config but for paths; another config is an
+error), results.md, results.json; ``--update-readme`` replaces the README section between
 ``<!-- shapes-demo:begin -->`` and ``<!-- shapes-demo:end -->``. ``--quick`` runs the pipeline
 with a few iterations on a few images (for the tests; its numbers mean nothing). Seeds are fixed
 (cfg.SEED before every stage), so a run is repeatable. A single run is printed beside the band
@@ -52,7 +53,8 @@ def get_parser():
     p.add_argument(
         "--reuse",
         action="store_true",
-        help="skip stages whose model_final.pth exists (with --seeds/--threads: runs whose results.json has the same seed and threads)",
+        help="skip stages whose model_final.pth exists, trained with the same config (another config: an error "
+        "naming the keys); with --seeds/--threads: runs whose results.json has the same seed and threads",
     )
     p.add_argument("--update-readme", action="store_true", help="replace the shapes-demo section of README.md")
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)

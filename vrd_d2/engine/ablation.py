@@ -10,9 +10,10 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import yaml
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng
 
@@ -20,7 +21,16 @@ from ..checkpoint import VRDCheckpointer
 from ..evaluation import VRDEvaluator
 from .trainer import Trainer
 
-__all__ = ["Variant", "CONFIG_ROOT", "train_stage", "evaluate_variant", "cell", "markdown_rows"]
+__all__ = [
+    "Variant",
+    "CONFIG_ROOT",
+    "stage_output",
+    "config_differences",
+    "train_stage",
+    "evaluate_variant",
+    "cell",
+    "markdown_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +72,49 @@ class Variant:
         return name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
 
 
+# paths: a stage folder copied or moved with the folders it reads is still the same stage
+_PATH_KEYS = ("OUTPUT_DIR", "MODEL.WEIGHTS")
+
+
+def _flatten(node, prefix: str = "") -> Dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(saved_yaml: str, cfg) -> List[str]:
+    """``"KEY: saved -> now"`` for every config key whose value differs between a stage's saved
+    ``config.yaml`` (its text) and ``cfg``, the paths of :data:`_PATH_KEYS` left out."""
+    saved, now = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(cfg.dump()))
+    missing = "(absent)"
+    return [
+        f"{k}: {saved.get(k, missing)} -> {now.get(k, missing)}"
+        for k in sorted(set(saved) | set(now))
+        if k not in _PATH_KEYS and saved.get(k, missing) != now.get(k, missing)
+    ]
+
+
 def stage_output(cfg, reuse: bool) -> Tuple[str, bool]:
     """(``cfg.OUTPUT_DIR/model_final.pth``, whether it exists and is reused). When the stage is to
-    run, the folder is made and ``config.yaml`` written beside the weights to come."""
+    run, the folder is made and ``config.yaml`` written beside the weights to come. A ValueError
+    when ``reuse`` finds weights whose ``config.yaml`` differs from ``cfg`` (another recipe in the
+    same folder: neither reused nor overwritten)."""
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if reuse and os.path.isfile(final):
+        saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        if os.path.isfile(saved):
+            with open(saved) as f:
+                diff = config_differences(f.read(), cfg)
+            if diff:
+                raise ValueError(
+                    f"{final}: reuse asked, but it was trained with another config ({saved}: "
+                    + "; ".join(diff[:5])
+                    + (f"; {len(diff) - 5} more" if len(diff) > 5 else "")
+                    + "); remove that folder or write to another output folder"
+                )
         logger.info("reusing %s", final)
         return final, True
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -180,7 +180,8 @@ def run(options):
         variant = VARIANTS[name]
         start = time.perf_counter()
         weights = ""  # the prior alone needs no training: psi_c is uniform
-        if variant.use_cp:  # seeded (cfg.SEED): a repeatable run; finished stages are reused
+        # seeded (cfg.SEED): a repeatable run; finished stages are reused (same config only: ablation.stage_output)
+        if variant.use_cp:
             weights, _ = ablation.train_stage(build_cfg(options, name, "triplet"), seed=True)
             if variant.use_selection:
                 weights, _ = ablation.train_stage(build_cfg(options, name, "selection", weights), seed=True)
