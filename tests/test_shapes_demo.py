@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from vrd_d2.engine import shapes_demo
+from vrd_d2.engine import ablation, shapes_demo
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,10 @@ def restarted_run(tmp_path_factory):
     return out, rc
 
 
-def test_stage2_keeps_the_restart_with_the_lowest_heldout_cross_entropy(restarted_run):
+def test_stage2_keeps_the_restart_with_the_best_heldout_recall(restarted_run):
+    """Of two rank-5 restarts the one whose psi_c alone has the higher phrase classification R@50
+    on the validation split is kept, ties to the lower cross-entropy; each recall is the one
+    VRDEvaluator gives that restart's weights (no selection head, no prior)."""
     out, rc = restarted_run
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
@@ -118,7 +121,25 @@ def test_stage2_keeps_the_restart_with_the_lowest_heldout_cross_entropy(restarte
     u = data["cp_usage"][rank]
     nll = u["restart_nll"]
     assert len(nll) == 2 and all(x > 0 for x in nll)
-    assert u["restart"] == min(range(2), key=nll.__getitem__) and u["nll"] == nll[u["restart"]]
+    rec = u["restart_val_R50"]
+    assert len(rec) == 2 and all(0 <= x <= 100 for x in rec)
+    assert u["restart"] == max(range(2), key=lambda k: (rec[k], -nll[k])) and u["nll"] == nll[u["restart"]]
+    prefix = shapes_demo.register_quick_subsets()
+    options = SimpleNamespace(quick=True, reuse=True, output=str(out), opts=[], prefix=prefix)
+    for k in range(2):
+        cfg = shapes_demo.build_cfg(options, "triplet", 5)
+        cfg.OUTPUT_DIR += f"_restart{k}" if k else ""
+        weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+        res = ablation.evaluate_variant(
+            cfg,
+            weights,
+            f"{prefix}_val",
+            "phrase_cls",
+            str(out / f"check{k}"),
+            variant=ablation.Variant(rank=5),
+            seed=True,
+        )
+        assert res["phrase_cls"]["R@50_kfree"] == pytest.approx(rec[k], abs=1e-9)
     # restart 1 has its own folder and seed; stage 3 is trained from the kept restart, in a
     # folder of its own (so that --reuse never takes another restart's selection head)
     cfg1 = (out / f"rank{rank}_stage2_triplet_restart1" / "config.yaml").read_text()
@@ -128,7 +149,7 @@ def test_stage2_keeps_the_restart_with_the_lowest_heldout_cross_entropy(restarte
     assert f"rank{rank}_stage2_triplet{suffix}/model_final.pth" in stage3
     assert not (out / f"rank{rank}_stage3_selection{'' if suffix else '_restart1'}").exists()
     lines = (out / "results.md").read_text().splitlines()
-    assert sum("Kept restart" in line and "of 2 (cross-entropies" in line for line in lines) == 1
+    assert sum("Kept restart" in line and "of 2 (phrase classification R@50" in line for line in lines) == 1
 
 
 def test_heldout_cross_entropy_counts_every_annotated_relation(quick_run):
@@ -305,3 +326,32 @@ def test_zero_shot_counts_against_the_relation_stages_training_images():
     np.testing.assert_array_equal(flags(), by_hand(train))  # the metadata's: all 8 training images
     np.testing.assert_array_equal(flags(train_split=first3), by_hand(train[:3]))
     assert flags(train_split=first3).sum() > flags().sum()
+
+
+@pytest.mark.parametrize(
+    "recalls, nlls, kept",
+    [
+        (
+            (60.0, 64.5, 62.0),
+            (2.1, 2.4, 2.2),
+            1,
+        ),  # the highest held-out recall, although its cross-entropy is the worst
+        ((63.0, 61.0, 63.0), (2.3, 2.0, 2.2), 2),  # a tie in recall: the lower cross-entropy of the two
+    ],
+)
+def test_restart_rule_recall_first_cross_entropy_on_ties(tmp_path, monkeypatch, recalls, nlls, kept):
+    def restart(cfg):
+        return 0 if cfg.OUTPUT_DIR.endswith("_rel150") else int(cfg.OUTPUT_DIR[-1])
+
+    monkeypatch.setattr(shapes_demo, "train_stage", lambda cfg, reuse: (f"w{restart(cfg)}", 1.0))
+    monkeypatch.setattr(shapes_demo, "cp_rank_usage", lambda cfg, w, val: {"nll": nlls[restart(cfg)]})
+    monkeypatch.setattr(shapes_demo, "format_rank_usage", lambda usage, val: "")
+    monkeypatch.setattr(shapes_demo, "heldout_recall", lambda options, cfg, w, rank: recalls[restart(cfg)])
+    options = SimpleNamespace(quick=False, reuse=False, output=str(tmp_path), opts=[], prefix="shapes", restarts=3)
+    weights, seconds, usage = shapes_demo.train_triplet(options, 5, "det.pth")
+    assert (weights, usage["restart"], seconds) == (f"w{kept}", kept, 3.0)
+    assert usage["restart_val_R50"] == list(recalls) and usage["restart_nll"] == list(nlls)
+    # rank 1 trains once and is not evaluated for a choice
+    monkeypatch.setattr(shapes_demo, "heldout_recall", lambda *a: pytest.fail("nothing to choose"))
+    weights, _, usage = shapes_demo.train_triplet(options, 1, "det.pth")
+    assert weights == "w0" and "restart_val_R50" not in usage

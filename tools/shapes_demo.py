@@ -7,8 +7,8 @@
     python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --relation-images 0 --update-readme   # all images
 
 The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
-rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one with the lowest
-cross-entropy of shapes_val's annotated triplets kept; rank 1 once), stage 3 the selection head of
+rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one whose psi_c alone
+has the highest phrase classification R@50 on shapes_val kept; rank 1 once), stage 3 the selection head of
 each; then every variant of the paper's Table 4 ablation is scored on shapes_test (phrase
 classification, predicate classification, against the annotated and the complete ground truth;
 sgdet for the full model).
@@ -72,7 +72,8 @@ def get_parser():
         type=int,
         default=None,
         metavar="N",
-        help="stage-2 runs at rank 5 (rank 1: one), the one with the lowest cross-entropy on shapes_val kept "
+        help="stage-2 runs at rank 5 (rank 1: one), the one whose psi_c alone has the highest phrase "
+        "classification R@50 on shapes_val kept "
         f"(default {shapes_demo.STAGE2_RESTARTS}; 1 with --quick)",
     )
     p.add_argument(

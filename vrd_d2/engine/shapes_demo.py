@@ -7,7 +7,7 @@ process:
   1. the detector from the stage-0 backbone (configs/Shapes/stage1_detector.yaml);
   2. the CP triplet net on gold boxes, rank 5 and rank 1, both from the same stage-1 weights
      (configs/Shapes/stage2_triplet.yaml); rank 5 trained ``--restarts`` times with other seeds
-     and the one with the lowest cross-entropy on shapes_val kept (:func:`train_triplet`), rank 1
+     and the one whose psi_c alone ranks shapes_val best kept (:func:`train_triplet`), rank 1
      (one component: nothing to choose among) once;
   3. the selection head of each (configs/Shapes/stage3_selection.yaml).
 Then every variant of :data:`VARIANTS` is scored on shapes_test (and the full model on
@@ -60,6 +60,7 @@ __all__ = [
     "build_cfg",
     "train_stage",
     "train_triplet",
+    "heldout_recall",
     "num_restarts",
     "restarts_per_rank",
     "run",
@@ -170,15 +171,18 @@ def check_detector(options, det: str):
 
 def train_triplet(options, rank: int, det: str):
     """Stage 2 at ``rank`` from the detector ``det``, restarted :func:`num_restarts` times (restart
-    k: cfg.SEED + 1000 k, folder ``rank<R>_stage2_triplet[_restart<k>]``); the restart with the
-    lowest cross-entropy of the annotated triplets of ``<prefix>_val`` is kept. Why: how the CP
-    components split varies from run to run (docs/DESIGN.md, "CP components"), and a run whose
-    components stayed together scores several points lower; held-out data tell which one it is.
-    Returns (weights, seconds of all restarts, cp_rank_usage of the kept one plus ``restart`` (its
-    k) and ``restart_nll`` (every restart's cross-entropy))."""
+    k: cfg.SEED + 1000 k, folder ``rank<R>_stage2_triplet[_restart<k>]``); of several restarts the
+    one whose psi_c alone ranks ``<prefix>_val`` best is kept (:func:`heldout_recall`: phrase
+    classification R@50, free k), ties to the lower cross-entropy of its annotated triplets. Why:
+    how the CP components split varies from run to run (docs/DESIGN.md, "CP components"), and a
+    run whose components stayed together scores several points lower; held-out data tell which
+    one it is. Returns (weights, seconds of all restarts, cp_rank_usage of the kept one plus
+    ``restart`` (its k), ``restart_nll`` (every restart's cross-entropy) and, with several
+    restarts, ``restart_val_R50`` (every restart's held-out recall))."""
     val = f"{options.prefix}_val"
-    best, seconds, nlls = None, 0.0, []
-    for k in range(num_restarts(options, rank)):
+    n = num_restarts(options, rank)
+    best, seconds, nlls, recalls = None, 0.0, [], []
+    for k in range(n):
         cfg = build_cfg(options, "triplet", rank, det)
         cfg.OUTPUT_DIR += _restart_suffix(k)
         if k and cfg.SEED >= 0:
@@ -187,14 +191,41 @@ def train_triplet(options, rank: int, det: str):
         seconds += sec
         usage = cp_rank_usage(cfg, weights, val)
         nlls.append(usage["nll"])
-        print(f"restart {k} (SEED {cfg.SEED}): " + format_rank_usage(usage, val), flush=True)
-        if best is None or usage["nll"] < best[1]["nll"]:
-            best = (weights, dict(usage, restart=k))
-    weights, usage = best
+        line = f"restart {k} (SEED {cfg.SEED}): " + format_rank_usage(usage, val)
+        if n > 1:  # one restart: nothing to choose, no evaluation
+            recalls.append(heldout_recall(options, cfg, weights, rank))
+            line += f" Phrase classification R@50 (free k) of psi_c alone: {recalls[-1]:.2f}."
+        print(line, flush=True)
+        key = (recalls[-1] if recalls else 0.0, -usage["nll"])
+        if best is None or key > best[2]:
+            best = (weights, dict(usage, restart=k), key)
+    weights, usage, _ = best
     usage["restart_nll"] = nlls
-    if len(nlls) > 1:
-        print(f"Stage 2, rank {rank}: kept restart {usage['restart']} (lowest cross-entropy on {val})", flush=True)
+    if recalls:
+        usage["restart_val_R50"] = recalls
+        print(
+            f"Stage 2, rank {rank}: kept restart {usage['restart']} (psi_c's phrase classification R@50 on {val})",
+            flush=True,
+        )
     return weights, seconds, usage
+
+
+def heldout_recall(options, cfg, weights: str, rank: int) -> float:
+    """Phrase classification R@50 (free k) on ``<prefix>_val`` of the triplet net ``weights``
+    (config ``cfg``) alone: psi_c, no selection head, no prior — the stage-2 model's own ranking
+    of the triplets of every gold-box pair, annotated or not."""
+    val = f"{options.prefix}_val"
+    res = ablation.evaluate_variant(
+        cfg,
+        weights,
+        val,
+        "phrase_cls",
+        os.path.join(cfg.OUTPUT_DIR, "eval_val"),
+        variant=Variant(rank=rank),
+        seed=True,
+        train_split=relation_train_split(options),
+    )
+    return float(res["phrase_cls"]["R@50_kfree"])
 
 
 def _restart_suffix(k: int) -> str:
@@ -206,8 +237,10 @@ def _usage_line(usage, dataset: str) -> str:
     line = format_rank_usage(usage, dataset)
     nlls = usage.get("restart_nll", [])
     if len(nlls) > 1:
+        recalls = usage.get("restart_val_R50", [])
         line += (
-            f" Kept restart {usage['restart']} of {len(nlls)} (cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
+            f" Kept restart {usage['restart']} of {len(nlls)} (phrase classification R@50 of psi_c alone "
+            f"{', '.join(f'{x:.2f}' for x in recalls)}; cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
         )
     return line
 
