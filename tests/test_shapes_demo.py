@@ -128,7 +128,7 @@ def test_stage2_keeps_the_restart_with_the_best_heldout_recall(restarted_run):
     options = SimpleNamespace(quick=True, reuse=True, output=str(out), opts=[], prefix=prefix)
     for k in range(2):
         cfg = shapes_demo.build_cfg(options, "triplet", 5)
-        cfg.OUTPUT_DIR += f"_restart{k}" if k else ""
+        cfg.OUTPUT_DIR += shapes_demo.restart_suffix(k)
         weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
         res = ablation.evaluate_variant(
             cfg,

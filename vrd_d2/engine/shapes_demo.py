@@ -49,6 +49,7 @@ from .ablation import CONFIG_ROOT, Variant
 from .backbone_pretrain import pretrain_backbone
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
 from .rank_usage import cp_rank_usage, format_rank_usage
+from .restarts import STAGE2_RESTARTS, heldout_recall, num_restarts, restart_line, restart_suffix
 from .shapes_splits import RELATION_IMAGES, num_relation_images, register_quick_subsets, relation_train_split
 
 __all__ = [
@@ -102,7 +103,6 @@ COLUMNS = [
     ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
 ]
 MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
-STAGE2_RESTARTS = 3  # stage-2 runs at rank > 1, the best on shapes_val kept (train_triplet)
 # {relation images: README section}: the default demo's, and the one with all 1200 images
 README_MARKERS = {RELATION_IMAGES: "shapes-demo", 0: "shapes-demo-all-relations"}
 
@@ -184,7 +184,7 @@ def train_triplet(options, rank: int, det: str):
     best, seconds, nlls, recalls = None, 0.0, [], []
     for k in range(n):
         cfg = build_cfg(options, "triplet", rank, det)
-        cfg.OUTPUT_DIR += _restart_suffix(k)
+        cfg.OUTPUT_DIR += restart_suffix(k)
         if k and cfg.SEED >= 0:
             cfg.SEED += 1000 * k
         weights, sec = train_stage(cfg, options.reuse)
@@ -208,55 +208,6 @@ def train_triplet(options, rank: int, det: str):
             flush=True,
         )
     return weights, seconds, usage
-
-
-def heldout_recall(options, cfg, weights: str, rank: int) -> float:
-    """Phrase classification R@50 (free k) on ``<prefix>_val`` of the triplet net ``weights``
-    (config ``cfg``) alone: psi_c, no selection head, no prior — the stage-2 model's own ranking
-    of the triplets of every gold-box pair, annotated or not."""
-    val = f"{options.prefix}_val"
-    res = ablation.evaluate_variant(
-        cfg,
-        weights,
-        val,
-        "phrase_cls",
-        os.path.join(cfg.OUTPUT_DIR, "eval_val"),
-        variant=Variant(rank=rank),
-        seed=True,
-        train_split=relation_train_split(options),
-    )
-    return float(res["phrase_cls"]["R@50_kfree"])
-
-
-def _restart_suffix(k: int) -> str:
-    """Folder suffix of restart ``k`` (none for the first, so a one-restart run keeps the old folders)."""
-    return f"_restart{k}" if k else ""
-
-
-def _usage_line(usage, dataset: str) -> str:
-    line = format_rank_usage(usage, dataset)
-    nlls = usage.get("restart_nll", [])
-    if len(nlls) > 1:
-        recalls = usage.get("restart_val_R50", [])
-        line += (
-            f" Kept restart {usage['restart']} of {len(nlls)} (phrase classification R@50 of psi_c alone "
-            f"{', '.join(f'{x:.2f}' for x in recalls)}; cross-entropies {', '.join(f'{x:.3f}' for x in nlls)})."
-        )
-    return line
-
-
-def num_restarts(options, rank: int) -> int:
-    """Stage-2 runs at ``rank`` (``options.restarts``; :data:`STAGE2_RESTARTS` when absent, 1 with
-    --quick). Rank 1 trains once: the restarts choose among ways the CP components split, and a
-    rank-1 net has one component (its restarts' held-out cross-entropies differed by at most 0.044
-    nats in 12 runs, those of rank 5 by up to 0.124; another stage-2 seed moved its recall by at
-    most 1.4 points: docs/DESIGN.md, "CP components")."""
-    if rank == 1:
-        return 1
-    n = getattr(options, "restarts", None)
-    if n is None:
-        n = 1 if options.quick else STAGE2_RESTARTS
-    return int(n)
 
 
 def restarts_per_rank(options) -> Dict[str, int]:
@@ -287,7 +238,7 @@ def train_all(options):
     for rank in RANKS:
         trip, timings[f"stage 2 triplet rank {rank}"], usage[rank] = train_triplet(options, rank, det)
         cfg = build_cfg(options, "selection", rank, trip)
-        cfg.OUTPUT_DIR += _restart_suffix(usage[rank]["restart"])  # --reuse must not take another restart's head
+        cfg.OUTPUT_DIR += restart_suffix(usage[rank]["restart"])  # --reuse must not take another restart's head
         sel, timings[f"stage 3 selection rank {rank}"] = train_stage(cfg, options.reuse)
         weights[rank] = sel  # holds the detector, the triplet net and the selection head
     return weights, accuracy, timings, usage
@@ -344,7 +295,7 @@ def run(options):
         quick=options.quick,
         detector=format_accuracy(accuracy, f"{options.prefix}_val"),
         ceilings=format_oracle_line(oracle, "this test split"),
-        usage=[_usage_line(u, f"{options.prefix}_val") for u in usage.values()],
+        usage=[restart_line(u, f"{options.prefix}_val") for u in usage.values()],
         relations=(
             f"Relation stages (2, 3) trained on the first {relations} training images "
             f"({relation_train_split(options)}); the prior ψ_u counts their relations."
