@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import yaml
 from detectron2.evaluation import inference_on_dataset
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint import VRDCheckpointer
@@ -76,19 +77,15 @@ class Variant:
 _PATH_KEYS = ("OUTPUT_DIR", "MODEL.WEIGHTS")
 
 
-def _flatten(node, prefix: str = "") -> Dict[str, object]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out = {}
-    for k, v in node.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+def _flat_config(text: str) -> Dict[str, object]:
+    """{"A.B.C": value} of a config dumped as yaml."""
+    return {k.replace("/", "."): v for k, v in flatten_results_dict(yaml.safe_load(text) or {}).items()}
 
 
 def config_differences(saved_yaml: str, cfg) -> List[str]:
     """``"KEY: saved -> now"`` for every config key whose value differs between a stage's saved
     ``config.yaml`` (its text) and ``cfg``, the paths of :data:`_PATH_KEYS` left out."""
-    saved, now = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(cfg.dump()))
+    saved, now = _flat_config(saved_yaml), _flat_config(cfg.dump())
     missing = "(absent)"
     return [
         f"{k}: {saved.get(k, missing)} -> {now.get(k, missing)}"
