@@ -259,8 +259,7 @@ def run_cli(options) -> None:
     print(table)
     with open(os.path.join(options.output, "bands.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(options.output, "bands.json"), "w") as f:
-        json.dump({"command": command, "runs": records, "band": band([r["headline"] for r in records])}, f, indent=1)
+    save_band(records, command, os.path.join(options.output, "bands.json"), settings(options))
     if options.update_readme:
         marker = shapes_demo.readme_marker(options)
         replace_readme_section(options.readme, marker, table)
