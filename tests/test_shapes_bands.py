@@ -15,7 +15,7 @@ def _results(x):
     res = {}
     for i, v in enumerate(shapes_demo.VARIANTS):
         res[v] = {
-            "phrase_cls": {"R@50_kfree": x + i, "R@100_kfree": x + i + 0.5},
+            "phrase_cls": {"R@50_kfree": x + i, "R@100_kfree": x + i + 0.5, "R@50_k1": x / 2 + i},
             "predcls": {"R@50_kfree": x + i + 0.25},
         }
     res[shapes_demo.FULL]["relationship"] = {"R@50_kfree": 2 * x}
@@ -44,6 +44,57 @@ def test_band_by_hand():
     assert f"| {shapes_demo.FULL}, sgdet relationship R@50 | 30.00 | 24.00 (20.00–30.00) | NO |" in beside
     with pytest.raises(ValueError, match="no runs"):
         shapes_bands.band([])
+
+
+def test_effects_by_hand():
+    """Each effect is the variant with the part minus the one without, in that run; the band
+    counts the runs where it is above 0 and make demo prints a run's effects beside it."""
+    results = [_results(x) for x in (10.0, 11.0, 15.0)]
+    # variant i's figures are x + i: rank 1 is variant 1, rank 5 variant 4, rank 5 + X_sel 5, the full model 6
+    results[1][shapes_demo.FULL]["phrase_cls"]["R@50_kfree"] = 11.0 + 5 - 0.5  # the prior loses 0.5 in run 2
+    results[2]["rank 1 + X_sel + prior"]["phrase_cls"]["R@50_kfree"] = 15.0 + 2  # a tie (0) is not a gain
+    runs = [shapes_bands.effects(r) for r in results]
+    assert list(runs[0]) == [e[0] for e in shapes_bands.EFFECTS]
+    assert runs[0] == {
+        "rank 5 over rank 1": 3.0,
+        "X_sel over rank 5": 1.0,
+        "prior over rank 5 + X_sel": 1.0,
+        "prior over rank 5 + X_sel, k = 1": 1.0,
+        "prior over rank 5 + X_sel, R@100": 1.0,
+        "prior over rank 1 + X_sel": 1.0,
+    }
+    assert runs[1]["prior over rank 5 + X_sel"] == -0.5 and runs[2]["prior over rank 1 + X_sel"] == 0.0
+    b = shapes_bands.band(runs)
+    prior5 = b["prior over rank 5 + X_sel"]
+    assert (prior5["mean"], prior5["min"], prior5["max"], prior5["positive"]) == (pytest.approx(0.5), -0.5, 1.0, 2)
+    assert b["prior over rank 1 + X_sel"]["positive"] == 2 and b["rank 5 over rank 1"]["positive"] == 3
+    records = [
+        {
+            "seed": k,
+            "threads": 1,
+            "headline": shapes_bands.headline(r),
+            "effects": e,
+            "detector_visible_accuracy": 99.0,
+            "seconds": 60.0,
+        }
+        for k, (r, e) in enumerate(zip(results, runs))
+    ]
+    table = shapes_bands.format_band_table(records, "cmd")
+    assert "| prior over rank 5 + X_sel | +1.00 -0.50 +1.00 | +0.50 (-0.50 to +1.00) | 2 of 3 |" in table
+    assert "| rank 5 over rank 1 | +3.00 +3.00 +3.00 | +3.00 (+3.00 to +3.00) | 3 of 3 |" in table
+    # records without effects (a band file from before they were stored): no effects table
+    without = [{k: v for k, v in r.items() if k != "effects"} for r in records]
+    assert "effects" not in shapes_bands.format_band_table(without, "cmd")
+    stored = {
+        "command": "cmd",
+        "runs": records,
+        "band": shapes_bands.band([r["headline"] for r in records]),
+        "effects": b,
+    }
+    beside = shapes_bands.format_beside_band(records[1]["headline"], stored, runs[1])
+    assert "| prior over rank 5 + X_sel | -0.50 | +0.50 (-0.50 to +1.00), above 0 in 2 of 3 | NO |" in beside
+    assert "| X_sel over rank 5 | +1.00 | +1.00 (+1.00 to +1.00), above 0 in 3 of 3 | yes |" in beside
+    assert "effects" not in shapes_bands.format_beside_band(records[1]["headline"], stored)
 
 
 def test_seeds_and_threads_on_quick_runs(tmp_path):
@@ -77,6 +128,10 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
         values = [r["test"][variant]["phrase_cls"]["R@50_kfree"] for r in per_run]
         s = stored["band"][f"{variant} | phrase_cls R@50"]
         assert s["mean"] == pytest.approx(np.mean(values)) and (s["min"], s["max"]) == (min(values), max(values))
+    for name, with_part, without, task, metric in shapes_bands.EFFECTS:  # each run's effects, by hand
+        values = [r["test"][with_part][task][metric] - r["test"][without][task][metric] for r in per_run]
+        assert [r["effects"][name] for r in stored["runs"]] == pytest.approx(values), name
+        assert stored["effects"][name]["positive"] == sum(v > 0 for v in values), name
     for s in (0, 1):  # each run used its own seed
         cfg = (out / f"seed{s}_threads1" / "stage1_detector" / "config.yaml").read_text()
         assert f"SEED: {s}\n" in cfg
@@ -88,11 +143,22 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     (out / "seed1_threads1" / "results.json").write_text(
         json.dumps(dict(per_run[1], threads=2))  # another thread count: that run is made again
     )
+    # ... into another README section: the band make demo compares with stays as it was
+    readme.write_text(readme.read_text() + "<!-- other-seeds:begin -->\n<!-- other-seeds:end -->\n")
+    before = (readme.read_text(), band_file.read_text())
     rc = tool.main(
         ["--quick", "--reuse", "--seeds", "0", "1", "2", "--threads", "1", "--output", str(out)]
-        + ["--band-file", str(band_file)]
+        + ["--band-file", str(band_file), "--update-readme", "--readme", str(readme), "--readme-section", "other-seeds"]
     )
     assert rc == 0
+    assert band_file.read_text() == before[1]
+    kept = json.loads((tmp_path / "other-seeds.json").read_text())  # that band beside it, with its own runs
+    assert kept == json.loads((out / "bands.json").read_text()) and len(kept["runs"]) == 3
+    assert shapes_bands.section_band_file(str(band_file), "other-seeds") == str(tmp_path / "other-seeds.json")
+    table3 = (out / "bands.md").read_text().strip()
+    assert readme.read_text() == before[0].replace(
+        "<!-- other-seeds:begin -->\n", f"<!-- other-seeds:begin -->\n{table3}\n"
+    )
     assert (out / "seed0_threads1" / "results.json").stat().st_mtime_ns == first[0]
     redone = json.loads((out / "seed1_threads1" / "results.json").read_text())
     assert (redone["seed"], redone["threads"]) == (1, 1)
@@ -161,6 +227,7 @@ def test_make_demo_prints_its_run_beside_a_band_of_the_same_settings_only(tmp_pa
             "seed": 0,
             "threads": 1,
             "headline": shapes_bands.headline(res),
+            "effects": shapes_bands.effects(res),
             "detector_visible_accuracy": 99.0,
             "seconds": 1.0,
         }
@@ -172,7 +239,9 @@ def test_make_demo_prints_its_run_beside_a_band_of_the_same_settings_only(tmp_pa
         "restarts_per_rank": {"5": shapes_demo.STAGE2_RESTARTS, "1": 1},
     }
     shapes_bands.run_cli(options)
-    assert "This run beside the band of 1 runs (`cmd`)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "This run beside the band of 1 runs (`cmd`)" in out
+    assert "| rank 5 over rank 1 | +3.00 | +3.00 (+3.00 to +3.00), above 0 in 1 of 1 | yes |" in out
     for other in ({"relation_images": 0}, {"restarts": shapes_demo.STAGE2_RESTARTS + 1}):
         shapes_bands.run_cli(SimpleNamespace(**dict(vars(options), **other)))
         out = capsys.readouterr().out
@@ -192,16 +261,24 @@ def test_the_shipped_band_is_of_the_default_demo():
     again = shapes_bands.band([r["headline"] for r in stored["runs"]])
     for key, s in stored["band"].items():
         assert s == pytest.approx(again[key]), key
+    effects = shapes_bands.band([r["effects"] for r in stored["runs"]])
+    assert list(stored["effects"]) == [e[0] for e in shapes_bands.EFFECTS]
+    for key, s in stored["effects"].items():
+        assert s == pytest.approx(effects[key]), key
 
 
-def test_the_readme_shows_the_shipped_band():
-    """The README's shapes-demo table is the one the shipped band file's runs make (neither was
-    edited without the other)."""
+def test_the_readme_shows_the_shipped_bands():
+    """The README's shapes-demo table (make demo's band) and its held-out one (seeds 3-5) are
+    the ones the shipped band files' runs make (neither was edited without the other)."""
     import re
     from pathlib import Path
 
-    stored = shapes_bands.load_band()
     readme = (Path(shapes_bands.BAND_FILE).parents[2] / "README.md").read_text()
-    section = re.search(r"<!-- shapes-demo:begin -->\n(.*?)\n<!-- shapes-demo:end -->", readme, re.S)
-    assert section is not None
-    assert section.group(1) == shapes_bands.format_band_table(stored["runs"], stored["command"])
+    held_out = shapes_bands.section_band_file(shapes_bands.BAND_FILE, "shapes-demo-heldout")
+    for name, path in (("shapes-demo", shapes_bands.BAND_FILE), ("shapes-demo-heldout", held_out)):
+        stored = shapes_bands.load_band(path)
+        section = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", readme, re.S)
+        assert stored is not None and section is not None, name
+        assert section.group(1) == shapes_bands.format_band_table(stored["runs"], stored["command"]), name
+        assert stored["settings"] == shapes_bands.load_band()["settings"], name  # both bands: make demo's recipe
+    assert shapes_bands.load_band(held_out)["command"] == "tools/shapes_demo.py --seeds 3 4 5 --threads 1 2"

@@ -284,6 +284,16 @@ def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path)
     with pytest.raises(ValueError, match=r"not of --relation-images 100"):
         tool.main(["--relation-images", "100", "--update-readme", "--output", str(tmp_path / "y")])
     assert not (tmp_path / "y" / "stage0_backbone").exists()
+    # --readme-section names any section (e.g. a band of other seeds beside the README's); one the
+    # README lacks is refused before anything is trained
+    named = SimpleNamespace(quick=False, relation_images=100, readme_section="shapes-demo-other-seeds")
+    assert shapes_demo.readme_marker(named) == "shapes-demo-other-seeds"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\n")
+    argv = ["--update-readme", "--readme", str(readme), "--readme-section", "nope", "--output", str(tmp_path / "z")]
+    with pytest.raises(ValueError, match=r"README.md: markers <!-- nope:begin --> ... <!-- nope:end --> not found"):
+        tool.main(argv)
+    assert not (tmp_path / "z" / "stage0_backbone").exists()
 
 
 def _hand_counts(dicts):

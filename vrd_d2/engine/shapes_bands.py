@@ -2,9 +2,10 @@
 
 One demo run depends on its seed and on the float order of its thread count (another detector,
 other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2.engine.shapes_demo.run`) once per
-(seed, threads), each into its own folder; :func:`headline` picks the figures the README quotes;
-:func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table` prints it;
-:func:`format_beside_band` prints one run's figures beside a stored band (``make demo``).
+(seed, threads), each into its own folder; :func:`headline` picks the figures the README quotes
+and :func:`effects` the paper's effects in one run (a variant's gain over the variant without
+that part); :func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table`
+prints both; :func:`format_beside_band` prints one run beside a stored band (``make demo``).
 """
 
 import copy
@@ -12,7 +13,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +23,15 @@ from . import ablation, shapes_demo
 
 __all__ = [
     "BAND_FILE",
+    "section_band_file",
     "run_cli",
     "run_matrix",
     "headline",
+    "EFFECTS",
+    "effects",
     "band",
     "format_band_table",
+    "format_effects_table",
     "format_beside_band",
     "settings",
     "save_band",
@@ -57,8 +62,30 @@ def headline(results: Dict[str, dict]) -> "OrderedDict[str, float]":
     return out
 
 
+# (effect, variant with the part, variant without it, task, metric): the paper's Table 4 claims
+# as differences within one run, in points of phrase classification R@50 (free k unless named)
+EFFECTS = (
+    ("rank 5 over rank 1", "rank 5", "rank 1", "phrase_cls", "R@50_kfree"),
+    ("X_sel over rank 5", "rank 5 + X_sel", "rank 5", "phrase_cls", "R@50_kfree"),
+    ("prior over rank 5 + X_sel", shapes_demo.FULL, "rank 5 + X_sel", "phrase_cls", "R@50_kfree"),
+    ("prior over rank 5 + X_sel, k = 1", shapes_demo.FULL, "rank 5 + X_sel", "phrase_cls", "R@50_k1"),
+    ("prior over rank 5 + X_sel, R@100", shapes_demo.FULL, "rank 5 + X_sel", "phrase_cls", "R@100_kfree"),
+    ("prior over rank 1 + X_sel", "rank 1 + X_sel + prior", "rank 1 + X_sel", "phrase_cls", "R@50_kfree"),
+)
+
+
+def effects(results: Dict[str, dict]) -> "OrderedDict[str, float]":
+    """The :data:`EFFECTS` of one run's test results ({variant: VRDEvaluator results}): each
+    the variant with the part minus the variant without it, in points."""
+    out = OrderedDict()
+    for name, with_part, without, task, metric in EFFECTS:
+        out[name] = float(results[with_part][task][metric]) - float(results[without][task][metric])
+    return out
+
+
 def band(runs: Sequence[Dict[str, float]]) -> "OrderedDict[str, dict]":
-    """{figure: {mean, min, max, max_dev}} over runs (each a :func:`headline` dict, same keys)."""
+    """{figure: {mean, min, max, max_dev, positive}} over runs (each a :func:`headline` or
+    :func:`effects` dict, same keys); ``positive``: how many runs have the figure above 0."""
     if not runs:
         raise ValueError("shapes_bands: no runs to summarise")
     out = OrderedDict()
@@ -69,6 +96,7 @@ def band(runs: Sequence[Dict[str, float]]) -> "OrderedDict[str, dict]":
             "min": float(v.min()),
             "max": float(v.max()),
             "max_dev": float(np.abs(v - v.mean()).max()),
+            "positive": int((v > 0).sum()),
         }
     return out
 
@@ -100,6 +128,7 @@ def run_matrix(options, seeds: Sequence[int], threads: Sequence[int]) -> List[di
                         "seed": seed,
                         "threads": t,
                         "headline": headline(done["test"]),
+                        "effects": effects(done["test"]),
                         "detector_visible_accuracy": done["detector_accuracy"]["visible_accuracy"],
                         "seconds": done["seconds"]["total"],
                     }
@@ -167,7 +196,29 @@ def format_band_table(records: Sequence[dict], command: str, quick: bool = False
         + ("every figure within" if worst[1]["max_dev"] <= TOLERANCE else "NOT every figure within")
         + f" ±{TOLERANCE:g} points of its mean.",
     ]
+    if all("effects" in r for r in records):
+        lines += ["", *format_effects_table(records)]
     return "\n".join(lines)
+
+
+def format_effects_table(records: Sequence[dict]) -> List[str]:
+    """The :data:`EFFECTS` of each run (in the order of ``records``), their mean (min–max) and
+    in how many runs each is above 0, as markdown lines."""
+    b = band([r["effects"] for r in records])
+    rows = [
+        [
+            name,
+            " ".join(f"{r['effects'][name]:+.2f}" for r in records),
+            f"{s['mean']:+.2f} ({s['min']:+.2f} to {s['max']:+.2f})",
+            f"{s['positive']} of {len(records)}",
+        ]
+        for name, s in b.items()
+    ]
+    head = (
+        "The paper's effects in each run (the variant with the part minus the one without, in points of "
+        "phrase_cls R@50, free k unless named; runs in the order above):"
+    )
+    return [head, ""] + ablation.markdown_rows(["effect", "each run", "mean (min to max)", "runs above 0"], rows)
 
 
 def settings(options) -> Dict[str, object]:
@@ -188,6 +239,7 @@ def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE, run_
                 "settings": run_settings,
                 "runs": list(records),
                 "band": band([r["headline"] for r in records]),
+                **({"effects": band([r["effects"] for r in records])} if all("effects" in r for r in records) else {}),
             },
             f,
             indent=1,
@@ -195,16 +247,17 @@ def save_band(records: Sequence[dict], command: str, path: str = BAND_FILE, run_
 
 
 def load_band(path: str = BAND_FILE):
-    """The stored band ({command, runs, band}) or None when there is none."""
+    """The stored band ({command, settings, runs, band, effects}) or None when there is none."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
 
 
-def format_beside_band(figures: Dict[str, float], stored: dict) -> str:
+def format_beside_band(figures: Dict[str, float], stored: dict, run_effects: Optional[Dict[str, float]] = None) -> str:
     """This run's headline figures beside the stored band: value, mean (min–max), and whether
-    the value lies within ±TOLERANCE of the mean."""
+    the value lies within ±TOLERANCE of the mean; then, given ``run_effects`` (:func:`effects`)
+    and a band that stores its effects, each effect of this run beside the band's."""
     b = stored["band"]
     rows = []
     for key, value in figures.items():
@@ -221,6 +274,20 @@ def format_beside_band(figures: Dict[str, float], stored: dict) -> str:
         )
     lines = [f"This run beside the band of {len(stored['runs'])} runs (`{stored['command']}`):", ""]
     lines += ablation.markdown_rows(["figure", "this run", "band mean (min–max)", f"within ±{TOLERANCE:g}"], rows)
+    if run_effects is not None and "effects" in stored:
+        rows = [
+            [
+                name,
+                f"{value:+.2f}",
+                f"{s['mean']:+.2f} ({s['min']:+.2f} to {s['max']:+.2f}), above 0 in {s['positive']} of {len(stored['runs'])}",
+                "yes" if value > 0 else "NO",
+            ]
+            for name, value in run_effects.items()
+            for s in [stored["effects"].get(name)]
+            if s is not None
+        ]
+        lines += ["", "This run's effects beside the band's (points of phrase_cls R@50, free k unless named):", ""]
+        lines += ablation.markdown_rows(["effect", "this run", "band mean (min to max)", "above 0"], rows)
     return "\n".join(lines)
 
 
@@ -232,7 +299,7 @@ def run_cli(options) -> None:
         results, _ = shapes_demo.run(options)
         stored = None if options.quick else load_band(options.band_file)
         if stored and stored.get("settings") == settings(options):
-            print(format_beside_band(headline(results["test"]), stored))
+            print(format_beside_band(headline(results["test"]), stored, effects(results["test"])))
         elif stored:
             print(
                 f"(The band in {options.band_file} was made with other settings, {stored.get('settings')}: not compared.)"
@@ -265,3 +332,11 @@ def run_cli(options) -> None:
         replace_readme_section(options.readme, marker, table)
         if marker == shapes_demo.README_MARKERS[shapes_demo.RELATION_IMAGES]:  # the default demo's: make demo's band
             save_band(records, command, options.band_file, settings(options))
+        elif getattr(options, "readme_section", None):  # another band beside it, kept with its README table
+            save_band(records, command, section_band_file(options.band_file, marker), settings(options))
+
+
+def section_band_file(band_file: str, section: str) -> str:
+    """Where the band written to the README section ``section`` (``--readme-section``) is kept:
+    beside ``band_file`` (make demo's band), as ``<section>.json``."""
+    return os.path.join(os.path.dirname(os.path.abspath(band_file)), f"{section}.json")

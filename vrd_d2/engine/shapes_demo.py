@@ -108,9 +108,12 @@ README_MARKERS = {RELATION_IMAGES: "shapes-demo", 0: "shapes-demo-all-relations"
 
 
 def readme_marker(options) -> str:
-    """The README section a run's table goes to: ``shapes-demo`` for the default demo (also with
-    --quick), ``shapes-demo-all-relations`` with --relation-images 0. A ValueError for other
-    --relation-images (the README has no section for them)."""
+    """The README section a run's table goes to: ``--readme-section`` when given, else
+    ``shapes-demo`` for the default demo (also with --quick), ``shapes-demo-all-relations`` with
+    --relation-images 0. A ValueError for other --relation-images (the README has no section for
+    them)."""
+    if getattr(options, "readme_section", None):
+        return options.readme_section
     n = getattr(options, "relation_images", None)
     if n is None:
         return README_MARKERS[RELATION_IMAGES]
