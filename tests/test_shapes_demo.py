@@ -293,6 +293,10 @@ def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path)
     argv = ["--update-readme", "--readme", str(readme), "--readme-section", "nope", "--output", str(tmp_path / "z")]
     with pytest.raises(ValueError, match=r"README.md: markers <!-- nope:begin --> ... <!-- nope:end --> not found"):
         tool.main(argv)
+    with pytest.raises(ValueError, match=r"--readme-section '\.\./x': letters, digits, - and _ only"):
+        tool.main(argv[:3] + ["--readme-section", "../x"] + argv[5:])  # would write outside configs/Shapes
+    with pytest.raises(ValueError, match=r"it needs --update-readme"):
+        tool.main(argv[1:])
     assert not (tmp_path / "z" / "stage0_backbone").exists()
 
 

@@ -26,18 +26,20 @@ once per (seed, thread count) into <output>/seed<S>_threads<T> and print each he
 mean (min–max) over the runs and the paper's effects in each run (rank 5 over rank 1, X_sel, the
 prior: a variant minus the one without that part) with the number of runs where each is above 0
 (bands.md, bands.json); with ``--update-readme`` those tables go to the README and the band to
-configs/Shapes/demo_band.json; ``make demo`` prints its own effects beside the band's. After stage 1 the detector's gold-box
-classification accuracy on shapes_val is printed; below --min-detector-accuracy (95%) the run
+configs/Shapes/demo_band.json; ``make demo`` prints its own effects beside the band's. After
+stage 1 the detector's gold-box classification accuracy on shapes_val is printed; below --min-detector-accuracy (95%) the run
 stops with exit code 2. Exits 1 on any other failure. The relation stages (2, 3) train on the first
 ``--relation-images`` N training images only (default 150; 0: all 1200), and their prior counts those
 (relations as scarce per triplet as in the paper's data; their folders end in ``_rel<N>``);
 ``--update-readme`` writes the README table of N = 150 (and the band file) or of N = 0, or with
-``--readme-section NAME`` the section NAME (a band of other seeds; no band file).
+``--readme-section NAME`` the section NAME (e.g. a band of other seeds; its band goes to
+configs/Shapes/NAME.json, make demo's band stays as it is).
 """
 
 import argparse
 import logging
 import os
+import re
 import sys
 
 from detectron2.utils.logger import setup_logger
@@ -68,7 +70,8 @@ def get_parser():
         metavar="NAME",
         help="with --update-readme: the README section (<!-- NAME:begin --> ... <!-- NAME:end -->) the table goes "
         "to (default: shapes-demo, shapes-demo-all-relations with --relation-images 0); the band make demo "
-        "compares with (configs/Shapes/demo_band.json) is written for shapes-demo only",
+        "compares with (configs/Shapes/demo_band.json) is written for shapes-demo only, another section's band "
+        "to configs/Shapes/NAME.json (NAME: letters, digits, - and _)",
     )
     p.add_argument("--readme", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="2 iterations a stage, 4-8 images a split (tests)")
@@ -114,6 +117,16 @@ def main(argv=None):
         check_int(args.restarts, "--restarts", low=1, where="shapes_demo")
     if args.relation_images is not None:
         check_int(args.relation_images, "--relation-images", low=0, where="shapes_demo")
+    if args.readme_section is not None:
+        if not args.update_readme:
+            raise ValueError(
+                "shapes_demo: --readme-section names where --update-readme writes; it needs --update-readme"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", args.readme_section):
+            raise ValueError(
+                f"shapes_demo: --readme-section {args.readme_section!r}: letters, digits, - and _ only "
+                "(it names the README markers and the band file configs/Shapes/NAME.json)"
+            )
     if args.update_readme:
         # a ValueError now, not after the run, if the README has no section for it
         check_readme_section(args.readme, shapes_demo.readme_marker(args))
