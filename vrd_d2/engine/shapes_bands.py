@@ -83,6 +83,13 @@ def effects(results: Dict[str, dict]) -> "OrderedDict[str, float]":
     return out
 
 
+def _mean_range(s: dict, signed: bool = False) -> str:
+    """One :func:`band` entry as "mean (min–max)"; ``signed`` (effects): "+m (+a to +b)"."""
+    if signed:
+        return f"{s['mean']:+.2f} ({s['min']:+.2f} to {s['max']:+.2f})"
+    return f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
+
+
 def band(runs: Sequence[Dict[str, float]]) -> "OrderedDict[str, dict]":
     """{figure: {mean, min, max, max_dev, positive}} over runs (each a :func:`headline` or
     :func:`effects` dict, same keys); ``positive``: how many runs have the figure above 0."""
@@ -170,10 +177,7 @@ def format_band_table(records: Sequence[dict], command: str, quick: bool = False
     labels = list(OrderedDict.fromkeys(k.split(" | ")[1] for k in b))
     rows = []
     for v in variants:
-        cells = [
-            f"{b[k]['mean']:.2f} ({b[k]['min']:.2f}–{b[k]['max']:.2f})" if k in b else "–"
-            for k in (f"{v} | {lab}" for lab in labels)
-        ]
+        cells = [_mean_range(b[k]) if k in b else "–" for k in (f"{v} | {lab}" for lab in labels)]
         rows.append([v] + cells)
     lines = [
         f"Mean (min–max) over {len(records)} runs of `{command}` on shapes_test, free k"
@@ -209,7 +213,7 @@ def format_effects_table(records: Sequence[dict]) -> List[str]:
         [
             name,
             " ".join(f"{r['effects'][name]:+.2f}" for r in records),
-            f"{s['mean']:+.2f} ({s['min']:+.2f} to {s['max']:+.2f})",
+            _mean_range(s, signed=True),
             f"{s['positive']} of {len(records)}",
         ]
         for name, s in b.items()
@@ -268,24 +272,22 @@ def format_beside_band(figures: Dict[str, float], stored: dict, run_effects: Opt
             [
                 key.replace(" | ", ", "),
                 f"{value:.2f}",
-                f"{s['mean']:.2f} ({s['min']:.2f}–{s['max']:.2f})",
+                _mean_range(s),
                 "yes" if abs(value - s["mean"]) <= TOLERANCE else "NO",
             ]
         )
     lines = [f"This run beside the band of {len(stored['runs'])} runs (`{stored['command']}`):", ""]
     lines += ablation.markdown_rows(["figure", "this run", "band mean (min–max)", f"within ±{TOLERANCE:g}"], rows)
     if run_effects is not None and "effects" in stored:
-        rows = [
-            [
-                name,
-                f"{value:+.2f}",
-                f"{s['mean']:+.2f} ({s['min']:+.2f} to {s['max']:+.2f}), above 0 in {s['positive']} of {len(stored['runs'])}",
-                "yes" if value > 0 else "NO",
-            ]
-            for name, value in run_effects.items()
-            for s in [stored["effects"].get(name)]
-            if s is not None
-        ]
+        rows = []
+        for name, value in run_effects.items():
+            s = stored["effects"].get(name)
+            if s is None:
+                continue
+            above = f"above 0 in {s['positive']} of {len(stored['runs'])}"
+            rows.append(
+                [name, f"{value:+.2f}", f"{_mean_range(s, signed=True)}, {above}", "yes" if value > 0 else "NO"]
+            )
         lines += ["", "This run's effects beside the band's (points of phrase_cls R@50, free k unless named):", ""]
         lines += ablation.markdown_rows(["effect", "this run", "band mean (min to max)", "above 0"], rows)
     return "\n".join(lines)

@@ -33,6 +33,7 @@ the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) whe
 import json
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from typing import Dict
@@ -111,8 +112,13 @@ def readme_marker(options) -> str:
     """The README section a run's table goes to: ``--readme-section`` when given, else
     ``shapes-demo`` for the default demo (also with --quick), ``shapes-demo-all-relations`` with
     --relation-images 0. A ValueError for other --relation-images (the README has no section for
-    them)."""
-    if getattr(options, "readme_section", None):
+    them) and for a section name of other than letters, digits, - and _."""
+    if getattr(options, "readme_section", None) is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", options.readme_section):  # it also names a file under configs/Shapes
+            raise ValueError(
+                f"shapes_demo: --readme-section {options.readme_section!r}: letters, digits, - and _ only "
+                "(it names the README markers and the band file configs/Shapes/NAME.json)"
+            )
         return options.readme_section
     n = getattr(options, "relation_images", None)
     if n is None:

@@ -6,15 +6,15 @@ __all__ = ["replace_readme_section", "check_readme_section"]
 
 
 def _section(path: str, marker: str):
-    """(the README's text, the pattern of its ``marker`` section); a ValueError naming the file
-    if the markers are missing."""
+    """(the README's text, the pattern of its ``marker`` section, the begin and end markers); a
+    ValueError naming the file if the markers are missing."""
     with open(path) as f:
         readme = f.read()
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
         raise ValueError(f"{path}: markers {begin} ... {end} not found")
-    return readme, pattern
+    return readme, pattern, begin, end
 
 
 def check_readme_section(path: str, marker: str) -> None:
@@ -26,8 +26,7 @@ def check_readme_section(path: str, marker: str) -> None:
 def replace_readme_section(path: str, marker: str, text: str) -> None:
     """Replace what lies between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->`` in
     ``path`` by ``text``; a ValueError naming the file if the markers are missing."""
-    readme, pattern = _section(path, marker)
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    readme, pattern, begin, end = _section(path, marker)
     readme = pattern.sub(lambda _: f"{begin}\n{text.strip()}\n{end}", readme, count=1)
     with open(path, "w") as f:
         f.write(readme)
