@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets the tiny configs train on)
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SHARED_VRD = Path(os.getenv("VRD_D2_SHARED_DATA", REPO.parent / "shared" / "data" / "vrd"))
@@ -50,9 +52,12 @@ def tiny_config(config_file: str = "Shapes/geometry_only.yaml", *opts):
     from detectron2.config import get_cfg
 
     from vrd_d2 import add_vrd_config
+    from vrd_d2_studies.shapes_demo.config import add_shapes_demo_config
 
     cfg = get_cfg()
     add_vrd_config(cfg)
+    if config_file.startswith("Shapes/"):
+        add_shapes_demo_config(cfg)  # the demo's stage 0 has a key of its own
     cfg.merge_from_file(str(CONFIGS / config_file))
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"

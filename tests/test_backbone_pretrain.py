@@ -1,4 +1,4 @@
-"""Stage 0 of the shapes demo (vrd_d2.engine.backbone_pretrain): the dense cell targets worked by
+"""Stage 0 of the shapes demo (vrd_d2_studies.shapes_demo.backbone_pretrain): the dense cell targets worked by
 hand, the weights it writes load into the stage-1 detector's backbone, --reuse, bad input, and
 that it learns the classes of the cells it is trained on."""
 
@@ -11,8 +11,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from vrd_d2.engine import backbone_pretrain as bp
-from vrd_d2.engine import shapes_demo
+from vrd_d2_studies.shapes_demo import backbone_pretrain as bp
+from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 
 def test_dense_targets_by_hand():
@@ -89,13 +89,14 @@ def test_images_of_different_sizes_are_refused(quick_options):
         bp._images_and_targets(name, 256, 16, 6)
 
 
-def test_train_net_runs_stage0_from_its_config(quick_options, tmp_path):
-    """tools/train_net.py with configs/Shapes/stage0_backbone.yaml runs stage 0 (not a detector
-    training) and refuses --eval-only, which has nothing to evaluate."""
+def test_pretrain_backbone_runs_stage0_from_its_config(quick_options, tmp_path):
+    """tools/pretrain_backbone.py with configs/Shapes/stage0_backbone.yaml runs stage 0 (not a
+    detector training) and refuses --eval-only, which has nothing to evaluate, and a config that is
+    not a stage-0 config; tools/train_net.py refuses the stage-0 config (its key is the demo's)."""
     from conftest import REPO_DIR
     from tools_loader import load_tool
 
-    tool = load_tool("train_net")
+    tool = load_tool("pretrain_backbone")
     cfg_file = os.path.join(REPO_DIR, "configs", "Shapes", "stage0_backbone.yaml")
     opts = ["DATASETS.TRAIN", '("shapes_quick_train",)', "DATASETS.TEST", '("shapes_quick_val",)']
     opts += ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()"]
@@ -107,3 +108,9 @@ def test_train_net_runs_stage0_from_its_config(quick_options, tmp_path):
     assert not (out / "metrics.json").exists()  # no detectron2 training ran
     with pytest.raises(ValueError, match="stage 0"):
         tool.main(["--config-file", cfg_file, "--eval-only"] + opts + ["OUTPUT_DIR", str(tmp_path / "x")])
+    detector_cfg = os.path.join(REPO_DIR, "configs", "Shapes", "stage1_detector.yaml")
+    with pytest.raises(ValueError, match="not a stage-0 config"):
+        tool.main(["--config-file", detector_cfg, "OUTPUT_DIR", str(tmp_path / "y")])
+    with pytest.raises(KeyError, match="BACKBONE_PRETRAIN"):
+        load_tool("train_net").main(["--config-file", cfg_file] + opts + ["OUTPUT_DIR", str(tmp_path / "z")])
+    assert not (tmp_path / "y" / "model_final.pth").exists() and not (tmp_path / "z" / "model_final.pth").exists()

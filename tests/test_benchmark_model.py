@@ -1,4 +1,4 @@
-"""tools/benchmark_model.py and its library (vrd_d2/engine/model_benchmark.py): the paper's dense
+"""tools/benchmark_model.py and its library (vrd_d2_studies/benchmarks/model_benchmark.py): the paper's dense
 decoding returns the relations of our exact decoding, checked against the dense tensor computed
 here; the tool runs end to end on 2 real images with shrunk widths and writes its figures."""
 
@@ -10,15 +10,15 @@ from detectron2.structures import Boxes, Instances
 from paper_data import TINY as PAPER_TINY
 from tools_loader import load_tool
 
-from vrd_d2.engine.model_benchmark import (
+from vrd_d2.modeling.cp_triplet import dense_log_prob
+from vrd_d2.modeling.decode import topk_predicates_given_labels, topk_triplets_per_pair
+from vrd_d2.modeling.triplet_prior import TripletPrior
+from vrd_d2_studies.benchmarks.model_benchmark import (
     BenchRelationInference,
     dense_predicates_given_labels,
     same_decoding,
     same_relations,
 )
-from vrd_d2.modeling.cp_triplet import dense_log_prob
-from vrd_d2.modeling.decode import topk_predicates_given_labels, topk_triplets_per_pair
-from vrd_d2.modeling.triplet_prior import TripletPrior
 
 S, P, R = 7, 5, 3
 # paper_data's shrunk input size and widths (its training keys are unused here), fewer boxes and pairs

@@ -11,6 +11,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_H
 
 import vrd_d2.modeling  # noqa: F401
 from vrd_d2.config import MODES, TRAIN_STAGES, add_vrd_config
+from vrd_d2_studies.shapes_demo.config import add_shapes_demo_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
@@ -18,6 +19,8 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recurs
 def load(path):
     cfg = get_cfg()
     add_vrd_config(cfg)
+    if os.path.relpath(path, os.path.join(REPO, "configs")).startswith("Shapes"):
+        add_shapes_demo_config(cfg)  # the demo's stage 0 has a key of its own
     cfg.merge_from_file(path)
     return cfg
 

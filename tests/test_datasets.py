@@ -492,7 +492,7 @@ def test_custom_json_errors(tmp_path):
 
 
 def test_convert_tool_shapes_subset(tmp_path, monkeypatch):
-    from vrd_d2.data.datasets import shapes
+    from vrd_d2_studies.shapes_demo import data as shapes
 
     monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 4, "val": 2, "test": 2})
     shapes.register_shapes(root=str(tmp_path / "shp"), seed=3, prefix="convert_shapes")

@@ -12,7 +12,8 @@ from detectron2.modeling import build_model
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 import vrd_d2  # noqa: F401
-from vrd_d2.engine import detector_check, shapes_demo
+from vrd_d2_studies.shapes_demo import detector_check
+from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vrd_d2.data import get_triplet_counts
-from vrd_d2.data.datasets import shapes
+from vrd_d2_studies.shapes_demo import data as shapes
 
 SMALL = {"train": 12, "val": 3, "test": 3}
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from vrd_d2.engine import shapes_bands, shapes_demo
+from vrd_d2_studies.shapes_demo import bands as shapes_bands
+from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 
 def _results(x):
@@ -171,7 +172,7 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
 def test_finished_run_must_match_the_number_of_restarts(tmp_path):
     from types import SimpleNamespace
 
-    from vrd_d2.engine.shapes_bands import _finished_run
+    from vrd_d2_studies.shapes_demo.bands import _finished_run
 
     def finished(restarts):
         return _finished_run(str(tmp_path), 1, 2, SimpleNamespace(quick=False, restarts=restarts)) is not None
@@ -197,7 +198,7 @@ def test_finished_run_must_match_the_relation_images(tmp_path):
     --relation-images (no key, or None) were made on all the training images (= 0)."""
     from types import SimpleNamespace
 
-    from vrd_d2.engine.shapes_bands import _finished_run
+    from vrd_d2_studies.shapes_demo.bands import _finished_run
 
     def finished(**kw):
         options = SimpleNamespace(quick=False, restarts=1, **kw)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from vrd_d2.engine import ablation, shapes_demo
+from vrd_d2_studies import ablation
+from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 
 @pytest.fixture(scope="module")

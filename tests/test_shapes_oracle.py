@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from vrd_d2.data.datasets import shapes
-from vrd_d2.data.datasets import shapes_oracle as oracle
+from vrd_d2_studies.shapes_demo import data as shapes
+from vrd_d2_studies.shapes_demo import oracle
 
 RED_SQUARE, RED_CIRCLE, BLUE_CIRCLE, BLUE_TRIANGLE = 1, 0, 3, 5
 

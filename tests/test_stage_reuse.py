@@ -1,4 +1,4 @@
-"""``--reuse`` of a trained stage (vrd_d2.engine.ablation.stage_output): the weights in a stage
+"""``--reuse`` of a trained stage (vrd_d2_studies.ablation.stage_output): the weights in a stage
 folder are reused only when they were trained with the same config; paths may differ."""
 
 import shutil
@@ -7,7 +7,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from vrd_d2.config import add_vrd_config
-from vrd_d2.engine.ablation import config_differences, stage_output
+from vrd_d2_studies.ablation import config_differences, stage_output
 
 
 def _trained_stage(folder, **solver):

@@ -15,7 +15,8 @@ from detectron2.utils.events import EventStorage
 import vrd_d2  # noqa: F401
 from vrd_d2 import add_vrd_config
 from vrd_d2.data import VRDDatasetMapper, register_all_vrd
-from vrd_d2.engine import build_vrd_optimizer, vrd_real
+from vrd_d2.engine import build_vrd_optimizer
+from vrd_d2_studies.vrd_geometry import study as vrd_real
 
 needs_vrd = pytest.mark.skipif(
     not os.path.isfile(os.path.join(SHARED_VRD, "annotations_train.json")), reason="real VRD annotations not present"
@@ -137,7 +138,7 @@ def _results(path):
 
 
 def test_variant_crf_normalize_applies(tiny_cfg):
-    from vrd_d2.engine.ablation import Variant
+    from vrd_d2_studies.ablation import Variant
 
     cfg = tiny_cfg("VRD/geometry_only.yaml")
     assert cfg.MODEL.VRD.CRF_NORMALIZE is True

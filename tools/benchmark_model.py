@@ -21,7 +21,7 @@ configs as they are (random weights):
 Images: the first --images test images of ``--vrd-root``/annotations_test.json with relations
 whose file is in ``--image-dir`` (default ``<vrd-root>/sample_images``). Peak memory: CUDA
 max_memory_allocated, or the sampled CPU RSS high-water mark (absolute, whole process).
-Library code: vrd_d2/engine/model_benchmark.py.
+Code: vrd_d2_studies/benchmarks/model_benchmark.py.
 """
 
 import argparse
@@ -33,7 +33,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from vrd_d2.engine.model_benchmark import format_table, run_benchmark  # noqa: E402
+from vrd_d2_studies.benchmarks.model_benchmark import format_table, run_benchmark  # noqa: E402
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 def convert(dataset: str, output: str, image_root=None) -> int:
     """Write ``dataset`` to ``output``; returns the number of images written."""
     import vrd_d2.data  # noqa: F401  (registers the builtin datasets)
+    import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets)
     from vrd_d2.data.datasets.custom import dump_vrd_json
 
     if dataset not in DatasetCatalog.list():

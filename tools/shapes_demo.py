@@ -7,7 +7,7 @@
     python tools/shapes_demo.py --seeds 3 4 5 --threads 1 2 --update-readme --readme-section shapes-demo-heldout
     python tools/shapes_demo.py --seeds 0 1 2 --threads 1 2 --relation-images 0 --update-readme   # all images
 
-The pipeline (vrd_d2.engine.shapes_demo): stage 1 the detector, stage 2 the CP triplet net at
+The pipeline (vrd_d2_studies.shapes_demo.runner): stage 1 the detector, stage 2 the CP triplet net at
 rank 5 and rank 1 from the same detector (rank 5 ``--restarts`` times, the one whose psi_c alone
 has the highest phrase classification R@50 on shapes_val kept; rank 1 once), stage 3 the selection head of
 each; then every variant of the paper's Table 4 ablation is scored on shapes_test (phrase
@@ -43,11 +43,12 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-import vrd_d2  # noqa: F401  (registers the shapes datasets, VGG16, the heads)
-from vrd_d2.engine import shapes_bands, shapes_demo
-from vrd_d2.engine.detector_check import DetectorAccuracyError
+import vrd_d2  # noqa: F401  (registers VGG16, the heads)
 from vrd_d2.utils.checks import check_int
-from vrd_d2.utils.readme import check_readme_section
+from vrd_d2_studies.results_doc import check_readme_section
+from vrd_d2_studies.shapes_demo import bands as shapes_bands
+from vrd_d2_studies.shapes_demo import runner as shapes_demo
+from vrd_d2_studies.shapes_demo.detector_check import DetectorAccuracyError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("vrd_d2.shapes_demo")

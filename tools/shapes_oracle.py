@@ -19,9 +19,9 @@ import argparse
 import json
 import sys
 
-from vrd_d2.data.datasets import shapes_oracle
-from vrd_d2.data.datasets.shapes import SPLIT_SIZES, ensure_shapes
 from vrd_d2.utils.checks import check_int
+from vrd_d2_studies.shapes_demo import oracle as shapes_oracle
+from vrd_d2_studies.shapes_demo.data import SPLIT_SIZES, ensure_shapes
 
 
 def get_parser():

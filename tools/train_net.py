@@ -27,10 +27,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
+import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets of configs/Shapes)
 from vrd_d2.checkpoint import VRDCheckpointer
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
-from vrd_d2.engine.backbone_pretrain import run_stage0
 
 
 def setup(args):
@@ -49,8 +49,6 @@ def main(args):
     if isinstance(args, (list, tuple)):
         args = get_parser().parse_args(list(args))
     cfg = setup(args)
-    if cfg.MODEL.BACKBONE_PRETRAIN.ENABLED:  # stage 0: not a detectron2 model
-        return run_stage0(cfg, eval_only=args.eval_only, resume=args.resume, config_file=args.config_file)
     if args.eval_only:
         check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)

@@ -22,7 +22,7 @@ a repeatable run. ``--seeds 0 1 2`` runs once per seed into <output>/seed<S> and
 table (mean (min–max) over seeds) to <output>/bands.md / bands.json (and the README section with
 ``--update-readme``). ``--save-predictions`` writes relations_results.json beside each evaluation
 (<output>/eval/<variant>/{predcls,lu_det}/) for tools/eval_results.py. The runner is
-vrd_d2.engine.vrd_real.
+vrd_d2_studies.vrd_geometry.study.
 """
 
 import argparse
@@ -32,8 +32,8 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401
-from vrd_d2.engine import vrd_real
 from vrd_d2.utils.checks import check_int
+from vrd_d2_studies.vrd_geometry import study as vrd_real
 
 
 def get_parser():

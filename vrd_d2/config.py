@@ -49,13 +49,6 @@ def add_vrd_config(cfg):
     # "" (VGG16 as in the paper) or "GN" (GroupNorm after each conv: the from-scratch tiny variant)
     _C.MODEL.VGG.NORM = ""
 
-    # ------------------------------------------------------------------ stage 0
-    # dense class pretraining of a from-scratch backbone (vrd_d2.engine.backbone_pretrain;
-    # configs/Shapes/stage0_backbone.yaml): tools/train_net.py runs it instead of a detectron2
-    # training when True. The paper's configs start from ImageNet weights instead.
-    _C.MODEL.BACKBONE_PRETRAIN = CN()
-    _C.MODEL.BACKBONE_PRETRAIN.ENABLED = False
-
     # ------------------------------------------------------------------ VGG box head
     # dropout after each FC of the VGG16FCHead (VGG's fc6/fc7 use 0.5)
     _C.MODEL.ROI_BOX_HEAD.DROPOUT = 0.0

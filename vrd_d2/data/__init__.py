@@ -9,7 +9,6 @@ from .datasets import (
     load_vrd_json,
     load_vrd_json_file,
     register_all_vrd,
-    register_shapes,
     register_vg150,
     register_vg200,
     register_vrd_json,

@@ -1,7 +1,7 @@
 """The paper's Table 4 ablation as a small runner: named variants, train a stage, score a variant.
 
 One variant is one :class:`Variant` (named fields, not a positional tuple); the shapes demo
-(:mod:`vrd_d2.engine.shapes_demo`) and the real-VRD script (:mod:`vrd_d2.engine.vrd_real`) list
+(:mod:`vrd_d2_studies.shapes_demo.runner`) and the real-VRD script (:mod:`vrd_d2_studies.vrd_geometry.study`) list
 theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table helpers below.
 """
 
@@ -18,9 +18,9 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import VRDCheckpointer
-from ..evaluation import VRDEvaluator
-from .trainer import Trainer
+from vrd_d2.checkpoint import VRDCheckpointer
+from vrd_d2.engine import Trainer
+from vrd_d2.evaluation import VRDEvaluator
 
 __all__ = [
     "Variant",
@@ -36,7 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # configs/ of the repository (vrd_d2 is installed in development mode from it)
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)

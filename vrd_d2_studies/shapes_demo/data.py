@@ -37,8 +37,8 @@ from typing import Dict, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import build_flip_map
-from .custom import load_vrd_json_file
+from vrd_d2.data.datasets.common import build_flip_map
+from vrd_d2.data.datasets.custom import load_vrd_json_file
 
 logger = logging.getLogger(__name__)
 

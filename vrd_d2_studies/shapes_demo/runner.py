@@ -3,7 +3,7 @@
 Stages, each (but stage 0) a detectron2 training run of :class:`vrd_d2.engine.Trainer` in this
 process:
   0. dense class pretraining of the from-scratch backbone, in place of the paper's ImageNet
-     weights (configs/Shapes/stage0_backbone.yaml, :mod:`vrd_d2.engine.backbone_pretrain`);
+     weights (configs/Shapes/stage0_backbone.yaml, :mod:`vrd_d2_studies.shapes_demo.backbone_pretrain`);
   1. the detector from the stage-0 backbone (configs/Shapes/stage1_detector.yaml);
   2. the CP triplet net on gold boxes, rank 5 and rank 1, both from the same stage-1 weights
      (configs/Shapes/stage2_triplet.yaml); rank 5 trained ``--restarts`` times with other seeds
@@ -26,7 +26,7 @@ images), the backbone and the detector on all: relations as scarce per triplet a
 data, where the prior helps the CP net.
 
 After stage 1 the detector's gold-box classification accuracy on ``<prefix>_val`` is printed;
-the run stops (:class:`~vrd_d2.engine.detector_check.DetectorAccuracyError`) when it is below
+the run stops (:class:`~vrd_d2_studies.shapes_demo.detector_check.DetectorAccuracyError`) when it is below
 ``min_detector_accuracy`` percent (default :data:`MIN_DETECTOR_ACCURACY`; 0 with --quick).
 """
 
@@ -39,19 +39,19 @@ from collections import OrderedDict
 from typing import Dict
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from ..config import add_vrd_config
-from ..data.datasets.shapes_oracle import format_oracle_line, oracle_of_dataset
-from ..utils.readme import replace_readme_section
-from . import ablation
-from .ablation import CONFIG_ROOT, Variant
+from vrd_d2.engine.rank_usage import cp_rank_usage, format_rank_usage
+
+from .. import ablation
+from ..ablation import CONFIG_ROOT, Variant
+from ..results_doc import replace_readme_section
 from .backbone_pretrain import pretrain_backbone
+from .config import get_shapes_cfg
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
-from .rank_usage import cp_rank_usage, format_rank_usage
+from .oracle import format_oracle_line, oracle_of_dataset
 from .restarts import STAGE2_RESTARTS, heldout_recall, num_restarts, restart_line, restart_suffix
-from .shapes_splits import RELATION_IMAGES, num_relation_images, register_quick_subsets, relation_train_split
+from .splits import RELATION_IMAGES, num_relation_images, register_quick_subsets, relation_train_split
 
 __all__ = [
     "VARIANTS",
@@ -143,7 +143,7 @@ def _stage_dir(stage: str, rank: int, relation_images=None) -> str:
 
 def build_cfg(options, stage: str, rank: int, weights: str = ""):
     """The config of ``stage`` ("backbone", "detector", "triplet", "selection") at CP rank ``rank``."""
-    cfg = add_vrd_config(get_cfg())
+    cfg = get_shapes_cfg()
     cfg.merge_from_file(CONFIGS[stage])
     relation_stage = stage in ("triplet", "selection")
     cfg.DATASETS.TRAIN = (relation_train_split(options) if relation_stage else f"{options.prefix}_train",)

@@ -27,15 +27,16 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import Tensor
 
-from ..checkpoint import VRDCheckpointer
-from ..config import add_vrd_config
-from ..data.datasets.vrd import load_vrd_split
-from ..data.mapper import VRDDatasetMapper
-from ..data.triplet_counts import compute_triplet_counts
-from ..modeling.decode import dense_topk_triplets
-from ..modeling.decode.dense import dense_predicates_given_labels
-from ..modeling.relation_inference import RelationInference
-from ..utils.peak_memory import PeakMemory, sync
+from vrd_d2.checkpoint import VRDCheckpointer
+from vrd_d2.config import add_vrd_config
+from vrd_d2.data.datasets.vrd import load_vrd_split
+from vrd_d2.data.mapper import VRDDatasetMapper
+from vrd_d2.data.triplet_counts import compute_triplet_counts
+from vrd_d2.modeling.decode import dense_topk_triplets
+from vrd_d2.modeling.decode.dense import dense_predicates_given_labels
+from vrd_d2.modeling.relation_inference import RelationInference
+
+from .peak_memory import PeakMemory, sync
 
 __all__ = ["dense_predicates_given_labels", "BenchRelationInference", "PeakMemory", "load_sample_records"]
 __all__ += ["load_train_records"]

@@ -35,7 +35,7 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import shapes
+from . import data as shapes
 
 __all__ = [
     "SCORERS",
@@ -227,7 +227,7 @@ def oracle_of_dataset(name: str, k: int = 50, train: Optional[str] = None) -> Di
     (``get_triplet_counts(train)``; default: ``name``'s training split)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from ..triplet_counts import get_triplet_counts
+    from vrd_d2.data import get_triplet_counts
 
     ids = {d["image_id"] for d in DatasetCatalog.get(name)}
     with open(MetadataCatalog.get(name).json_file) as f:

@@ -32,7 +32,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
-from .ablation import stage_output
+from ..ablation import stage_output
 from .detector_check import _shadowed_flags
 
 __all__ = ["BACKGROUND_WEIGHT", "dense_class_targets", "pretrain_backbone", "run_stage0"]
@@ -176,12 +176,17 @@ def pretrain_backbone(
 
 
 def run_stage0(cfg, *, eval_only: bool = False, resume: bool = False, config_file: str = "") -> Dict:
-    """Stage 0 as ``tools/train_net.py`` runs it (MODEL.BACKBONE_PRETRAIN.ENABLED): trains on
+    """Stage 0 as ``tools/pretrain_backbone.py`` runs it (MODEL.BACKBONE_PRETRAIN.ENABLED): trains on
     DATASETS.TRAIN[0], reports the cell accuracy on DATASETS.TEST[0] when there is one, never
     reuses. Stage 0 is not a detectron2 model: a ValueError for --eval-only, --resume or several
     processes. Returns the info dict of :func:`pretrain_backbone`."""
     from detectron2.utils import comm
 
+    if not cfg.MODEL.BACKBONE_PRETRAIN.ENABLED:
+        raise ValueError(
+            f"{config_file or 'config'}: not a stage-0 config (MODEL.BACKBONE_PRETRAIN.ENABLED is False); "
+            "train it with tools/train_net.py"
+        )
     if eval_only or resume or comm.get_world_size() > 1:
         raise ValueError(
             f"{config_file or 'config'}: stage 0 (MODEL.BACKBONE_PRETRAIN.ENABLED) runs in one process, "

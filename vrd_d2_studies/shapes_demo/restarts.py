@@ -1,14 +1,15 @@
 """Stage-2 restarts of the shapes demo: how many (:func:`num_restarts`), their folders
 (:func:`restart_suffix`), the held-out score that chooses among them (:func:`heldout_recall`) and
 the line that reports the choice (:func:`restart_line`). The loop itself is
-:func:`vrd_d2.engine.shapes_demo.train_triplet`."""
+:func:`vrd_d2_studies.shapes_demo.runner.train_triplet`."""
 
 import os
 
-from . import ablation
-from .ablation import Variant
-from .rank_usage import format_rank_usage
-from .shapes_splits import relation_train_split
+from vrd_d2.engine.rank_usage import format_rank_usage
+
+from .. import ablation
+from ..ablation import Variant
+from .splits import relation_train_split
 
 __all__ = ["STAGE2_RESTARTS", "num_restarts", "restart_suffix", "heldout_recall", "restart_line"]
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 
-from ..checkpoint import VRDCheckpointer
-from ..utils.checks import check_float
-from .trainer import Trainer
+from vrd_d2.checkpoint import VRDCheckpointer
+from vrd_d2.engine import Trainer
+from vrd_d2.utils.checks import check_float
 
 __all__ = ["gold_box_accuracy", "check_accuracy", "format_accuracy", "DetectorAccuracyError"]
 

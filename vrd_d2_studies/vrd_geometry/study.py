@@ -25,13 +25,14 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from ..config import add_vrd_config
-from ..data import register_all_vrd
-from ..data.datasets.lu_detections import register_lu_detections
-from ..utils.readme import replace_readme_section
-from . import ablation
-from .ablation import CONFIG_ROOT, Variant
-from .shapes_bands import band
+from vrd_d2.config import add_vrd_config
+from vrd_d2.data import register_all_vrd
+from vrd_d2.data.datasets.lu_detections import register_lu_detections
+
+from .. import ablation
+from ..ablation import CONFIG_ROOT, Variant
+from ..results_doc import replace_readme_section
+from ..shapes_demo.bands import band
 
 __all__ = [
     "VARIANTS",

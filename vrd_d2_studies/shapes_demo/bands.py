@@ -1,7 +1,7 @@
 """Run-to-run bands of the shapes demo: several seeds x thread counts, mean with min-max.
 
 One demo run depends on its seed and on the float order of its thread count (another detector,
-other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2.engine.shapes_demo.run`) once per
+other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2_studies.shapes_demo.runner.run`) once per
 (seed, threads), each into its own folder; :func:`headline` picks the figures the README quotes
 and :func:`effects` the paper's effects in one run (a variant's gain over the variant without
 that part); :func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table`
@@ -18,8 +18,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..utils.readme import replace_readme_section
-from . import ablation, shapes_demo
+from .. import ablation
+from ..results_doc import replace_readme_section
+from . import runner as shapes_demo
 
 __all__ = [
     "BAND_FILE",

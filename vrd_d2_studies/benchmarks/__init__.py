@@ -1,0 +1,1 @@
+"""Benchmarks of the CP mathematics and of the whole model (``tools/benchmark_*.py``)."""

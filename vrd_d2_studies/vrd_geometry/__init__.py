@@ -1,0 +1,1 @@
+"""The geometry-only head on the real VRD annotations (``tools/vrd_real.py``)."""
