@@ -349,8 +349,20 @@ def test_prior_tables_follow_count_changes_and_small_chunks(monkeypatch):
         )
         assert stats.bound == 6
         assert_exact(scores, trip, brute_scores(*flat, cnt), 50, TOL[torch.float32])
+    cpu = torch.device("cpu")
+    cached = prior_tables.cached_prior_tables(prior, cpu, torch.float32)
+    assert prior_tables.cached_prior_tables(prior, cpu, torch.float32) is cached  # unchanged: reused
     prior.support_log_prob.add_(0.0)  # an in-place edit also invalidates (version counter)
-    assert prior_tables.cached_prior_tables(prior, torch.device("cpu"), torch.float32) is not None
+    rebuilt = prior_tables.cached_prior_tables(prior, cpu, torch.float32)
+    assert rebuilt is not cached
+    assert prior_tables.cached_prior_tables(prior, cpu, torch.float32) is rebuilt
+    prior.set_counts(counts)  # the first counts again: the tables follow them
+    tables = prior_tables.cached_prior_tables(prior, cpu, torch.float32)
+    assert tables is not rebuilt
+    flat = torch.arange(prior.numel)
+    expected = TripletPrior.from_counts(counts).to_dense(log=True).reshape(-1).float()
+    torch.testing.assert_close(tables.lookup(flat), expected)
+    assert not torch.allclose(rebuilt.lookup(flat), expected)  # the counts2 tables were stale
 
 
 def test_prior_tables_cache_does_not_keep_the_prior_alive():

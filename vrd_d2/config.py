@@ -2,6 +2,10 @@
 
 Like PointRend's ``add_pointrend_config``: every key with its default and a one-line why. The
 paper's values (Dupty, Zhang & Lee, AAAI 2020) are the defaults; configs/Shapes/ shrinks them.
+
+:func:`resolve_vrd_config` is the one place that validates ``MODEL.VRD.*`` and resolves it (the
+deprecated feature switches folded into ``MODEL.VRD.FEATURES``): the model's builder calls it
+before it builds anything, and the modules read the resolved keys without checking them again.
 """
 
 import logging
@@ -12,12 +16,14 @@ from .utils.checks import check_float, check_int
 
 __all__ = [
     "add_vrd_config",
+    "resolve_vrd_config",
     "check_vrd_config",
     "resolve_pair_features",
     "TRAIN_STAGES",
     "MODES",
     "OPTIMIZERS",
     "PAIR_FEATURES",
+    "PROTOCOLS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,8 @@ MODES = ("sgdet", "phrase_cls", "predcls")
 OPTIMIZERS = ("SGD", "ADAM")  # SOLVER.OPTIMIZER
 # MODEL.VRD.FEATURES: how a box pair is featurised (vrd_d2/modeling/relation_predictor.py)
 PAIR_FEATURES = ("roi_align", "box_head", "geometry")
+# MODEL.VRD.TEST.PROTOCOL (and eval_results' --protocol): vrd_d2/evaluation/protocols.py
+PROTOCOLS = ("lu", "sgb", "auto", "both")
 # deprecated booleans (one release) -> the MODEL.VRD.FEATURES value each one selects
 _FEATURE_ALIASES = (("GEOMETRY_ONLY", "geometry"), ("USE_BOX_HEAD_FEATURES", "box_head"))
 
@@ -188,10 +196,15 @@ def resolve_pair_features(cfg, *, warn: bool = False) -> str:
     return value
 
 
-def check_vrd_config(cfg) -> str:
-    """Check the MODEL.VRD keys of ``cfg`` before a model is built from them: a ValueError naming
-    the key, the expected range and the value found (``check_int`` / ``check_float``), instead of
-    an error deep inside torch. Returns the resolved MODEL.VRD.FEATURES (deprecated switches logged).
+def resolve_vrd_config(cfg, *, warn: bool = True):
+    """Validate the MODEL.VRD keys of ``cfg`` (and SOLVER.OPTIMIZER) and return them resolved: a
+    copy of ``cfg`` (frozen when ``cfg`` is) whose MODEL.VRD.FEATURES is the resolved value (one of
+    PAIR_FEATURES) and whose deprecated GEOMETRY_ONLY / USE_BOX_HEAD_FEATURES are False, so that
+    every module reads MODEL.VRD.FEATURES alone. Resolving a resolved config changes nothing.
+
+    A bad value is a ValueError naming the key, the expected range or choices and the value found
+    (``check_int`` / ``check_float``), raised before a model is built rather than deep inside torch.
+    ``warn``: log the deprecated switches that were set.
     """
     v, where = cfg.MODEL.VRD, "vrd_d2 config"
     for key, allowed in (("MODE", MODES), ("TRAIN_STAGE", TRAIN_STAGES)):
@@ -199,7 +212,22 @@ def check_vrd_config(cfg) -> str:
             raise ValueError(f"{where}: MODEL.VRD.{key} must be one of {allowed}, found {v[key]!r}")
     if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
         raise ValueError(f"{where}: SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, found {cfg.SOLVER.OPTIMIZER!r}")
-    features = resolve_pair_features(cfg, warn=True)
+    features = resolve_pair_features(cfg, warn=warn)
+    _check_sizes(v, where)
+    _check_test_keys(v.TEST, where)
+    resolved = cfg.clone()
+    frozen = resolved.is_frozen()
+    resolved.defrost()
+    resolved.MODEL.VRD.FEATURES = features
+    for key, _ in _FEATURE_ALIASES:
+        if key in resolved.MODEL.VRD:
+            resolved.MODEL.VRD[key] = False
+    if frozen:
+        resolved.freeze()
+    return resolved
+
+
+def _check_sizes(v, where: str) -> None:
     for key in ("NUM_PREDICATES", "RANK", "SELECTION_FC_DIM", "SPATIAL_DIM", "POOLER_RESOLUTION", "PROPOSALS_PER_GT"):
         check_int(v[key], f"MODEL.VRD.{key}", low=1, where=where)
     for key in ("FC_DIMS", "SPATIAL_CONV_DIMS"):
@@ -214,11 +242,21 @@ def check_vrd_config(cfg) -> str:
     check_float(v.PROPOSAL_IOU, "MODEL.VRD.PROPOSAL_IOU", low=0.0, high=1.0, where=where)
     check_float(v.SELECTION_NEG_PER_POS, "MODEL.VRD.SELECTION_NEG_PER_POS", low=0.0, where=where)
     check_float(v.CP_INIT_BIAS_STD, "MODEL.VRD.CP_INIT_BIAS_STD", low=0.0, where=where)
-    check_int(v.TEST.TOPK_PER_IMAGE, "MODEL.VRD.TEST.TOPK_PER_IMAGE", low=1, where=where)
-    if len(v.TEST.K_PER_PAIR) == 0:
+
+
+def _check_test_keys(t, where: str) -> None:
+    check_int(t.TOPK_PER_IMAGE, "MODEL.VRD.TEST.TOPK_PER_IMAGE", low=1, where=where)
+    if len(t.K_PER_PAIR) == 0:
         raise ValueError(f"{where}: MODEL.VRD.TEST.K_PER_PAIR must list at least one k (0 = free k), found []")
-    for i, k in enumerate(v.TEST.K_PER_PAIR):
+    for i, k in enumerate(t.K_PER_PAIR):
         check_int(k, f"MODEL.VRD.TEST.K_PER_PAIR[{i}] (0 = free k)", low=0, where=where)
-    check_int(v.TEST.PAIR_BATCH, "MODEL.VRD.TEST.PAIR_BATCH", low=1, where=where)
-    check_float(v.TEST.NMS_THRESH, "MODEL.VRD.TEST.NMS_THRESH", low=0.0, high=1.0, where=where)
-    return features
+    check_int(t.PAIR_BATCH, "MODEL.VRD.TEST.PAIR_BATCH", low=1, where=where)
+    check_float(t.NMS_THRESH, "MODEL.VRD.TEST.NMS_THRESH", low=0.0, high=1.0, where=where)
+    if t.PROTOCOL not in PROTOCOLS:
+        raise ValueError(f"{where}: MODEL.VRD.TEST.PROTOCOL must be one of {PROTOCOLS}, found {t.PROTOCOL!r}")
+
+
+def check_vrd_config(cfg) -> str:
+    """Validate ``cfg`` as :func:`resolve_vrd_config` does (deprecated switches logged) and return
+    the resolved MODEL.VRD.FEATURES."""
+    return resolve_vrd_config(cfg).MODEL.VRD.FEATURES

@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from .checkpoint import VRDCheckpointer
+from .data import triplet_counts_from_config
 
 __all__ = ["VRDPredictor", "load_weights", "given_instances", "select_relations"]
 
@@ -24,7 +25,9 @@ class VRDPredictor(DefaultPredictor):
     ``"phrase_cls"`` / ``"predcls"`` and the geometry-only head.
 
     The weights go through :func:`load_weights`: a pickle file is refused unless
-    ``trust_pickle``, and weights without the relation head are an error, not a random head.
+    ``trust_pickle``, and weights without the relation head are an error, not a random head. The
+    prior psi_u is the checkpoint's; a checkpoint without counts keeps those of
+    ``DATASETS.TRAIN[0]`` (with ``MODEL.VRD.USE_PRIOR``), given to the model before loading.
     """
 
     def __init__(self, cfg, trust_pickle: bool = False):
@@ -32,6 +35,9 @@ class VRDPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
+        counts = triplet_counts_from_config(self.cfg)
+        if counts is not None and hasattr(getattr(self.model, "roi_heads", None), "set_triplet_counts"):
+            self.model.roi_heads.set_triplet_counts(counts)
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         load_weights(self.model, cfg.MODEL.WEIGHTS, trust_pickle=trust_pickle)

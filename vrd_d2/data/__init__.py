@@ -16,6 +16,6 @@ from .datasets import (
 )
 from .mapper import VRDDatasetMapper, filter_images_without_relations, remap_relations
 from .samplers import ResumableTrainingSampler, find_resumable_sampler
-from .triplet_counts import compute_triplet_counts, get_triplet_counts
+from .triplet_counts import compute_triplet_counts, get_triplet_counts, triplet_counts_from_config
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,14 +1,15 @@
 """Training triplet counts n(s, p, o): the data behind the prior psi_u and the zero-shot split."""
 
 import logging
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compute_triplet_counts", "get_triplet_counts"]
+__all__ = ["compute_triplet_counts", "get_triplet_counts", "triplet_counts_from_config"]
 
 
 def compute_triplet_counts(dataset_dicts: Iterable[dict], num_objects: int, num_predicates: int) -> np.ndarray:
@@ -61,3 +62,23 @@ def get_triplet_counts(name: str) -> np.ndarray:
     if name != train and md.get("triplet_counts", None) is None:
         md.set(triplet_counts=counts)
     return counts
+
+
+def triplet_counts_from_config(cfg) -> Optional[torch.Tensor]:
+    """The counts a model built from ``cfg`` gives its prior psi_u: those of the first training
+    dataset (float32 Tensor[S, P, S], a copy), or None without the prior (MODEL.VRD.USE_PRIOR
+    False) or without a training dataset. A shape other than (MODEL.ROI_HEADS.NUM_CLASSES,
+    MODEL.VRD.NUM_PREDICATES, NUM_CLASSES) is a ValueError naming the dataset."""
+    v = cfg.MODEL.VRD
+    if not (v.USE_PRIOR and len(cfg.DATASETS.TRAIN)):
+        return None
+    s, p = cfg.MODEL.ROI_HEADS.NUM_CLASSES, v.NUM_PREDICATES
+    name = cfg.DATASETS.TRAIN[0]
+    counts = get_triplet_counts(name)
+    if tuple(counts.shape) != (s, p, s):
+        raise ValueError(
+            f"vrd_d2/data/triplet_counts.py: get_triplet_counts({name!r}) has shape {tuple(counts.shape)}, "
+            f"the config expects (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.VRD.NUM_PREDICATES, "
+            f"NUM_CLASSES) = {(s, p, s)}"
+        )
+    return torch.tensor(counts, dtype=torch.float32)  # a copy: the cached counts stay read-only

@@ -14,8 +14,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 
 from ..checkpoint import VRDCheckpointer
-from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler
-from ..modeling.relation_prior import triplet_counts_from_config
+from ..config import resolve_vrd_config
+from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler, triplet_counts_from_config
 from .schedule import resolve_schedule, stage_training_dicts
 from .stage_inputs import check_stage_inputs
 
@@ -107,12 +107,20 @@ def collect_env_info():
 d2_defaults.collect_env_info = collect_env_info  # used by default_setup
 
 
+def _relation_heads(model):
+    """The relation ROI heads of ``model`` (under DDP's ``module``), or None for a model without
+    a triplet prior."""
+    heads = getattr(getattr(model, "module", model), "roi_heads", None)
+    return heads if hasattr(heads, "set_triplet_counts") else None
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the relation-aware mapper and evaluator. The relation stages train on
     the images that have relations (the others add nothing to loss_cp / loss_sel; their number
-    is logged). Before anything is built, MODEL.WEIGHTS is checked against the model
-    (:func:`check_stage_inputs`) and SOLVER.EPOCHS, when set, becomes SOLVER.MAX_ITER / STEPS
-    (:func:`resolve_schedule`).
+    is logged). Before anything is built, MODEL.VRD is resolved (:func:`resolve_vrd_config`: a bad
+    value fails first), MODEL.WEIGHTS is checked against the model (:func:`check_stage_inputs`)
+    and SOLVER.EPOCHS, when set, becomes SOLVER.MAX_ITER / STEPS (:func:`resolve_schedule`). The
+    model's prior psi_u counts DATASETS.TRAIN[0] (:meth:`build_model`).
 
     Checkpoints are read by :class:`VRDCheckpointer` (no untrusted pickle; relation-head shape
     mismatches are errors) and hold, besides the weights and the LR scheduler (detectron2's
@@ -128,6 +136,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg, *, trust_pickle: bool = False):
         """``trust_pickle``: let MODEL.WEIGHTS be a pickle (.pkl), see VRDCheckpointer."""
         self.trust_pickle = trust_pickle
+        cfg = resolve_vrd_config(cfg)
         check_stage_inputs(cfg)
         super().__init__(resolve_schedule(cfg))
 
@@ -154,9 +163,9 @@ class Trainer(DefaultTrainer):
         """psi_u is the triplet counts of this run's training set (DATASETS.TRAIN[0]). MODEL.WEIGHTS
         from a run on another split of the same label space (a fine-tuning, a subset) carries that
         split's counts, which loading would otherwise keep. (Evaluation keeps a checkpoint's.)"""
-        counts = triplet_counts_from_config(self.cfg)
-        heads = getattr(getattr(self._trainer.model, "module", self._trainer.model), "roi_heads", None)
-        if counts is None or not hasattr(heads, "set_triplet_counts"):
+        heads = _relation_heads(self._trainer.model)
+        counts = triplet_counts_from_config(self.cfg) if heads is not None else None
+        if counts is None:
             return
         loaded = heads.triplet_counts.detach().cpu()
         if not torch.equal(loaded, counts):
@@ -186,6 +195,17 @@ class Trainer(DefaultTrainer):
         sampler = find_resumable_sampler(self._trainer.data_loader)
         if sampler is not None and "sampler" in state_dict:
             sampler.load_state_dict(state_dict["sampler"])
+
+    @classmethod
+    def build_model(cls, cfg):
+        """DefaultTrainer's model, its prior psi_u given the counts of DATASETS.TRAIN[0] (with
+        MODEL.VRD.USE_PRIOR): training, and evaluation before a checkpoint without counts, use them."""
+        model = super().build_model(cfg)
+        heads = _relation_heads(model)
+        counts = triplet_counts_from_config(cfg) if heads is not None else None
+        if counts is not None:
+            heads.set_triplet_counts(counts)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 from tabulate import tabulate
 
-from ..config import MODES
+from ..config import MODES, PROTOCOLS
 from .recall import count_recall_hits, k_label, recall_metrics
 from .sgb import format_sgb_table
 
@@ -31,8 +31,6 @@ __all__ = [
     "format_results_table",
 ]
 
-#: values of MODEL.VRD.TEST.PROTOCOL / ``--protocol``
-PROTOCOLS = ("lu", "sgb", "auto", "both")
 #: dataset-name prefixes that "auto" scores with SGB's protocol (the VG community's)
 SGB_DATASET_PREFIXES = ("vg150", "vg200")
 #: under "both", SGB's metric names carry this prefix inside each task (``sgb/R@20``, ``sgb/ngR@50``)

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
-from ..config import MODES, PAIR_FEATURES, TRAIN_STAGES, resolve_pair_features
+from ..config import resolve_vrd_config
 
 __all__ = ["VRDRCNN", "rescale_relation_outputs"]
 
@@ -66,7 +66,8 @@ class VRDRCNN(GeneralizedRCNN):
     ):
         """
         Args:
-            train_stage: "detector" | "triplet" | "selection" (MODEL.VRD.TRAIN_STAGE).
+            train_stage: "detector" | "triplet" | "selection" (MODEL.VRD.TRAIN_STAGE; values are
+                not checked here: :func:`~vrd_d2.config.resolve_vrd_config` checks the config).
             mode: "sgdet" (detect boxes) | "phrase_cls" | "predcls" (gold boxes from
                 ``batched_inputs[i]["instances"]``: gt_boxes, gt_classes, optional gt_scores).
             pair_features: MODEL.VRD.FEATURES; with "geometry" the relation head needs no image
@@ -75,24 +76,21 @@ class VRDRCNN(GeneralizedRCNN):
             kwargs: GeneralizedRCNN's arguments.
         """
         super().__init__(**kwargs)
-        if train_stage not in TRAIN_STAGES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.TRAIN_STAGE must be one of {TRAIN_STAGES}, found {train_stage!r}")
-        if mode not in MODES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.MODE must be one of {MODES}, found {mode!r}")
-        if pair_features not in PAIR_FEATURES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {pair_features!r}")
         self.train_stage, self.mode = train_stage, mode
         self.pair_features, self.train_on_proposals = pair_features, train_on_proposals
         self.freeze_for_stage(train_stage)
 
     @classmethod
     def from_config(cls, cfg):
+        # resolved before any part is built: a bad MODEL.VRD value fails here, and the backbone and
+        # heads are built from the resolved keys, which they read without checking again
+        cfg = resolve_vrd_config(cfg)
         ret = super().from_config(cfg)
         v = cfg.MODEL.VRD
         ret.update(
             train_stage=v.TRAIN_STAGE,
             mode=v.MODE,
-            pair_features=resolve_pair_features(cfg),
+            pair_features=v.FEATURES,
             train_on_proposals=v.TRAIN_ON_PROPOSALS,
         )
         return ret

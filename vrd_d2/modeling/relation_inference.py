@@ -21,14 +21,12 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-from ..config import MODES
 from .cp_triplet import TripletPrior, crf_log_normalizer
 from .decode import topk_per_image, topk_predicates_given_labels, topk_triplets_per_pair
 from .pairs import all_ordered_pairs, cap_pairs
 
 __all__ = ["RelationInference", "RELATION_FIELDS", "empty_relations", "union_over_k"]
 
-_FILE = "vrd_d2/modeling/relation_inference.py"
 
 # the relation field of the model output (docs/DESIGN.md "Model output")
 RELATION_FIELDS = (
@@ -82,7 +80,7 @@ def union_over_k(scores: Tensor, triplets: Tensor, k_per_pair: Sequence[int], to
 class RelationInference:
     """Scores the pairs of the given boxes of one image (see the module docstring)."""
 
-    # the exact decoders; a subclass may swap in the dense reference (vrd_d2/engine/model_benchmark.py)
+    # the exact decoders; a subclass may swap in another one (e.g. a dense reference to compare with)
     decode_triplets = staticmethod(topk_triplets_per_pair)
     decode_predicates = staticmethod(topk_predicates_given_labels)
 
@@ -113,8 +111,6 @@ class RelationInference:
             max_pairs_per_image: cap on ordered pairs (the highest box-score products kept; logged).
             crf_normalize: divide psi_c psi_u by its per-pair sum (False: eq. 7's product).
         """
-        if mode not in MODES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.MODE must be one of {MODES}, found {mode!r}")
         self.mode = mode
         self.use_prior, self.use_cp, self.use_selection, self.use_box_score = (
             use_prior,

@@ -19,13 +19,10 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from torch import Tensor, nn
 
-from ..config import TRAIN_STAGES
 from .cp_triplet import cp_nll_loss
 from .pairs import all_ordered_pairs, cap_pairs, match_proposals_to_gt, pair_triplets
 
 __all__ = ["RelationLoss", "TrainingPairs"]
-
-_FILE = "vrd_d2/modeling/relation_losses.py"
 
 
 class TrainingPairs(NamedTuple):
@@ -75,8 +72,6 @@ class RelationLoss:
             max_pairs_per_image: cap on scored pairs per image (annotated pairs kept first).
             selection_neg_per_pos: null pairs sampled per annotated pair for loss_sel.
         """
-        if train_stage not in TRAIN_STAGES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.TRAIN_STAGE must be one of {TRAIN_STAGES}, found {train_stage!r}")
         self.train_stage = train_stage
         self.train_on_proposals = train_on_proposals
         self.proposals_per_gt, self.proposal_iou = proposals_per_gt, proposal_iou

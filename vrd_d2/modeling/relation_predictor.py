@@ -25,7 +25,6 @@ from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-from ..config import PAIR_FEATURES, resolve_pair_features
 from .spatial import PAIR_GEOMETRY_DIM, SpatialMaskBranch, pair_geometry, spatial_masks, union_boxes
 
 __all__ = [
@@ -125,8 +124,6 @@ class CPRelationPredictor(nn.Module):
                 random biases make the R components differ from the first step).
         """
         super().__init__()
-        if pair_features not in PAIR_FEATURES:
-            raise ValueError(f"{_FILE}: MODEL.VRD.FEATURES must be one of {PAIR_FEATURES}, found {pair_features!r}")
         if pair_features == "roi_align" and pooler is None:
             raise ValueError(f"{_FILE}: FEATURES 'roi_align' needs a pooler (and in_features)")
         self.pair_features = pair_features
@@ -150,7 +147,7 @@ class CPRelationPredictor(nn.Module):
         cls, cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None, *, box_feature_dim: Optional[int] = None
     ):
         v = cfg.MODEL.VRD
-        pair_features = resolve_pair_features(cfg)
+        pair_features = v.FEATURES  # resolved by vrd_d2.config.resolve_vrd_config
         ret = {
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "num_predicates": v.NUM_PREDICATES,

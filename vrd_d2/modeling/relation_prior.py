@@ -1,18 +1,19 @@
 """The triplet prior psi_u of the relation heads: the training triplet counts, saved in checkpoints
-as the buffer ``triplet_counts`` [S, P, S], and the TripletPrior rebuilt from them."""
+as the buffer ``triplet_counts`` [S, P, S], and the TripletPrior rebuilt from them. The counts are
+given to the model (``VRDROIHeads.set_triplet_counts``); counting a dataset is the data package's
+job (``vrd_d2.data.triplet_counts_from_config``)."""
 
 import logging
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from .cp_triplet import TripletPrior
 
-__all__ = ["CountsPrior", "triplet_counts_from_config", "check_triplet_counts", "keep_training_counts"]
+__all__ = ["CountsPrior", "check_triplet_counts", "keep_training_counts"]
 
 logger = logging.getLogger(__name__)
-_FILE = "vrd_d2/modeling/relation_prior.py"
 
 
 class CountsPrior(TripletPrior):
@@ -36,26 +37,6 @@ def check_triplet_counts(counts, shape: Tuple[int, int, int], where: str) -> Ten
             f"NUM_PREDICATES, NUM_CLASSES) = {tuple(shape)}"
         )
     return counts
-
-
-def triplet_counts_from_config(cfg) -> Optional[Tensor]:
-    """Counts of the first training dataset (Tensor[S, P, S], a copy), or None without the prior
-    (MODEL.VRD.USE_PRIOR False) or without a training dataset."""
-    v = cfg.MODEL.VRD
-    if not (v.USE_PRIOR and len(cfg.DATASETS.TRAIN)):
-        return None
-    from ..data import get_triplet_counts  # the data package; imported lazily
-
-    s, p = cfg.MODEL.ROI_HEADS.NUM_CLASSES, v.NUM_PREDICATES
-    name = cfg.DATASETS.TRAIN[0]
-    counts = get_triplet_counts(name)
-    if tuple(counts.shape) != (s, p, s):
-        raise ValueError(
-            f"{_FILE}: get_triplet_counts({name!r}) has shape {tuple(counts.shape)}, the "
-            f"config expects (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.VRD.NUM_PREDICATES, "
-            f"NUM_CLASSES) = {(s, p, s)}"
-        )
-    return torch.tensor(counts, dtype=torch.float32)  # a copy: the cached counts stay read-only
 
 
 def keep_training_counts(state_dict, key: str, current: Tensor) -> None:

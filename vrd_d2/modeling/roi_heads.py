@@ -18,11 +18,10 @@ from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from ..config import check_vrd_config, resolve_pair_features
 from .relation_inference import RELATION_FIELDS, RelationInference, empty_relations
 from .relation_losses import RelationLoss
 from .relation_predictor import build_relation_predictor
-from .relation_prior import CountsPrior, check_triplet_counts, keep_training_counts, triplet_counts_from_config
+from .relation_prior import CountsPrior, check_triplet_counts, keep_training_counts
 
 __all__ = ["VRDROIHeads", "empty_relations", "RELATION_FIELDS", "version1_key_now", "relation_box_head_from_detector"]
 
@@ -92,10 +91,13 @@ class VRDROIHeads(StandardROIHeads):
             relation_loss: the losses of the training stage (its ``train_stage`` is the heads').
             relation_inference: the test-time scoring of pairs.
             triplet_counts: Tensor[S, P, S] training triplet counts, psi_u = their add-1 smoothed
-                normalization (TripletPrior); None = no counts (uniform). Saved in checkpoints
-                (buffer ``triplet_counts``); a checkpoint with all-zero counts does not replace
-                non-zero counts built from the training set (and the Trainer re-counts its own
-                training set after loading: a checkpoint's counts are kept only for evaluation).
+                normalization (TripletPrior); None = no counts (uniform). The heads read no data:
+                ``from_config`` leaves them None and the caller sets the counts of its training set
+                (:meth:`set_triplet_counts`; the Trainer and VRDPredictor count DATASETS.TRAIN[0]).
+                Saved in checkpoints (buffer ``triplet_counts``); a checkpoint with all-zero counts
+                does not replace non-zero counts set from the training set (and the Trainer
+                re-counts its own training set after loading: a checkpoint's counts are kept only
+                for evaluation).
             test_nms_thresh: class-agnostic NMS on detected boxes before pairing (sgdet).
             relation_box_head: the relation stages' own box head (FEATURES "box_head" with
                 FINETUNE_BOX_HEAD; None: they read the detector's). Stage 2 trains it; loading a
@@ -104,12 +106,15 @@ class VRDROIHeads(StandardROIHeads):
         """
         super().__init__(**kwargs)
         shape = (self.num_classes, relation_predictor.num_predicates, self.num_classes)
-        triplet_counts = check_triplet_counts(triplet_counts, shape, f"{_FILE}:VRDROIHeads")
         self.relation_predictor = relation_predictor
         self.relation_loss = relation_loss
         self.relation_inference = relation_inference
-        self.register_buffer("triplet_counts", triplet_counts)
-        self.prior = CountsPrior.from_counts(triplet_counts)
+        self.register_buffer("triplet_counts", check_triplet_counts(triplet_counts, shape, f"{_FILE}:VRDROIHeads"))
+        # without counts the prior is the empty (uniform) one, built without reading any values:
+        # the model can then be built on the meta device (engine/stage_inputs.py)
+        self.prior = CountsPrior(*shape)
+        if triplet_counts is not None:
+            self.prior.set_counts(self.triplet_counts)
         self.test_nms_thresh = test_nms_thresh
         self.relation_box_head = relation_box_head
         if relation_box_head is not None:
@@ -117,10 +122,10 @@ class VRDROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_vrd_config(cfg)  # clear errors for bad MODEL.VRD values; deprecated switches logged
+        """``cfg``: resolved by :func:`~vrd_d2.config.resolve_vrd_config` (VRDRCNN.from_config)."""
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_relation_head(cfg, input_shape, box_feature_dim=ret["box_head"].output_shape.channels))
-        if cfg.MODEL.VRD.FINETUNE_BOX_HEAD and resolve_pair_features(cfg) == "box_head":
+        if cfg.MODEL.VRD.FINETUNE_BOX_HEAD and cfg.MODEL.VRD.FEATURES == "box_head":
             ret["relation_box_head"] = copy.deepcopy(ret["box_head"])
         return ret
 
@@ -130,7 +135,6 @@ class VRDROIHeads(StandardROIHeads):
             "relation_predictor": build_relation_predictor(cfg, input_shape, box_feature_dim=box_feature_dim),
             "relation_loss": RelationLoss(cfg),
             "relation_inference": RelationInference(cfg),
-            "triplet_counts": triplet_counts_from_config(cfg),
             "test_nms_thresh": cfg.MODEL.VRD.TEST.NMS_THRESH,
         }
 
