@@ -20,6 +20,7 @@ from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint import VRDCheckpointer
 from ..evaluation import VRDEvaluator
+from ..model_zoo import get_config_root
 from .trainer import Trainer
 
 __all__ = [
@@ -35,8 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# configs/ of the repository (vrd_d2 is installed in development mode from it)
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+# the configs (vrd_d2.model_zoo: inside the installed package; configs/ of the checkout in development)
+CONFIG_ROOT = Path(get_config_root()).resolve()
 
 
 @dataclass(frozen=True)
