@@ -4,9 +4,11 @@ tests/data/config_snapshot.json: every file's flattened config as its difference
 Base-VRD-CP.yaml's. test_config_changes.py compares today's files, and the replacement of every
 removed file, with it.
 
-Regenerate from the configs of a commit (only when a config key is renamed on purpose)::
+Regenerate from the configs of a commit (only when a config key is renamed on purpose), or print
+the rows of docs/CONFIG_CHANGES.md's table::
 
     PYTHONPATH=$PWD python tests/config_snapshot.py 2fd5090
+    PYTHONPATH=$PWD python tests/config_snapshot.py --doc-rows
 """
 
 import glob
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import yaml
 
@@ -65,6 +67,25 @@ def load_snapshot() -> Dict[str, Dict[str, object]]:
     return {name: {**snap["base"], **diff} for name, diff in snap["configs"].items()}
 
 
+def replacement_command(dataset_dir: str, run) -> str:
+    """``tools/train_net.py ...`` of an :class:`vrd_d2.engine.table4.AblationRun`: the replacement
+    of ``configs/<dataset_dir>/ablations/<run.name>.yaml`` (docs/CONFIG_CHANGES.md)."""
+    flag = ["--eval-only"] if run.eval_only else []
+    return " ".join(["tools/train_net.py", "--config-file", f"configs/{dataset_dir}/{run.config}", *flag, *run.opts])
+
+
+def replacement_rows() -> List[str]:
+    """The rows of docs/CONFIG_CHANGES.md's table: removed file, then the command replacing it."""
+    from vrd_d2.engine.pipeline import ABLATION_DATASETS, DATASETS
+    from vrd_d2.engine.table4 import ablation_runs
+
+    rows = []
+    for d in (DATASETS[k] for k in ABLATION_DATASETS):
+        for run in ablation_runs(d):
+            rows.append(f"| `configs/{d}/ablations/{run.name}.yaml` | `{replacement_command(d, run)}` |")
+    return rows
+
+
 def main(commit: str) -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,4 +102,7 @@ def main(commit: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--doc-rows":  # the table of docs/CONFIG_CHANGES.md
+        print("\n".join(replacement_rows()))
+    else:
+        main(sys.argv[1])

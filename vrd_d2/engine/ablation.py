@@ -8,7 +8,6 @@ theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table hel
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -21,6 +20,7 @@ from detectron2.utils.env import seed_all_rng
 from ..checkpoint import VRDCheckpointer
 from ..evaluation import VRDEvaluator
 from ..model_zoo import get_config_root
+from .table4 import Variant
 from .trainer import Trainer
 
 __all__ = [
@@ -38,40 +38,6 @@ logger = logging.getLogger(__name__)
 
 # the configs (vrd_d2.model_zoo: inside the installed package; configs/ of the checkout in development)
 CONFIG_ROOT = Path(get_config_root()).resolve()
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the ablation.
-
-    rank: CP rank R of psi_c; use_cp: score with psi_c (False: uniform psi_c, e.g. "prior alone");
-    use_selection: multiply by the selection head's P(X_sel); use_prior: multiply by the triplet
-    prior psi_u; crf_normalize: MODEL.VRD.CRF_NORMALIZE (the per-pair normaliser of P(t | b);
-    False = the paper's eq. 7 product psi_c * psi_u; None = the config's value). Test time only.
-    """
-
-    rank: int
-    use_cp: bool = True
-    use_selection: bool = False
-    use_prior: bool = False
-    crf_normalize: Optional[bool] = None
-
-    def apply(self, cfg):
-        """Write the variant into ``cfg`` (in place; returns it)."""
-        cfg.MODEL.VRD.RANK = self.rank
-        cfg.MODEL.VRD.USE_CP = self.use_cp
-        cfg.MODEL.VRD.USE_SELECTION = self.use_selection
-        cfg.MODEL.VRD.USE_PRIOR = self.use_prior
-        if self.crf_normalize is not None:
-            cfg.MODEL.VRD.CRF_NORMALIZE = self.crf_normalize
-        return cfg
-
-    def as_dict(self) -> Dict[str, object]:
-        return asdict(self)
-
-    def tag(self, name: str) -> str:
-        """A folder name for the variant called ``name``."""
-        return name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
 
 
 # paths: a stage folder copied or moved with the folders it reads is still the same stage
