@@ -1,6 +1,6 @@
 """The paper's Table 4 ablation as a small runner: named variants, train a stage, score a variant.
 
-One variant is one :class:`Variant` (named fields, not a positional tuple); the shapes demo
+One variant is one :class:`vrd_d2.engine.table4.Variant` (named fields); the shapes demo
 (:mod:`vrd_d2.engine.shapes_demo`) and the real-VRD script (:mod:`vrd_d2.engine.vrd_real`) list
 theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table helpers below.
 """
