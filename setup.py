@@ -1,4 +1,33 @@
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+
+
+def get_model_zoo_configs():
+    """Link (or, where links fail, copy) configs/ to vrd_d2/configs and return its files as the
+    package's data, so that ``vrd_d2.model_zoo.get_config_file`` finds them after any install
+    (detectron2's setup.py does the same with its model zoo)."""
+    source = os.path.join(HERE, "configs")
+    destination = os.path.join(HERE, "vrd_d2", "configs")
+    if os.path.isdir(source):  # absent when building from an sdist, which holds vrd_d2/configs itself
+        if os.path.islink(destination):
+            os.unlink(destination)
+        elif os.path.isdir(destination):
+            shutil.rmtree(destination)
+        try:
+            os.symlink(os.path.join("..", "configs"), destination)
+        except OSError:
+            shutil.copytree(source, destination)
+    return [
+        os.path.relpath(p, os.path.join(HERE, "vrd_d2"))
+        for ext in ("yaml", "json")
+        for p in glob.glob(os.path.join(destination, "**", f"*.{ext}"), recursive=True)
+    ]
+
 
 setup(
     name="vrd_d2",
@@ -6,6 +35,7 @@ setup(
     description="Visual relationship detection with low-rank non-negative tensor decomposition, "
     "as a Detectron2 plugin",
     packages=find_packages(exclude=("tests", "tools", "configs")),
+    package_data={"vrd_d2": get_model_zoo_configs()},
     python_requires=">=3.9",
     # torch, torchvision and detectron2 are installed by scripts/setup_env.sh (see README):
     # detectron2 is not on PyPI under its name and torch's build depends on the user's CUDA.

@@ -11,6 +11,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_H
 
 import vrd_d2.modeling  # noqa: F401
 from vrd_d2.config import MODES, TRAIN_STAGES, add_vrd_config
+from vrd_d2.engine.table4 import ablation_runs
 from vrd_d2_studies.shapes_demo.config import add_shapes_demo_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
@@ -70,9 +71,18 @@ def test_stages_chain_and_freeze(dataset):
 
 
 def test_ablations_override_only_their_key():
+    """The Table 4 runs (vrd_d2.engine.table4): the stage configs with the rank or a score term
+    overridden."""
     base = load(os.path.join(REPO, "configs", "VRD", "stage2_triplet.yaml"))
+    runs = {r.name: r for r in ablation_runs("VRD")}
+
+    def run_cfg(name):
+        cfg = load(os.path.join(REPO, "configs", "VRD", runs[name].config))
+        cfg.merge_from_list(list(runs[name].opts))
+        return cfg
+
     for r in range(1, 6):
-        cfg = load(os.path.join(REPO, "configs", "VRD", "ablations", f"rank{r}.yaml"))
+        cfg = run_cfg(f"rank{r}")
         assert cfg.MODEL.VRD.RANK == r and cfg.MODEL.VRD.FC_DIMS == base.MODEL.VRD.FC_DIMS
-    assert not load(os.path.join(REPO, "configs", "VRD", "ablations", "no_prior.yaml")).MODEL.VRD.USE_PRIOR
-    assert not load(os.path.join(REPO, "configs", "VRD", "ablations", "no_selection.yaml")).MODEL.VRD.USE_SELECTION
+    assert not run_cfg("no_prior").MODEL.VRD.USE_PRIOR
+    assert not run_cfg("no_selection").MODEL.VRD.USE_SELECTION

@@ -1,7 +1,8 @@
 """Every config under configs/VRD, configs/VG150 and configs/VG200 (every stage, evaluation mode and
-ablation file) runs 2 iterations / an evaluation on the 60 real VRD sample images, written as each
-dataset's files, at the paper's code path with only input size and widths shrunk; each stage
-starts from the real checkpoint its config names. Skipped when ../shared/data/vrd is absent."""
+Table 4 run, a stage config with overrides) runs 2 iterations / an evaluation on the 60 real VRD
+sample images, written as each dataset's files, at the paper's code path with only input size and
+widths shrunk; each stage starts from the real checkpoint its config names. Skipped when
+../shared/data/vrd is absent."""
 
 import glob
 import math

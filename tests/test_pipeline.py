@@ -198,7 +198,11 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
         "configs/VG150/eval_phrase_cls.yaml",
         "configs/VG150/eval_predcls.yaml",
     ]
-    assert configs[6:9] == [f"configs/VG150/ablations/rank1{s}.yaml" for s in ("", "_selection", "_eval")]
+    # Table 4, rank 1's chain and row: the stage configs at rank 1
+    assert configs[6:9] == [
+        f"configs/VG150/{s}.yaml" for s in ("stage2_triplet", "stage3_selection", "eval_phrase_cls")
+    ]
+    assert all("MODEL.VRD.RANK 1 " in l for l in lines[6:9])
     assert all("--num-gpus 2" in l for l in lines) and len(lines) == 6 + 15 + 3
     assert f"MODEL.WEIGHTS {tmp_path}/o/VG150/stage1_detector/model_final.pth" in lines[1]
 

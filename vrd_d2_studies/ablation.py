@@ -1,14 +1,13 @@
 """The paper's Table 4 ablation as a small runner: named variants, train a stage, score a variant.
 
-One variant is one :class:`Variant` (named fields, not a positional tuple); the shapes demo
-(:mod:`vrd_d2_studies.shapes_demo.runner`) and the real-VRD script (:mod:`vrd_d2_studies.vrd_geometry.study`) list
+One variant is one :class:`vrd_d2.engine.table4.Variant` (named fields); the shapes demo
+(:mod:`vrd_d2_studies.shapes_demo.runner`) and the real-VRD study (:mod:`vrd_d2_studies.vrd_geometry.study`) list
 theirs and share :func:`train_stage`, :func:`evaluate_variant` and the table helpers below.
 """
 
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -20,7 +19,9 @@ from detectron2.utils.env import seed_all_rng
 
 from vrd_d2.checkpoint import VRDCheckpointer
 from vrd_d2.engine import Trainer
+from vrd_d2.engine.table4 import Variant
 from vrd_d2.evaluation import VRDEvaluator
+from vrd_d2.model_zoo import get_config_root
 
 __all__ = [
     "Variant",
@@ -35,42 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# configs/ of the repository (vrd_d2 is installed in development mode from it)
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the ablation.
-
-    rank: CP rank R of psi_c; use_cp: score with psi_c (False: uniform psi_c, e.g. "prior alone");
-    use_selection: multiply by the selection head's P(X_sel); use_prior: multiply by the triplet
-    prior psi_u; crf_normalize: MODEL.VRD.CRF_NORMALIZE (the per-pair normaliser of P(t | b);
-    False = the paper's eq. 7 product psi_c * psi_u; None = the config's value). Test time only.
-    """
-
-    rank: int
-    use_cp: bool = True
-    use_selection: bool = False
-    use_prior: bool = False
-    crf_normalize: Optional[bool] = None
-
-    def apply(self, cfg):
-        """Write the variant into ``cfg`` (in place; returns it)."""
-        cfg.MODEL.VRD.RANK = self.rank
-        cfg.MODEL.VRD.USE_CP = self.use_cp
-        cfg.MODEL.VRD.USE_SELECTION = self.use_selection
-        cfg.MODEL.VRD.USE_PRIOR = self.use_prior
-        if self.crf_normalize is not None:
-            cfg.MODEL.VRD.CRF_NORMALIZE = self.crf_normalize
-        return cfg
-
-    def as_dict(self) -> Dict[str, object]:
-        return asdict(self)
-
-    def tag(self, name: str) -> str:
-        """A folder name for the variant called ``name``."""
-        return name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
+# the configs (vrd_d2.model_zoo: inside the installed package; configs/ of the checkout in development)
+CONFIG_ROOT = Path(get_config_root()).resolve()
 
 
 # paths: a stage folder copied or moved with the folders it reads is still the same stage

@@ -1,5 +1,5 @@
 """The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 (-> 4) -> evaluation in
-sgdet, phrase_cls and predcls; the Table 4 ablation with one stage 2 -> 3 chain per CP rank), the
+sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table4`), the
 ``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
 they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it.
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import MODES
+from .table4 import ablation_runs
 
 __all__ = [
     "Step",
@@ -40,14 +41,7 @@ __all__ = [
 DATASETS = {"vrd": "VRD", "vg150": "VG150", "vg200": "VG200"}
 ABLATION_DATASETS = ("vrd", "vg150")
 EVAL_MODES = MODES  # one evaluation step per mode, in this order
-RANKS = (1, 2, 3, 4, 5)
 TABLE_TITLES = {"vrd": "Table 1 (VRD)", "vg200": "Table 2 (VG200)", "vg150": "Table 3 (VG150)"}
-# Table 4 rows after the rank rows: (config under ablations/, row label); no_selection is an extra row
-ABLATION_ROWS = (
-    ("no_prior", "rank 5 + X_sel"),
-    ("full", "rank 5 + X_sel + prior"),
-    ("no_selection", "rank 5 + prior (no X_sel; not in the paper)"),
-)
 DEFAULT_OUTPUT_ROOT = "output"
 # evaluated with Lu's and SGB's protocol (the VG community's; the paper's Tables 2 and 3 stand beside it)
 BOTH_PROTOCOL_DATASETS = ("vg150", "vg200")
@@ -59,7 +53,8 @@ class Step:
     """One ``tools/train_net.py`` run.
 
     ``config`` is relative to the repository; ``output_dir`` and ``weights`` are what the run
-    will use (after ``opts``); ``label`` names the row of the table for evaluation steps."""
+    will use (after ``opts``, the overrides of ``config``); ``label`` names the row of the table for
+    evaluation steps."""
 
     name: str
     config: str
@@ -90,14 +85,18 @@ def _relocate(path: str, output_root: str) -> str:
     return os.path.join(output_root, path[len(head) :])
 
 
-def _step(repo, name, config, eval_only, output_root, label="", weights=None, output_dir=None) -> Step:
-    cfg = _load(repo, config, ())
+def _step(repo, name, config, eval_only, output_root, label="", weights=None, output_dir=None, opts=()) -> Step:
+    """The step running ``config`` with the overrides ``opts``, its paths (``weights``,
+    ``output_dir``: the config's after ``opts`` when not given) moved under ``output_root``."""
+    paths = ("MODEL.WEIGHTS", "OUTPUT_DIR")
+    cfg = _load(repo, config, opts)
     weights = weights if weights is not None else _relocate(cfg.MODEL.WEIGHTS, output_root)
     output_dir = output_dir if output_dir is not None else _relocate(cfg.OUTPUT_DIR, output_root)
-    opts = []
-    if weights != cfg.MODEL.WEIGHTS:
+    file_cfg = _load(repo, config, ())
+    opts = [x for k, v in zip(opts[::2], opts[1::2]) if k not in paths for x in (k, v)]
+    if weights != file_cfg.MODEL.WEIGHTS:
         opts += ["MODEL.WEIGHTS", weights]
-    if output_dir != cfg.OUTPUT_DIR:
+    if output_dir != file_cfg.OUTPUT_DIR:
         opts += ["OUTPUT_DIR", output_dir]
     return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
 
@@ -150,15 +149,9 @@ def plan_steps(
         else:
             steps.append(_step(repo, f"eval_{mode}", f"{d}/eval_{mode}.yaml", True, output_root, label=mode))
     if ablation:
-        a = f"{d}/ablations"
-        for r in RANKS:
-            steps += [
-                _step(repo, f"ablations/rank{r}", f"{a}/rank{r}.yaml", False, output_root),
-                _step(repo, f"ablations/rank{r}_selection", f"{a}/rank{r}_selection.yaml", False, output_root),
-                _step(repo, f"ablations/rank{r}_eval", f"{a}/rank{r}_eval.yaml", True, output_root, label=f"rank {r}"),
-            ]
         steps += [
-            _step(repo, f"ablations/{n}", f"{a}/{n}.yaml", True, output_root, label=label) for n, label in ABLATION_ROWS
+            _step(repo, f"ablations/{a.name}", f"{d}/{a.config}", a.eval_only, output_root, a.label, opts=a.opts)
+            for a in ablation_runs(DATASETS[dataset])
         ]
     if dataset in BOTH_PROTOCOL_DATASETS:
         steps = [replace(s, opts=s.opts + BOTH_PROTOCOL_OPTS) if s.eval_only else s for s in steps]
