@@ -218,7 +218,7 @@ def test_prior_flag_is_recorded_and_checked(shared_vrd, tmp_path):
         "stage3_train",
     ]
     for prior, source in (("images", "these images"), ("train", "annotations_train.json")):
-        assert tool.main(args + ["--prior", prior] + TINY) == 0
+        assert tool.main(args + ["--prior", prior, "--overwrite"] + TINY) == 0  # the second replaces the first
         res = json.loads(out.read_text())
         assert res["prior"] == prior and res["weights"].endswith(source)
     with pytest.raises(SystemExit):

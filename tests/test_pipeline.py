@@ -26,6 +26,11 @@ def _save(cfg, path):
     return str(path)
 
 
+def _final_checkpoint(path):
+    """What a finished training step leaves: a (small) torch checkpoint."""
+    torch.save({"model": {"w": torch.zeros(2)}, "iteration": 9}, path)
+
+
 def _shapes_cfg(stage_file, *opts):
     return tiny_config(f"Shapes/{stage_file}", *SMALL, *opts)
 
@@ -221,7 +226,7 @@ def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
     _fake_dataset(tmp_path / "data")
     for s in ("stage1_detector", "stage2_triplet"):  # finished earlier
         os.makedirs(os.path.join(out, "VRD", s))
-        open(os.path.join(out, "VRD", s, "model_final.pth"), "w").close()
+        _final_checkpoint(os.path.join(out, "VRD", s, "model_final.pth"))
     ran = []
 
     def run(argv):  # stands for tools/train_net.py: writes what a finished step leaves
@@ -233,7 +238,7 @@ def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
             with open(os.path.join(d, "inference", "vrd_test", "vrd_evaluation.json"), "w") as f:
                 json.dump({"results": {"relationship": {"R@50_k1": 12.5, "R@100_kfree": 30.25}}}, f)
         else:
-            open(os.path.join(d, "model_final.pth"), "w").close()
+            _final_checkpoint(os.path.join(d, "model_final.pth"))
 
     kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO())
     reproduce("vrd", **kw)
@@ -369,7 +374,7 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
     _fake_dataset(tmp_path / "data", "vg150")
     for s in ("stage1_detector", "stage2_triplet", "stage3_selection"):
         os.makedirs(os.path.join(out, "VG150", s))
-        open(os.path.join(out, "VG150", s, "model_final.pth"), "w").close()
+        _final_checkpoint(os.path.join(out, "VG150", s, "model_final.pth"))
     ran = []
 
     def run(argv):  # tools/train_net.py --eval-only under protocol "both"
@@ -394,3 +399,100 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
     assert row[:2] == ["predicate classification (PredCls)", "relationship"]
     assert row[2:6] == [30.0, 31.0, 32.0, 33.0] and row[6:] == [20.0 + i for i in range(9)]
     assert table["results"]["predcls"]["relationship"]["sgb/mR@100"] == 28.0
+
+
+def _vrd_step_runner(ran):
+    """Stands for tools/train_net.py: records the argv, writes what a finished step leaves."""
+
+    def run(argv):
+        ran.append(argv)
+        d = argv[argv.index("OUTPUT_DIR") + 1]
+        if "--eval-only" in argv:
+            os.makedirs(os.path.join(d, "inference", "vrd_test"), exist_ok=True)
+            with open(os.path.join(d, "inference", "vrd_test", "vrd_evaluation.json"), "w") as f:
+                json.dump({"results": {"relationship": {"R@50_k1": 12.5, "R@100_kfree": 30.25}}}, f)
+        else:
+            os.makedirs(d, exist_ok=True)
+            _final_checkpoint(os.path.join(d, "model_final.pth"))
+
+    return run
+
+
+def _good_checkpoint_bytes(tmp_path):
+    _final_checkpoint(tmp_path / "good.pth")
+    return (tmp_path / "good.pth").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not_a_zip"])
+def test_reproduce_reruns_a_stage_whose_final_checkpoint_is_corrupt(tmp_path, damage):
+    out = str(tmp_path / "out")
+    _fake_dataset(tmp_path / "data")
+    good = _good_checkpoint_bytes(tmp_path)
+    bad = {"empty": b"", "truncated": good[: len(good) // 2], "not_a_zip": b"\x80\x02}q\x00." + b"x" * 64}[damage]
+    for s in ("stage1_detector", "stage2_triplet"):
+        os.makedirs(os.path.join(out, "VRD", s))
+        (tmp_path / "out" / "VRD" / s / "model_final.pth").write_bytes(good if s == "stage1_detector" else bad)
+    ran, log = [], io.StringIO()
+    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    reproduce("vrd", out=log, **kw)
+    configs = [a[a.index("--config-file") + 1] for a in ran]
+    assert configs[:2] == ["configs/VRD/stage2_triplet.yaml", "configs/VRD/stage3_selection.yaml"]
+    assert "--resume" in ran[0]  # last_checkpoint does not name the corrupt file: resuming is safe
+    stage2 = os.path.join(out, "VRD", "stage2_triplet", "model_final.pth")
+    assert f"# stage2_triplet: corrupt, rerunning: {stage2}: not a complete torch checkpoint" in log.getvalue()
+    assert "# stage1_detector: finished, skipped" in log.getvalue()
+    # the rerun repaired it: a second run finds everything finished
+    ran.clear()
+    reproduce("vrd", out=io.StringIO(), **kw)
+    assert ran == []
+
+
+def test_corrupt_final_checkpoint_named_by_last_checkpoint_is_trained_again_not_resumed(tmp_path):
+    out = str(tmp_path / "out")
+    _fake_dataset(tmp_path / "data")
+    for s in ("stage1_detector", "stage2_triplet"):
+        os.makedirs(os.path.join(out, "VRD", s))
+        _final_checkpoint(os.path.join(out, "VRD", s, "model_final.pth"))
+    stage2 = tmp_path / "out" / "VRD" / "stage2_triplet"
+    (stage2 / "model_final.pth").write_bytes(b"")
+    (stage2 / "last_checkpoint").write_text("model_final.pth")  # --resume would load the empty file
+    ran = []
+    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    reproduce("vrd", out=io.StringIO(), **kw)
+    assert ran[0][ran[0].index("--config-file") + 1] == "configs/VRD/stage2_triplet.yaml"
+    assert "--resume" not in ran[0] and "--eval-only" not in ran[0]
+    assert "--resume" in ran[1]  # stage 3 has nothing corrupt: resumable as ever
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        '{"results": {"relationship": {"R@50_k1": 12.',  # truncated
+        '{"dataset": "vrd_test"}',  # no results
+        '{"results": {}}',
+        '{"results": {"relationship": [1, 2]}}',
+        '{"results": {"relationship": {"R@50_k1": "12.5"}}}',
+        "[1, 2]",
+    ],
+    ids=["empty", "truncated", "no_results", "empty_results", "task_list", "string_value", "list"],
+)
+def test_reproduce_reruns_an_evaluation_whose_json_is_corrupt(tmp_path, text):
+    out = str(tmp_path / "out")
+    _fake_dataset(tmp_path / "data")
+    os.makedirs(os.path.join(out, "VRD", "stage1_detector"))
+    _final_checkpoint(os.path.join(out, "VRD", "stage1_detector", "model_final.pth"))
+    ran = []
+    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    reproduce("vrd", out=io.StringIO(), **kw)  # every other step, once
+    evaluation = os.path.join(out, "VRD", "eval_phrase_cls", "inference", "vrd_test", "vrd_evaluation.json")
+    with open(evaluation, "w") as f:
+        f.write(text)
+    ran.clear()
+    log = io.StringIO()
+    reproduce("vrd", out=log, **kw)  # no traceback from the table step: the evaluation runs again
+    assert [a[a.index("--config-file") + 1] for a in ran] == ["configs/VRD/eval_phrase_cls.yaml"]
+    assert f"# eval_phrase_cls: corrupt, rerunning: {evaluation}: " in log.getvalue()
+    assert json.load(open(os.path.join(out, "VRD", "table.json")))["results"]["phrase_cls"] == {
+        "relationship": {"R@50_k1": 12.5, "R@100_kfree": 30.25}
+    }

@@ -1,8 +1,11 @@
 """Exact resume: tools/train_net.py killed with SIGKILL after a periodic checkpoint, resumed with
 --resume, ends with the same weights, SGD momentum buffers and LR schedule as an uninterrupted run
-of the same seed (a real kill of a real subprocess)."""
+of the same seed (a real kill of a real subprocess). A ``last_checkpoint`` that is empty, not text or
+names a missing file is an error naming it and the way out (a one-line error from the tool); a save
+goes through a temporary file, so a failed one leaves the earlier checkpoint and tag."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,3 +134,80 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     # and the weights moved after the resume: the comparison is not of two untouched models
     ckpt = torch.load(killed_dir / stopped_at, map_location="cpu", weights_only=True)
     assert any(not torch.equal(ckpt["model"][k], b["model"][k]) for k in b["model"] if "branch" in k)
+
+
+# ------------------------------------------------------------------ a broken last_checkpoint
+def _small_checkpointer(folder):
+    from vrd_d2.checkpoint import VRDCheckpointer
+
+    torch.manual_seed(0)
+    return VRDCheckpointer(torch.nn.Linear(3, 2), str(folder))
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (b"\xff\xfe\x00\x81garbage", "is not text"),
+        (b"model_0000009.pth\nmodel_0000019.pth", "does not hold one file name"),
+        (b"model_0000009.pth", "names .*/model_0000009.pth, which does not exist"),
+    ],
+    ids=["empty", "blank", "binary", "two_names", "missing_file"],
+)
+def test_broken_last_checkpoint_is_an_error_naming_it_and_the_way_out(tmp_path, content, why):
+    from vrd_d2.checkpoint import ResumeError
+
+    (tmp_path / "last_checkpoint").write_bytes(content)
+    model_before = {k: v.clone() for k, v in _small_checkpointer(tmp_path).model.state_dict().items()}
+    ckpt = _small_checkpointer(tmp_path)
+    with pytest.raises(ResumeError) as e:
+        ckpt.resume_or_load("", resume=True)
+    msg = str(e.value)
+    assert re.search(f"cannot resume: {re.escape(str(tmp_path / 'last_checkpoint'))} {why}", msg), msg
+    assert "delete it to start from MODEL.WEIGHTS" in msg and "model_*.pth" in msg
+    assert (tmp_path / "last_checkpoint").read_bytes() == content  # left as found
+    assert all(torch.equal(v, model_before[k]) for k, v in ckpt.model.state_dict().items())
+
+
+def test_good_last_checkpoint_resumes_and_is_written_whole(tmp_path):
+    ckpt = _small_checkpointer(tmp_path)
+    with torch.no_grad():
+        ckpt.model.weight.fill_(0.5)
+    ckpt.save("model_0000009", iteration=9)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]  # no temp left
+    fresh = _small_checkpointer(tmp_path)
+    assert fresh.resume_or_load("", resume=True)["iteration"] == 9
+    assert torch.equal(fresh.model.weight, torch.full((2, 3), 0.5))
+    # a save that fails half-way keeps the earlier checkpoint and its tag as they were
+    before = (tmp_path / "model_0000009.pth").read_bytes()
+    ckpt.checkpointables["bad"] = _Unsaveable()
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save("model_0000009", iteration=19)
+    assert (tmp_path / "model_0000009.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+
+
+class _Unsaveable:
+    def state_dict(self):
+        return {"x": _FailsToPickle()}
+
+
+class _FailsToPickle:
+    def __reduce__(self):
+        raise RuntimeError("disk full")
+
+
+def test_train_net_resume_with_empty_last_checkpoint_is_a_one_line_error(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last_checkpoint").write_bytes(b"")  # what a kill between fvcore's open and write left
+    done = subprocess.run(_cmd(out, "--resume"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"train_net.py: error: VRDCheckpointer: cannot resume: {out / 'last_checkpoint'} is empty; delete it to "
+        f"start from MODEL.WEIGHTS, or write into it the name of a checkpoint of {out} (model_*.pth) to resume from"
+    )
+    assert "Traceback" not in done.stderr
+    assert (out / "last_checkpoint").read_bytes() == b""

@@ -2,6 +2,7 @@
 --seeds/--threads on --quick runs (each run's own results.json against the band)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -98,13 +99,23 @@ def test_effects_by_hand():
     assert "effects" not in shapes_bands.format_beside_band(records[1]["headline"], stored)
 
 
+def _run_updating_readme(tool, argv):
+    """The tool's run with --update-readme on --quick runs: the library's README and band writing
+    (the tool itself refuses --update-readme with --quick, tests/test_no_overwrite.py)."""
+    args = tool.get_parser().parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    shapes_bands.run_cli(args)
+    return 0
+
+
 def test_seeds_and_threads_on_quick_runs(tmp_path):
     tool = load_tool("shapes_demo")
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\nb\n")
     band_file = tmp_path / "band.json"
     out = tmp_path / "out"
-    rc = tool.main(
+    rc = _run_updating_readme(
+        tool,
         [
             "--quick",
             "--seeds",
@@ -119,7 +130,7 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
             str(readme),
             "--band-file",
             str(band_file),
-        ]
+        ],
     )
     assert rc == 0
     stored = json.loads(band_file.read_text())
@@ -147,9 +158,18 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     # ... into another README section: the band make demo compares with stays as it was
     readme.write_text(readme.read_text() + "<!-- other-seeds:begin -->\n<!-- other-seeds:end -->\n")
     before = (readme.read_text(), band_file.read_text())
-    rc = tool.main(
+    rc = _run_updating_readme(
+        tool,
         ["--quick", "--reuse", "--seeds", "0", "1", "2", "--threads", "1", "--output", str(out)]
-        + ["--band-file", str(band_file), "--update-readme", "--readme", str(readme), "--readme-section", "other-seeds"]
+        + [
+            "--band-file",
+            str(band_file),
+            "--update-readme",
+            "--readme",
+            str(readme),
+            "--readme-section",
+            "other-seeds",
+        ],
     )
     assert rc == 0
     assert band_file.read_text() == before[1]

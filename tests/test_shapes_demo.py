@@ -11,19 +11,23 @@ import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2_studies import ablation
+from vrd_d2_studies.shapes_demo import bands as shapes_bands
 from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """A --quick run whose table goes to a README section: the library's writing of it (the tool
+    refuses --update-readme with --quick, tests/test_no_overwrite.py)."""
     tool = load_tool("shapes_demo")
     out = tmp_path_factory.mktemp("shapes_demo")
     readme = out / "README.md"
     readme.write_text(
         "# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n"
     )
-    rc = tool.main(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
-    return shapes_demo, out, readme, rc
+    args = tool.get_parser().parse_args(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
+    shapes_bands.run_cli(args)
+    return shapes_demo, out, readme, 0
 
 
 def test_quick_pipeline_trains_every_stage_and_writes_results(quick_run, capsys):

@@ -1,6 +1,7 @@
 """``--reuse`` of a trained stage (vrd_d2_studies.ablation.stage_output): the weights in a stage
 folder are reused only when they were trained with the same config; paths may differ."""
 
+import re
 import shutil
 
 import pytest
@@ -53,8 +54,38 @@ def test_another_config_is_refused_and_left_alone(tmp_path):
     assert config_differences((folder / "config.yaml").read_text(), now) == []
 
 
-def test_weights_without_a_saved_config_are_reused(tmp_path):
+def test_weights_without_a_saved_config_are_refused_and_left_alone(tmp_path):
+    """Weights of an unknown recipe are not taken silently (--reuse of the shapes demo, the VRD study)."""
     folder = tmp_path / "stage2"
     cfg = _trained_stage(folder)
     (folder / "config.yaml").unlink()
-    assert stage_output(cfg, reuse=True)[1] is True
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(folder))}: reuse asked, but its model_final.pth has no config.yaml"
+    ):
+        stage_output(cfg, reuse=True)
+    assert (folder / "model_final.pth").read_bytes() == b"weights" and not (folder / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"MODEL: {RANK: [5\n", b"SOLVER:\n\tMAX_ITER: 3\n", b"\xff\xfe\x00garbage", b"- a list\n- not a config\n"],
+    ids=["unclosed", "tab", "binary", "list"],
+)
+def test_saved_config_that_is_not_yaml_is_an_error_naming_it(tmp_path, text):
+    folder = tmp_path / "stage2"
+    cfg = _trained_stage(folder)
+    (folder / "config.yaml").write_bytes(text)
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(folder / 'config.yaml'))}: not a config dumped as YAML \(.+\), so "
+    ):
+        stage_output(cfg, reuse=True)
+    assert (folder / "config.yaml").read_bytes() == text and (folder / "model_final.pth").read_bytes() == b"weights"
+
+
+def test_without_reuse_the_folder_is_the_stage_s_own(tmp_path):
+    """No --reuse: the stage trains again into its folder; its config.yaml is the new recipe's."""
+    folder = tmp_path / "stage2"
+    cfg = _trained_stage(folder)
+    (folder / "config.yaml").write_bytes(b"\xff not yaml")
+    assert stage_output(cfg, reuse=False) == (str(folder / "model_final.pth"), False)
+    assert (folder / "config.yaml").read_text() == cfg.dump()

@@ -30,6 +30,7 @@ from vrd_d2.modeling.cp_triplet import TripletPrior, cp_nll_loss, dense_log_prob
 from vrd_d2.modeling.decode import DecodeStats, dense_topk_triplets, topk_triplets_per_pair
 from vrd_d2.modeling.decode.common import pair_chunks
 from vrd_d2.modeling.decode.dense import linear_dense_tensor
+from vrd_d2.utils.safe_write import atomic_write_text, check_output_path
 
 SIZES = {"vrd": (100, 70, 100), "vg150": (151, 51, 151)}
 VG200 = (200, 100, 200)
@@ -290,6 +291,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small settings, < 1 min on 2 CPU cores")
     ap.add_argument("--full", action="store_true", help="dense measured at the same N as CP (slow)")
     ap.add_argument("--json", default=None, help="write the results to this file")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -317,6 +319,11 @@ def main(argv=None):
         help="pairs of the VG200 fallback row (default: 1000, 16 with --quick)",
     )
     args = ap.parse_args(argv)
+    if args.json:
+        try:
+            check_output_path(args.json, (), args.overwrite, flag="--json")
+        except FileExistsError as e:
+            ap.error(str(e))
     device = torch.device(args.device)
     if args.quick:
         args.loss_pairs, args.dense_pairs, args.chunk = [256], 4, 2
@@ -372,8 +379,8 @@ def main(argv=None):
         f"decode_exact={results['decode_exact']}  total {results['total_s']:.1f}s"
     )
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+        check_output_path(args.json, (), args.overwrite, flag="--json")
+        atomic_write_text(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -62,9 +62,11 @@ def main(argv=None):
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides (every row)")
     args = p.parse_args(argv)
     from vrd_d2.utils.checks import check_float, check_int
+    from vrd_d2.utils.safe_write import atomic_write_text, check_output_path
 
     check_int(args.images, "--images", low=1, where="tools/benchmark_model.py")
     check_int(args.warmup, "--warmup", low=0, where="tools/benchmark_model.py")
@@ -74,6 +76,12 @@ def main(argv=None):
     for path in (args.trained_config, args.trained_weights):
         if path is not None and not os.path.isfile(path):
             p.error(f"no such file: {path}")
+    inputs = [args.trained_config, args.trained_weights]
+    if args.json:
+        try:
+            check_output_path(args.json, inputs, args.overwrite, flag="--json")
+        except FileExistsError as e:
+            p.error(str(e))
     logging.basicConfig(level=logging.WARNING)
     res = run_benchmark(
         args.vrd_root,
@@ -97,8 +105,8 @@ def main(argv=None):
         if k in res:
             print(f"{k}: {res[k]:.1f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        check_output_path(args.json, inputs, args.overwrite, flag="--json")
+        atomic_write_text(args.json, json.dumps(res, indent=1))
     return 0
 
 

@@ -7,29 +7,35 @@ vrd json format of docs/DATASETS.md, e.g.::
 File names are written relative to ``--image-root`` (default: the dataset's ``image_root``
 metadata), so the output can be registered with
 ``register_vrd_json(name, "vrd_test.json", image_root)``.
+
+An existing ``--output`` is replaced only with ``--overwrite``, and never when it is one of the
+dataset's own files (e.g. ``annotations_test.json``); the file is written whole or not at all.
 """
 
 import argparse
 import logging
-import os
 import sys
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 
-def convert(dataset: str, output: str, image_root=None) -> int:
-    """Write ``dataset`` to ``output``; returns the number of images written."""
+def convert(dataset: str, output: str, image_root=None, overwrite: bool = False) -> int:
+    """Write ``dataset`` to ``output``; returns the number of images written. FileExistsError
+    (before anything is read) for an ``output`` that exists (unless ``overwrite``) or is one of
+    the dataset's files."""
     import vrd_d2.data  # noqa: F401  (registers the builtin datasets)
     import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets)
     from vrd_d2.data.datasets.custom import dump_vrd_json
+    from vrd_d2.utils.safe_write import check_output_path, dataset_files
 
     if dataset not in DatasetCatalog.list():
         raise KeyError(f"dataset {dataset!r} is not registered; known: " f"{sorted(n for n in DatasetCatalog.list())}")
-    records = DatasetCatalog.get(dataset)
     md = MetadataCatalog.get(dataset)
+    check_output_path(output, dataset_files(md), overwrite)
+    records = DatasetCatalog.get(dataset)
+    check_output_path(output, dataset_files(md), overwrite)  # loading may have made its files (shapes)
     root = image_root or md.get("image_root", None)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     dump_vrd_json(
         records,
         md.thing_classes,
@@ -51,9 +57,13 @@ def main(argv=None):
         default=None,
         help="write file names relative to this folder (default: image_root " "metadata of the dataset)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (never a dataset file)")
     args = parser.parse_args(argv)
     setup_logger(name="vrd_d2")
-    convert(args.dataset, args.output, args.image_root)
+    try:
+        convert(args.dataset, args.output, args.image_root, overwrite=args.overwrite)
+    except FileExistsError as e:
+        parser.exit(2, f"convert_to_vrd_json.py: error: {e}\n")
     return 0
 
 

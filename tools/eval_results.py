@@ -18,17 +18,21 @@ Lu's .mat (``rlp_labels_ours`` [n,3] 1-based, ``rlp_confs_ours``, ``sub_bboxes_o
 given by ``--k`` (default 0: every row of the file); with ``--protocol sgb``,
 ``relationship_R@20/50/100`` and ``phrase_R@20/50/100`` (graph constraint) and every other SGB
 metric as ``<task>_<metric>`` (``relationship_ngR@50``, ``relationship_mR@50``, ...); with
-``--protocol both``, Lu's scores and SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``).
+``--protocol both``, Lu's scores and SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``). An
+existing ``--json`` file is replaced only with ``--overwrite``, and never when it is a file the run
+reads (the results, gt.mat, imagePath.mat, zeroShot.mat, the dataset's annotation files).
 """
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 from vrd_d2.evaluation.offline import evaluate_results_file, flat_scores
 from vrd_d2.evaluation.protocols import PROTOCOLS
 from vrd_d2.utils.checks import check_int
+from vrd_d2.utils.safe_write import atomic_write_text, check_output_path, dataset_files
 
 
 def get_parser():
@@ -54,7 +58,31 @@ def get_parser():
     p.add_argument("--num-objects", type=int, default=None, help="class-list size (gt.mat: 100)")
     p.add_argument("--num-predicates", type=int, default=None, help="predicates (gt.mat: 70)")
     p.add_argument("--json", help="write the flat scores here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (never an input)")
     return p
+
+
+def input_files(args):
+    """The files this run reads: the results, Lu's .mat files (also the defaults beside gt.mat)
+    and SGB's zero-shot triplets, or the registered dataset's files (and its training split's)."""
+    files = [args.results, args.image_path_mat, args.zeroshot_mat, args.sgb_zeroshot_triplets]
+    if args.gt_mat:
+        lu = os.path.dirname(os.path.abspath(args.gt_mat))
+        files += [
+            args.gt_mat,
+            os.path.join(lu, "zeroShot.mat"),
+            os.path.join(os.path.dirname(lu), "data", "imagePath.mat"),
+        ]
+    if args.dataset:
+        from detectron2.data import MetadataCatalog
+
+        import vrd_d2.data  # noqa: F401  (registers the builtin datasets)
+
+        md = MetadataCatalog.get(args.dataset)
+        files += dataset_files(md)
+        if md.get("train_split", None):
+            files += dataset_files(MetadataCatalog.get(md.train_split))
+    return files
 
 
 def main(argv=None):
@@ -63,6 +91,8 @@ def main(argv=None):
     check_int(args.k, "--k", low=0, where="eval_results.py")
     for k in args.k_values:
         check_int(k, "--k-values", low=0, where="eval_results.py")
+    if args.json:  # before the scoring, not after it
+        check_output_path(args.json, input_files(args), args.overwrite, flag="--json")
     results, table, protocol = evaluate_results_file(
         args.results,
         dataset=args.dataset,
@@ -84,14 +114,14 @@ def main(argv=None):
         extra = {"protocol": protocol}
         if protocol in ("lu", "both"):
             extra.update(k_per_pair=args.k, denominator=args.denominator)
-        with open(args.json, "w") as f:
-            json.dump(dict(scores, **extra), f, indent=1)
+        check_output_path(args.json, input_files(args), args.overwrite, flag="--json")
+        atomic_write_text(args.json, json.dumps(dict(scores, **extra), indent=1))
     return scores
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
         print(f"eval_results.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -19,7 +19,8 @@ Outputs under ``--output``: one folder per stage (``--reuse`` skips a stage whos
 exists, when the config.yaml beside it is the stage's config but for paths; another config is an
 error), results.md, results.json; ``--update-readme`` replaces the README section between
 ``<!-- shapes-demo:begin -->`` and ``<!-- shapes-demo:end -->``. ``--quick`` runs the pipeline
-with a few iterations on a few images (for the tests; its numbers mean nothing). Seeds are fixed
+with a few iterations on a few images (for the tests; its numbers mean nothing, so
+``--update-readme`` refuses it). Seeds are fixed
 (cfg.SEED before every stage), so a run is repeatable. A single run is printed beside the band
 stored in configs/Shapes/demo_band.json (``make demo``). ``--seeds``/``--threads`` run the demo
 once per (seed, thread count) into <output>/seed<S>_threads<T> and print each headline figure's
@@ -111,6 +112,10 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.update_readme and args.quick:
+        # a --quick run's numbers mean nothing: they must not replace the README's table or the band file
+        print("shapes_demo.py: error: --update-readme refuses --quick (its numbers mean nothing)", file=sys.stderr)
+        return 2
     for t in args.threads or []:
         check_int(t, "--threads", low=1, where="shapes_demo")
     if args.restarts is not None:

@@ -20,6 +20,7 @@ import json
 import sys
 
 from vrd_d2.utils.checks import check_int
+from vrd_d2.utils.safe_write import atomic_write_text, check_output_path
 from vrd_d2_studies.shapes_demo import oracle as shapes_oracle
 from vrd_d2_studies.shapes_demo.data import SPLIT_SIZES, ensure_shapes
 
@@ -37,11 +38,18 @@ def get_parser():
     )
     p.add_argument("--k", type=int, default=50, help="recall at K (default 50)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the recalls as json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.json:
+        try:
+            check_output_path(args.json, (), args.overwrite, flag="--json")
+        except FileExistsError as e:
+            parser.error(str(e))
     k = check_int(args.k, "--k", low=1, where="shapes_oracle")
     n = check_int(args.images, "--images", low=0, where="shapes_oracle")
     train_seed = args.train_seed if args.train_seed is not None else (0 if n else args.seed)
@@ -61,8 +69,8 @@ def main(argv=None):
         f"rank >= 4, {recall['rank1_prior'] - recall['rank1']:+.2f} at rank 1 (both with X_sel)"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(shapes_oracle.oracle_json(recall, k), f, indent=1)
+        check_output_path(args.json, (), args.overwrite, flag="--json")
+        atomic_write_text(args.json, json.dumps(shapes_oracle.oracle_json(recall, k), indent=1))
     return 0
 
 

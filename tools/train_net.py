@@ -14,11 +14,14 @@ relation evaluator and total-norm gradient clipping.
 
 Weights are loaded without unpickling arbitrary objects; a .pkl (e.g. detectron2's model zoo) needs
 ``--trust-pickle``. ``--eval-only`` refuses a checkpoint without relation-head weights. ``--resume``
-continues an interrupted run exactly (weights, SGD momentum, LR schedule, data order).
+continues an interrupted run exactly (weights, SGD momentum, LR schedule, data order); an empty or
+corrupt ``<OUTPUT_DIR>/last_checkpoint`` is a one-line error saying what to do.
 
 Multi-GPU: ``--num-gpus N`` (detectron2's launch, NCCL). CPU: ``--num-cpu-procs N`` spawns N gloo
 processes (with ``MODEL.DEVICE cpu``).
 """
+
+import sys
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -28,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
 import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets of configs/Shapes)
-from vrd_d2.checkpoint import VRDCheckpointer
+from vrd_d2.checkpoint import ResumeError, VRDCheckpointer
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
 
@@ -87,14 +90,17 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    if args.num_cpu_procs > 0:
-        launch_cpu(main, args.num_cpu_procs, dist_url="auto", args=(args,))
-    else:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+    try:
+        if args.num_cpu_procs > 0:
+            launch_cpu(main, args.num_cpu_procs, dist_url="auto", args=(args,))
+        else:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+    except ResumeError as e:  # a one-process run: the message says what to do, a traceback would not
+        sys.exit(f"train_net.py: error: {e}")

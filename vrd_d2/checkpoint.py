@@ -14,7 +14,11 @@ evaluation then reports random weights). VRDCheckpointer keeps its file handling
   fine-tune); each re-initialised key gets a log line;
 - with ``require_relation_head`` (evaluation, demo): raises when the checkpoint lacks relation-head
   weights or matches no key of the model, and when ``MODEL.VRD.USE_PRIOR`` is on but the
-  triplet prior is empty (no counts in the checkpoint and none from ``DATASETS.TRAIN``).
+  triplet prior is empty (no counts in the checkpoint and none from ``DATASETS.TRAIN``);
+- on ``--resume``, reads ``last_checkpoint`` strictly: empty (a kill between fvcore opening it and
+  writing the name), not text, or naming a missing file is an error naming it and the way out;
+- writes checkpoints and ``last_checkpoint`` through a temporary file each, so a kill leaves the
+  previous file or the whole new one, never an empty or truncated one.
 """
 
 import logging
@@ -25,7 +29,9 @@ from typing import Iterable, List
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["VRDCheckpointer", "is_relation_head_key", "DETECTOR_ROI_MODULES"]
+from .utils.safe_write import atomic_open, atomic_write_text
+
+__all__ = ["VRDCheckpointer", "ResumeError", "is_relation_head_key", "DETECTOR_ROI_MODULES"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ TRUST_HINT = (
     "Load it only if you trust its source: pass --trust-pickle to the tools, or "
     "trust_pickle=True to VRDCheckpointer in Python."
 )
+
+
+class ResumeError(ValueError):
+    """``--resume`` cannot tell from ``last_checkpoint`` which checkpoint to load; the message names
+    the file and the way out (tools/train_net.py prints it as a one-line error)."""
 
 
 def is_relation_head_key(key: str) -> bool:
@@ -125,6 +136,50 @@ class VRDCheckpointer(DetectionCheckpointer):
             state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         return data if "model" in data else {"model": data}
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``last_checkpoint`` names (``--resume``); "" when it vanished meanwhile."""
+        if "://" in self.save_dir:
+            return super().get_checkpoint_file()
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        way_out = (
+            "delete it to start from MODEL.WEIGHTS, or write into it the name of a checkpoint of "
+            f"{self.save_dir} (model_*.pth) to resume from"
+        )
+        try:
+            with open(tag, "rb") as f:
+                name = f.read().decode("utf-8").strip()
+        except FileNotFoundError:
+            return ""
+        except UnicodeDecodeError:
+            raise ResumeError(f"VRDCheckpointer: cannot resume: {tag} is not text (corrupt); {way_out}") from None
+        if not name or "\n" in name or "\x00" in name:
+            what = "is empty" if not name else f"does not hold one file name ({name[:80]!r})"
+            raise ResumeError(f"VRDCheckpointer: cannot resume: {tag} {what}; {way_out}")
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise ResumeError(f"VRDCheckpointer: cannot resume: {tag} names {path}, which does not exist; {way_out}")
+        return path
+
+    def save(self, name: str, **kwargs) -> None:
+        """As fvcore's ``Checkpointer.save``, through a temporary file (local folders)."""
+        if not self.save_dir or not self.save_to_disk or "://" in self.save_dir:
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     # ------------------------------------------------------------------------------ weights
     def _load_model(self, checkpoint):

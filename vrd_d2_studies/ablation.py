@@ -45,8 +45,11 @@ _PATH_KEYS = ("OUTPUT_DIR", "MODEL.WEIGHTS")
 
 
 def _flat_config(text: str) -> Dict[str, object]:
-    """{"A.B.C": value} of a config dumped as yaml."""
-    return {k.replace("/", "."): v for k, v in flatten_results_dict(yaml.safe_load(text) or {}).items()}
+    """{"A.B.C": value} of a config dumped as yaml; a ValueError if it holds no mapping."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"a YAML {type(data).__name__}, not a mapping of config keys")
+    return {k.replace("/", "."): v for k, v in flatten_results_dict(data).items()}
 
 
 def config_differences(saved_yaml: str, cfg) -> List[str]:
@@ -65,20 +68,33 @@ def stage_output(cfg, reuse: bool) -> Tuple[str, bool]:
     """(``cfg.OUTPUT_DIR/model_final.pth``, whether it exists and is reused). When the stage is to
     run, the folder is made and ``config.yaml`` written beside the weights to come. A ValueError
     when ``reuse`` finds weights whose ``config.yaml`` differs from ``cfg`` (another recipe in the
-    same folder: neither reused nor overwritten)."""
+    same folder: neither reused nor overwritten), is missing (weights of an unknown recipe) or is
+    not a YAML mapping."""
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if reuse and os.path.isfile(final):
         saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        if os.path.isfile(saved):
-            with open(saved) as f:
-                diff = config_differences(f.read(), cfg)
-            if diff:
-                raise ValueError(
-                    f"{final}: reuse asked, but it was trained with another config ({saved}: "
-                    + "; ".join(diff[:5])
-                    + (f"; {len(diff) - 5} more" if len(diff) > 5 else "")
-                    + "); remove that folder or write to another output folder"
-                )
+        if not os.path.isfile(saved):
+            raise ValueError(
+                f"{cfg.OUTPUT_DIR}: reuse asked, but its model_final.pth has no config.yaml beside it, so "
+                "its recipe is unknown; remove that folder or write to another output folder"
+            )
+        with open(saved, "rb") as f:
+            text = f.read()
+        try:
+            diff = config_differences(text.decode("utf-8"), cfg)
+        except (UnicodeDecodeError, yaml.YAMLError, ValueError) as e:
+            why = " ".join(str(e).split())[:200]
+            raise ValueError(
+                f"{saved}: not a config dumped as YAML ({why}), so {final} cannot be checked for reuse; "
+                "remove that folder or write to another output folder"
+            ) from None
+        if diff:
+            raise ValueError(
+                f"{final}: reuse asked, but it was trained with another config ({saved}: "
+                + "; ".join(diff[:5])
+                + (f"; {len(diff) - 5} more" if len(diff) > 5 else "")
+                + "); remove that folder or write to another output folder"
+            )
         logger.info("reusing %s", final)
         return final, True
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

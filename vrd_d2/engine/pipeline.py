@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import MODES
+from .finished_outputs import checkpoint_problem, evaluation_problem, resumes_from_final
 from .table4 import ablation_runs
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "plan_steps",
     "step_command",
     "is_finished",
+    "output_problem",
     "missing_dataset_files",
     "collect_results",
     "format_table",
@@ -185,12 +187,20 @@ def evaluation_file(step: Step, test_dataset: str) -> str:
     return os.path.join(step.output_dir, "inference", test_dataset, "vrd_evaluation.json")
 
 
-def is_finished(step: Step, test_dataset: str, repo: str = ".") -> bool:
-    """A training step is finished when its ``model_final.pth`` exists, an evaluation step when
-    its ``vrd_evaluation.json`` exists (relative paths: under ``repo``)."""
+def output_problem(step: Step, test_dataset: str, repo: str = ".") -> Optional[str]:
+    """None when ``step`` is finished; else "missing" or what is wrong with its output file
+    (``model_final.pth`` of a training step, ``vrd_evaluation.json`` of an evaluation)."""
     if step.eval_only:
-        return os.path.isfile(os.path.join(repo, evaluation_file(step, test_dataset)))
-    return os.path.isfile(os.path.join(repo, step.output_dir, "model_final.pth"))
+        path = os.path.join(repo, evaluation_file(step, test_dataset))
+        return evaluation_problem(path) if os.path.isfile(path) else "missing"
+    path = os.path.join(repo, step.output_dir, "model_final.pth")
+    return checkpoint_problem(path) if os.path.isfile(path) else "missing"
+
+
+def is_finished(step: Step, test_dataset: str, repo: str = ".") -> bool:
+    """A training step is finished when its ``model_final.pth`` is a complete checkpoint, an
+    evaluation step when its ``vrd_evaluation.json`` holds results (:func:`output_problem`)."""
+    return output_problem(step, test_dataset, repo) is None
 
 
 def missing_dataset_files(dataset: str, datasets_root: str) -> List[str]:
@@ -228,7 +238,7 @@ def collect_results(steps: Sequence[Step], test_dataset: str, repo: str = ".") -
     out = {}
     for s in steps:
         f = os.path.join(repo, evaluation_file(s, test_dataset))
-        if s.eval_only and os.path.isfile(f):
+        if s.eval_only and output_problem(s, test_dataset, repo) is None:
             with open(f) as fh:
                 out[s.label] = json.load(fh)["results"]
     return out
@@ -356,9 +366,14 @@ def reproduce(
             )
     for s in steps:
         argv = step_command(s, num_gpus=num_gpus, extra_opts=opts)
-        if is_finished(s, test_dataset, repo):
+        problem = output_problem(s, test_dataset, repo)
+        if problem is None:
             print(f"# {s.name}: finished, skipped ({s.output_dir})", file=out)
             continue
+        if problem != "missing":
+            print(f"# {s.name}: corrupt, rerunning: {problem}", file=out)
+            if not s.eval_only and resumes_from_final(os.path.join(repo, s.output_dir)):
+                argv.remove("--resume")  # it would load the corrupt file: train the stage again
         print(format_command(argv), file=out, flush=True)
         commands.append(argv)
         if not dry_run:

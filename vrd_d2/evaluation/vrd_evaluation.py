@@ -16,6 +16,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..config import MODES
+from ..utils.safe_write import atomic_open
 from .protocols import (
     evaluate_records,
     format_results_table,
@@ -324,7 +325,7 @@ class VRDEvaluator(DatasetEvaluator):
         )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            with open(os.path.join(self._output_dir, "vrd_evaluation.json"), "w") as f:
+            with atomic_open(os.path.join(self._output_dir, "vrd_evaluation.json")) as f:  # whole or absent
                 json.dump(
                     {
                         "dataset": self._dataset_name,

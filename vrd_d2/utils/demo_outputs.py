@@ -5,12 +5,16 @@ never share an output) the demo writes ``<name><suffix>`` for each suffix it ren
 ``.json``, ``.graph.png``, ``.dot``). :class:`OutputFolder` refuses to write over an input file
 (by resolved path and by inode, also when the output folder is the input folder), over a file
 another input of the same run already claimed, or over an existing file unless ``overwrite``; and
-it writes all the files of an image or none of them.
+it writes all the files of an image or none of them (the rule of :mod:`vrd_d2.utils.safe_write`,
+for a folder of outputs).
 """
 
 import os
 import tempfile
 from typing import Dict, Iterable, List, Tuple
+
+from .safe_write import inode as _inode
+from .safe_write import new_file_mode
 
 __all__ = ["OutputFolder", "output_name"]
 
@@ -69,7 +73,7 @@ class OutputFolder:
                 staged.append((tmp, targets[suffix]))
                 with os.fdopen(fd, "wb") as f:
                     f.write(content)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+                os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; outputs get the usual mode
             for tmp, path in staged:
                 os.replace(tmp, path)
                 done.append(path)
@@ -96,14 +100,3 @@ class OutputFolder:
             )
         if os.path.lexists(path) and not self.overwrite:
             raise FileExistsError(f"{input_path}: output {path} exists; pass --overwrite to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _inode(path: str) -> Tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino

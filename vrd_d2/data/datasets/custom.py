@@ -29,6 +29,7 @@ from typing import List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.safe_write import atomic_open
 from .common import (
     LoadStats,
     as_box,
@@ -178,7 +179,8 @@ def dump_vrd_json(
     flip_predicate_map=None,
     image_root: Optional[str] = None,
 ):
-    """Write records in the vrd json format (file names made relative to ``image_root``)."""
+    """Write records in the vrd json format (file names made relative to ``image_root``), through a
+    temporary file beside ``out_file`` (replaced whole or not at all)."""
     from detectron2.structures import BoxMode
 
     pairs = None
@@ -221,7 +223,5 @@ def dump_vrd_json(
     }
     if pairs is not None:
         data["flip_predicate_pairs"] = pairs
-    tmp = out_file + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(out_file) as f:
         json.dump(data, f)
-    os.replace(tmp, out_file)
