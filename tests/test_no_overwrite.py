@@ -1,7 +1,7 @@
 """No tool writes over a user's file (issue #31): an existing output only with --overwrite, an
 input never (also through a symlink or a hard link), a write goes through a temporary file of its
 own (a user's ``X.tmp`` is not touched, a failed write leaves the old file); ``shapes_demo.py
---update-readme`` refuses --quick. Each refusal leaves every file byte for byte as it was."""
+--update-results`` (alias --update-readme) refuses --quick. Each refusal leaves every file byte for byte as it was."""
 
 import json
 import os
@@ -271,6 +271,6 @@ def test_shapes_demo_update_readme_refuses_quick(tmp_path, capsys):
         rc = load_tool("shapes_demo").main(argv + ["--output", str(tmp_path / "out")] + extra)
         assert rc == 2
         assert capsys.readouterr().err == (
-            "shapes_demo.py: error: --update-readme refuses --quick (its numbers mean nothing)\n"
+            "shapes_demo.py: error: --update-results refuses --quick (its numbers mean nothing)\n"
         )
     assert _snapshot(tmp_path) == before and not (tmp_path / "out").exists()  # nothing trained

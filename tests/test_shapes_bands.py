@@ -110,7 +110,7 @@ def _run_updating_readme(tool, argv):
 
 def test_seeds_and_threads_on_quick_runs(tmp_path):
     tool = load_tool("shapes_demo")
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "RESULTS.md"
     readme.write_text("a\n<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\nb\n")
     band_file = tmp_path / "band.json"
     out = tmp_path / "out"
@@ -125,8 +125,8 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
             "1",
             "--output",
             str(out),
-            "--update-readme",
-            "--readme",
+            "--update-results",
+            "--results-file",
             str(readme),
             "--band-file",
             str(band_file),
@@ -155,7 +155,8 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     (out / "seed1_threads1" / "results.json").write_text(
         json.dumps(dict(per_run[1], threads=2))  # another thread count: that run is made again
     )
-    # ... into another README section: the band make demo compares with stays as it was
+    # ... into another results section (through the deprecated flag names): the band make demo
+    # compares with stays as it was
     readme.write_text(readme.read_text() + "<!-- other-seeds:begin -->\n<!-- other-seeds:end -->\n")
     before = (readme.read_text(), band_file.read_text())
     rc = _run_updating_readme(
@@ -288,13 +289,13 @@ def test_the_shipped_band_is_of_the_default_demo():
         assert s == pytest.approx(effects[key]), key
 
 
-def test_the_readme_shows_the_shipped_bands():
-    """The README's shapes-demo table (make demo's band) and its held-out one (seeds 3-5) are
+def test_the_results_page_shows_the_shipped_bands():
+    """docs/RESULTS.md's shapes-demo table (make demo's band) and its held-out one (seeds 3-5) are
     the ones the shipped band files' runs make (neither was edited without the other)."""
     import re
     from pathlib import Path
 
-    readme = (Path(shapes_bands.BAND_FILE).parents[2] / "README.md").read_text()
+    readme = (Path(shapes_bands.BAND_FILE).parents[2] / "docs" / "RESULTS.md").read_text()
     held_out = shapes_bands.section_band_file(shapes_bands.BAND_FILE, "shapes-demo-heldout")
     for name, path in (("shapes-demo", shapes_bands.BAND_FILE), ("shapes-demo-heldout", held_out)):
         stored = shapes_bands.load_band(path)

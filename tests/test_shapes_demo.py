@@ -1,6 +1,6 @@
 """tools/shapes_demo.py (make demo): the whole pipeline with --quick (2 iterations a stage, a few
 images), checking the structure of what it prints and writes, not the numbers; --reuse skips the
-trained stages; the README section is replaced between its markers only."""
+trained stages; the docs/RESULTS.md section is replaced between its markers only."""
 
 import json
 import os
@@ -17,15 +17,17 @@ from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """A --quick run whose table goes to a README section: the library's writing of it (the tool
+    """A --quick run whose table goes to a results section: the study's writing of it (the tool
     refuses --update-readme with --quick, tests/test_no_overwrite.py)."""
     tool = load_tool("shapes_demo")
     out = tmp_path_factory.mktemp("shapes_demo")
-    readme = out / "README.md"
+    readme = out / "RESULTS.md"
     readme.write_text(
         "# x\n\n## Results\n\n<!-- shapes-demo:begin -->\nold table\n<!-- shapes-demo:end -->\n\n## After\n"
     )
-    args = tool.get_parser().parse_args(["--quick", "--output", str(out), "--update-readme", "--readme", str(readme)])
+    args = tool.get_parser().parse_args(
+        ["--quick", "--output", str(out), "--update-results", "--results-file", str(readme)]
+    )
     shapes_bands.run_cli(args)
     return shapes_demo, out, readme, 0
 
@@ -72,7 +74,7 @@ def test_each_triplet_net_reports_its_rank_usage(quick_run):
     assert sum(line.startswith("Stage-2 CP net, rank ") for line in lines) == 2
 
 
-def test_readme_section_is_replaced_between_markers_only(quick_run):
+def test_results_section_is_replaced_between_markers_only(quick_run):
     _, out, readme, _ = quick_run
     text = readme.read_text()
     table = (out / "results.md").read_text().strip()
@@ -277,8 +279,8 @@ def test_relation_images_default_and_all(tmp_path):
     assert shapes_demo.build_cfg(quick, "triplet", 5).DATASETS.TRAIN == ("shapes_quick_train",)
 
 
-def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path):
-    """--update-readme: the default demo's section (also for --relation-images 150 and --quick),
+def test_update_results_only_for_the_settings_the_results_page_has_a_table_of(tmp_path):
+    """--update-results: the default demo's section (also for --relation-images 150 and --quick),
     the all-images one for 0; another N is refused before anything is trained."""
     args = SimpleNamespace(quick=False)
     assert shapes_demo.readme_marker(args) == "shapes-demo"
@@ -287,22 +289,48 @@ def test_update_readme_only_for_the_settings_the_readme_has_a_table_of(tmp_path)
     assert shapes_demo.readme_marker(SimpleNamespace(quick=True)) == "shapes-demo"
     tool = load_tool("shapes_demo")
     with pytest.raises(ValueError, match=r"not of --relation-images 100"):
-        tool.main(["--relation-images", "100", "--update-readme", "--output", str(tmp_path / "y")])
+        tool.main(["--relation-images", "100", "--update-results", "--output", str(tmp_path / "y")])
     assert not (tmp_path / "y" / "stage0_backbone").exists()
-    # --readme-section names any section (e.g. a band of other seeds beside the README's); one the
-    # README lacks is refused before anything is trained
+    # --results-section names any section (e.g. a band of other seeds beside make demo's); one the
+    # page lacks is refused before anything is trained
     named = SimpleNamespace(quick=False, relation_images=100, readme_section="shapes-demo-other-seeds")
     assert shapes_demo.readme_marker(named) == "shapes-demo-other-seeds"
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "RESULTS.md"
     readme.write_text("<!-- shapes-demo:begin -->\nold\n<!-- shapes-demo:end -->\n")
-    argv = ["--update-readme", "--readme", str(readme), "--readme-section", "nope", "--output", str(tmp_path / "z")]
-    with pytest.raises(ValueError, match=r"README.md: markers <!-- nope:begin --> ... <!-- nope:end --> not found"):
+    argv = [
+        "--update-results",
+        "--results-file",
+        str(readme),
+        "--results-section",
+        "nope",
+        "--output",
+        str(tmp_path / "z"),
+    ]
+    with pytest.raises(ValueError, match=r"RESULTS.md: markers <!-- nope:begin --> ... <!-- nope:end --> not found"):
         tool.main(argv)
-    with pytest.raises(ValueError, match=r"--readme-section '\.\./x': letters, digits, - and _ only"):
-        tool.main(argv[:3] + ["--readme-section", "../x"] + argv[5:])  # would write outside configs/Shapes
-    with pytest.raises(ValueError, match=r"it needs --update-readme"):
+    with pytest.raises(ValueError, match=r"--results-section '\.\./x': letters, digits, - and _ only"):
+        tool.main(argv[:3] + ["--results-section", "../x"] + argv[5:])  # would write outside configs/Shapes
+    with pytest.raises(ValueError, match=r"it needs --update-results"):
         tool.main(argv[1:])
     assert not (tmp_path / "z" / "stage0_backbone").exists()
+
+
+def test_update_results_writes_the_results_page_and_keeps_the_old_flag_names():
+    """The tables go to docs/RESULTS.md, which holds every section the tool writes by default;
+    --update-readme / --readme-section / --readme still parse as the new flags."""
+    from conftest import REPO_DIR
+
+    from vrd_d2.utils.readme import check_readme_section
+
+    parser = load_tool("shapes_demo").get_parser()
+    default = parser.parse_args([])
+    assert default.readme == os.path.join(REPO_DIR, "docs", "RESULTS.md") and not default.update_readme
+    for marker in list(shapes_demo.README_MARKERS.values()) + ["shapes-demo-heldout"]:
+        check_readme_section(default.readme, marker)  # a ValueError naming the file if missing
+    new = parser.parse_args(["--update-results", "--results-section", "s", "--results-file", "f.md"])
+    old = parser.parse_args(["--update-readme", "--readme-section", "s", "--readme", "f.md"])
+    for args in (new, old):
+        assert (args.update_readme, args.readme_section, args.readme) == (True, "s", "f.md")
 
 
 def _hand_counts(dicts):

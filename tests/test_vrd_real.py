@@ -33,6 +33,22 @@ def test_missing_vrd_files_are_named(tmp_path):
     assert "annotations_train.json," not in msg  # present files are not listed
 
 
+def test_update_results_writes_the_results_page_section():
+    """--update-results (and its deprecated alias --update-readme) write the vrd-real section of
+    docs/RESULTS.md, which exists."""
+    from tools_loader import load_tool
+
+    from vrd_d2.utils.readme import check_readme_section
+
+    assert vrd_real.RESULTS_FILE == os.path.join(REPO, "docs", "RESULTS.md")
+    check_readme_section(vrd_real.RESULTS_FILE, vrd_real.README_MARKER)
+    parser = load_tool("vrd_real").get_parser()
+    assert not parser.parse_args([]).update_readme
+    assert (
+        parser.parse_args(["--update-results"]).update_readme and parser.parse_args(["--update-readme"]).update_readme
+    )
+
+
 @needs_vrd
 def test_geometry_only_head_learns_on_real_annotations():
     """A few SGD steps on 32 real training images (no pixels read): loss_cp falls."""

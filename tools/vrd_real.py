@@ -16,11 +16,11 @@ all scored against Lu et al.'s gt.mat / zeroShot.mat with Lu's matching (docs/EV
 The row "rank 5 + X_sel, eq. 7 product" scores with the paper's eq. 7 (psi_c * psi_u, no per-pair
 normaliser: MODEL.VRD.CRF_NORMALIZE False) and reuses the rank-5 chain's weights (the key acts at
 test time only); the other rows take the config's CRF_NORMALIZE (True: normalised per pair).
-Results go to <output>/results.json and <output>/results.md; ``--update-readme`` also replaces
-the table between the ``vrd-real`` markers of README.md. Training is seeded (``--seed``, cfg.SEED):
+Results go to <output>/results.json and <output>/results.md; ``--update-results`` also replaces
+the table between the ``vrd-real`` markers of docs/RESULTS.md. Training is seeded (``--seed``, cfg.SEED):
 a repeatable run. ``--seeds 0 1 2`` runs once per seed into <output>/seed<S> and writes the band
-table (mean (min–max) over seeds) to <output>/bands.md / bands.json (and the README section with
-``--update-readme``). ``--save-predictions`` writes relations_results.json beside each evaluation
+table (mean (min–max) over seeds) to <output>/bands.md / bands.json (and the docs/RESULTS.md section with
+``--update-results``). ``--save-predictions`` writes relations_results.json beside each evaluation
 (<output>/eval/<variant>/{predcls,lu_det}/) for tools/eval_results.py. The runner is
 vrd_d2_studies.vrd_geometry.study.
 """
@@ -59,7 +59,13 @@ def get_parser():
         action="store_true",
         help="write relations_results.json beside each evaluation (tools/eval_results.py)",
     )
-    p.add_argument("--update-readme", action="store_true")
+    p.add_argument(
+        "--update-results",
+        "--update-readme",  # deprecated alias (the table was in README.md)
+        dest="update_readme",
+        action="store_true",
+        help="replace the vrd-real section of docs/RESULTS.md",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE")
     return p
 

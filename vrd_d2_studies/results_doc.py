@@ -1,4 +1,4 @@
-"""Keep the README's results tables equal to what the commands that produce them print."""
+"""Keep the results page's tables (docs/RESULTS.md) equal to what the commands that produce them print."""
 
 import re
 
@@ -6,7 +6,7 @@ __all__ = ["replace_readme_section", "check_readme_section"]
 
 
 def _section(path: str, marker: str):
-    """(the README's text, the pattern of its ``marker`` section, the begin and end markers); a
+    """(the page's text, the pattern of its ``marker`` section, the begin and end markers); a
     ValueError naming the file if the markers are missing."""
     with open(path) as f:
         readme = f.read()

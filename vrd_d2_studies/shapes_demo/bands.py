@@ -2,7 +2,7 @@
 
 One demo run depends on its seed and on the float order of its thread count (another detector,
 other numbers). :func:`run_matrix` runs the demo (:func:`vrd_d2_studies.shapes_demo.runner.run`) once per
-(seed, threads), each into its own folder; :func:`headline` picks the figures the README quotes
+(seed, threads), each into its own folder; :func:`headline` picks the figures docs/RESULTS.md quotes
 and :func:`effects` the paper's effects in one run (a variant's gain over the variant without
 that part); :func:`band` summarises them (mean, min, max over runs) and :func:`format_band_table`
 prints both; :func:`format_beside_band` prints one run beside a stored band (``make demo``).
@@ -41,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# the stored band that make demo prints its run beside (written by --seeds ... --update-readme)
+# the stored band that make demo prints its run beside (written by --seeds ... --update-results)
 BAND_FILE = str(ablation.CONFIG_ROOT / "Shapes" / "demo_band.json")
 TOLERANCE = 3.0  # points: issue #13's "every headline figure within +-3 of the mean"
 
@@ -171,7 +171,7 @@ def _finished_run(folder: str, seed: int, threads: int, options):
 
 
 def format_band_table(records: Sequence[dict], command: str, quick: bool = False) -> str:
-    """The README table: each headline figure's mean (min–max) over the runs, then one line per
+    """The docs/RESULTS.md table: each headline figure's mean (min–max) over the runs, then one line per
     run (detector accuracy, wall time) and whether every figure is within +-TOLERANCE."""
     b = band([r["headline"] for r in records])
     variants = list(OrderedDict.fromkeys(k.split(" | ")[0] for k in b))
@@ -297,7 +297,7 @@ def format_beside_band(figures: Dict[str, float], stored: dict, run_effects: Opt
 def run_cli(options) -> None:
     """What ``tools/shapes_demo.py`` does with its parsed ``options``: one run (printed beside
     the stored band unless --quick), or with ``seeds``/``threads`` one run per pair and the band
-    table (README section and ``band_file`` with ``update_readme``)."""
+    table (docs/RESULTS.md section and ``band_file`` with ``update_readme``)."""
     if not (options.seeds or options.threads):
         results, _ = shapes_demo.run(options)
         stored = None if options.quick else load_band(options.band_file)
@@ -335,11 +335,11 @@ def run_cli(options) -> None:
         replace_readme_section(options.readme, marker, table)
         if marker == shapes_demo.README_MARKERS[shapes_demo.RELATION_IMAGES]:  # the default demo's: make demo's band
             save_band(records, command, options.band_file, settings(options))
-        elif getattr(options, "readme_section", None):  # another band beside it, kept with its README table
+        elif getattr(options, "readme_section", None):  # another band beside it, kept with its results table
             save_band(records, command, section_band_file(options.band_file, marker), settings(options))
 
 
 def section_band_file(band_file: str, section: str) -> str:
-    """Where the band written to the README section ``section`` (``--readme-section``) is kept:
+    """Where the band written to the docs/RESULTS.md section ``section`` (``--results-section``) is kept:
     beside ``band_file`` (make demo's band), as ``<section>.json``."""
     return os.path.join(os.path.dirname(os.path.abspath(band_file)), f"{section}.json")

@@ -104,20 +104,20 @@ COLUMNS = [
     ("complete-GT predcls R@50 free k", "predcls_complete", "R@50_kfree"),
 ]
 MIN_DETECTOR_ACCURACY = 95.0  # percent of the visible gold boxes of shapes_val
-# {relation images: README section}: the default demo's, and the one with all 1200 images
+# {relation images: docs/RESULTS.md section}: the default demo's, and the one with all 1200 images
 README_MARKERS = {RELATION_IMAGES: "shapes-demo", 0: "shapes-demo-all-relations"}
 
 
 def readme_marker(options) -> str:
-    """The README section a run's table goes to: ``--readme-section`` when given, else
+    """The docs/RESULTS.md section a run's table goes to: ``--results-section`` when given, else
     ``shapes-demo`` for the default demo (also with --quick), ``shapes-demo-all-relations`` with
-    --relation-images 0. A ValueError for other --relation-images (the README has no section for
+    --relation-images 0. A ValueError for other --relation-images (the page has no section for
     them) and for a section name of other than letters, digits, - and _."""
     if getattr(options, "readme_section", None) is not None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", options.readme_section):  # it also names a file under configs/Shapes
             raise ValueError(
-                f"shapes_demo: --readme-section {options.readme_section!r}: letters, digits, - and _ only "
-                "(it names the README markers and the band file configs/Shapes/NAME.json)"
+                f"shapes_demo: --results-section {options.readme_section!r}: letters, digits, - and _ only "
+                "(it names the docs/RESULTS.md markers and the band file configs/Shapes/NAME.json)"
             )
         return options.readme_section
     n = getattr(options, "relation_images", None)
@@ -125,7 +125,7 @@ def readme_marker(options) -> str:
         return README_MARKERS[RELATION_IMAGES]
     if n not in README_MARKERS:
         raise ValueError(
-            f"shapes_demo: --update-readme writes the README tables of --relation-images {RELATION_IMAGES} "
+            f"shapes_demo: --update-results writes the docs/RESULTS.md tables of --relation-images {RELATION_IMAGES} "
             f"(the default) and 0 (all training images), not of --relation-images {n}"
         )
     return README_MARKERS[n]
@@ -284,7 +284,7 @@ def evaluate_all(options, weights, splits, timings):
 
 
 def run(options):
-    """Train, evaluate, print and save the table (results.md, results.json; the README section
+    """Train, evaluate, print and save the table (results.md, results.json; the docs/RESULTS.md section
     with ``options.update_readme``). Returns (results, timings)."""
     wall = time.perf_counter()
     if options.quick:

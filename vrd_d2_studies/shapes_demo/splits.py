@@ -10,7 +10,7 @@ __all__ = ["QUICK_SIZES", "RELATION_IMAGES", "register_quick_subsets", "num_rela
 QUICK_SIZES = {"train": 8, "val": 4, "test": 4}
 # the relation stages' training images by default: 150 hold 7.2 relations per seen triplet, as scarce
 # as in the paper's data (VRD: 4.5), where the prior helps the CP net; with all 1200 (46 per triplet)
-# a rank-5 net learns what the prior counts and the prior costs it points (README, "Results")
+# a rank-5 net learns what the prior counts and the prior costs it points (docs/RESULTS.md)
 RELATION_IMAGES = 150
 
 

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 REPO = str(CONFIG_ROOT.parent)
 CONFIG = str(CONFIG_ROOT / "VRD" / "geometry_only.yaml")
 README_MARKER = "vrd-real"
+RESULTS_FILE = os.path.join(REPO, "docs", "RESULTS.md")  # where --update-results writes the table
 REQUIRED = (
     "annotations_train.json",
     "annotations_test.json",
@@ -98,7 +99,7 @@ def check_vrd_root(root: str) -> None:
     if missing:
         raise SystemExit(
             f"vrd_real: the VRD folder {os.path.abspath(root)} lacks: {', '.join(missing)}.\n"
-            "Lay it out as in README.md 'Datasets' (Lu et al.'s json release plus lu2016/ from "
+            "Lay it out as in docs/DATASETS.md 'VRD' (Lu et al.'s json release plus lu2016/ from "
             "their MATLAB release) and pass it with --vrd-root."
         )
 
@@ -209,7 +210,7 @@ def run(options):
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
     if options.update_readme:
-        replace_readme_section(os.path.join(REPO, "README.md"), README_MARKER, table)
+        replace_readme_section(RESULTS_FILE, README_MARKER, table)
     return results
 
 
@@ -229,7 +230,7 @@ def flatten(results) -> "OrderedDict[str, float]":
 def run_seeds(options, seeds: Sequence[int]):
     """One :func:`run` per seed into ``<output>/seed<S>`` (cfg.SEED = S), then the band table
     (each figure's mean (min–max) over the seeds) to ``<output>/bands.md`` / ``bands.json`` and,
-    with ``update_readme``, to the README section. Returns (band, per-seed records)."""
+    with ``update_readme``, to the docs/RESULTS.md section. Returns (band, per-seed records)."""
     records = []
     for seed in seeds:
         opts = copy.copy(options)
@@ -259,7 +260,7 @@ def run_seeds(options, seeds: Sequence[int]):
             indent=1,
         )
     if options.update_readme:
-        replace_readme_section(os.path.join(REPO, "README.md"), README_MARKER, table)
+        replace_readme_section(RESULTS_FILE, README_MARKER, table)
     return bands, records
 
 
