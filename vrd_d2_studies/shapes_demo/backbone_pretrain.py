@@ -5,7 +5,7 @@ shapes demo has no pretrained weights and trains its narrow VGG from scratch in 
 detector learned colour at a seed-dependent iteration (559 to 879 in six runs), and one that
 learned it late kept it mostly in its box head. The relation stages freeze the convs and their
 predicate branch must read "same colour as" / "different colour from" off the union box's conv
-features, so rank 1's recall followed the detector's seed over 7 points (issue #13; an MLP probe
+features, so rank 1's recall followed the detector's seed over 7 points (an MLP probe
 reads "same colour" from the pooled conv5 union feature at 0.59-0.92 across those detectors).
 
 Stage 0 stands in for ImageNet pretraining on the demo's own training boxes: it trains the

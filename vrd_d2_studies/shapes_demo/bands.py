@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # the stored band that make demo prints its run beside (written by --seeds ... --update-results)
 BAND_FILE = str(ablation.CONFIG_ROOT / "Shapes" / "demo_band.json")
-TOLERANCE = 3.0  # points: issue #13's "every headline figure within +-3 of the mean"
+TOLERANCE = 3.0  # points: a run's headline figure within +-3 of the band's mean counts as inside it
 
 
 def headline(results: Dict[str, dict]) -> "OrderedDict[str, float]":

@@ -82,15 +82,9 @@ PAPER = {  # Dupty et al. 2020, Table 1, full model with images, proposals of Lu
 
 
 def default_vrd_root() -> str:
-    """``$DETECTRON2_DATASETS/vrd`` if it holds the annotations, else ``../shared/data/vrd``
-    (``$VRD_D2_SHARED_DATA``), else the first."""
-    for cand in (
-        os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd"),
-        os.getenv("VRD_D2_SHARED_DATA", os.path.join(REPO, "..", "shared", "data", "vrd")),
-    ):
-        if os.path.isfile(os.path.join(cand, "annotations_train.json")):
-            return cand
-    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd")
+    """``$DETECTRON2_DATASETS/vrd`` (default ``datasets/vrd``), as for every builtin dataset; a
+    copy elsewhere is named by ``--vrd-root`` or ``$VRD_D2_SHARED_DATA``."""
+    return os.getenv("VRD_D2_SHARED_DATA") or os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "vrd")
 
 
 def check_vrd_root(root: str) -> None:
