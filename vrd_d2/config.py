@@ -140,8 +140,9 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.TEST.PAIR_BATCH = 1024
     # evaluation protocol of VRDEvaluator: "lu" (Lu et al. 2016: total hits / total ground truth,
     # one-to-one matching, each k of K_PER_PAIR), "sgb" (Scene-Graph-Benchmark: per-image means,
-    # graph constraint = k 1, no graph constraint = free k, R@20/50/100), "auto" (SGB for
-    # VG150 / VG200, Lu otherwise) or "both" (Lu's and SGB's, "sgb/<metric>"); docs/EVALUATION.md
+    # graph constraint = k 1, no graph constraint = free k, R@20/50/100), another name of
+    # VRD_PROTOCOL_REGISTRY, "auto" (the dataset metadata's evaluation_protocol: SGB for VG150 /
+    # VG200, Lu otherwise) or "both" (results {"lu": ..., "sgb": ...}); docs/EVALUATION.md
     _C.MODEL.VRD.TEST.PROTOCOL = "auto"
     # SGB's zeroshot_triplet.pytorch: its triplets are the zero-shot rows of zR@K under "sgb"
     # ("": triplets with training count 0)
