@@ -223,3 +223,21 @@ def test_trainer_prints_the_results_of_several_protocols(monkeypatch):
         {"lu/relationship": {"R@50_k1": 25.0}, "sgb/relationship": {"R@20": 16.7}, "sgb/phrase": {"R@20": 1.0}},
         single,
     ]
+
+
+def test_sgb_zero_shot_list_reaches_the_sgb_protocol(tmp_path):
+    import torch
+
+    name = _dataset()
+    # SGB's file: 1-based (subject, object, predicate); the triplet image 0's prediction finds, (0, 0, 1)
+    path = tmp_path / "zeroshot_triplet.pytorch"
+    torch.save(torch.tensor([[1, 2, 1]], dtype=torch.int64), path)
+    res = VRDEvaluator(name, distributed=False, protocol="both", sgb_zeroshot_triplets=str(path)).evaluate_predictions(
+        _entries()
+    )
+    # only image 0 has a zero-shot row, and it is hit: 100; Lu's results take no part in the list
+    assert res["sgb"]["relationship"]["zR@20"] == pytest.approx(100.0)
+    assert (
+        "zR@20"
+        not in VRDEvaluator(name, distributed=False, protocol="sgb").evaluate_predictions(_entries())["relationship"]
+    )
