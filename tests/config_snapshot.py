@@ -42,9 +42,13 @@ def effective_config(path: str, opts: Sequence[str] = ()) -> Dict[str, object]:
     from detectron2.config import get_cfg
 
     from vrd_d2.config import add_vrd_config
+    from vrd_d2_studies.shapes_demo.config import add_shapes_demo_config
 
     cfg = get_cfg()
     add_vrd_config(cfg)
+    # MODEL.BACKBONE_PRETRAIN (stage 0) moved from vrd_d2's keys to the shapes demo's: added for
+    # every file, so that each config has the keys it had at the snapshot's commit
+    add_shapes_demo_config(cfg)
     cfg.merge_from_file(path)
     cfg.merge_from_list(list(opts))
     return json.loads(json.dumps(_flatten(yaml.safe_load(cfg.dump()))))

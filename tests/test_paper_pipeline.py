@@ -71,10 +71,10 @@ def _run(step, extra, num_images):
         DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
         res = Trainer.test(cfg, model)
         assert res and os.path.isfile(evaluation_file(step, cfg.DATASETS.TEST[0]))
-        if cfg.MODEL.VRD.TEST.PROTOCOL == "both":  # VG: Lu's and SGB's figures in every task
-            assert all(
-                any(m.startswith("sgb/") for m in v) and any(m.endswith("_k1") for m in v) for v in res.values()
-            ), res
+        if cfg.MODEL.VRD.TEST.PROTOCOL == "both":  # VG: Lu's and SGB's figures, each under its name
+            assert list(res) == ["lu", "sgb"] and set(res["sgb"]) <= set(res["lu"]), res
+            assert all(any(m.endswith("_k1") for m in v) for v in res["lu"].values()), res
+            assert all("R@20" in v and "ngR@100" in v for v in res["sgb"].values()), res
         return cfg
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -15,7 +15,6 @@ from tools_loader import load_tool
 
 from vrd_d2.engine import Trainer, check_stage_inputs, resolve_schedule, stage_training_dicts
 from vrd_d2.engine.pipeline import SGB_COLUMNS, format_table, missing_dataset_files, plan_steps, reproduce
-from vrd_d2.evaluation.protocols import merge_protocols
 
 SMALL = ["MODEL.VRD.USE_PRIOR", "False", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 
@@ -320,16 +319,15 @@ def _lu_sgb(lu_r50_k1, sgb_r20):
         )
         for t in ("relationship", "phrase")
     }
-    return merge_protocols(lu, sgb)
+    return {"lu": lu, "sgb": sgb}
 
 
 def test_table_shows_lu_and_sgb_columns_side_by_side():
     res = {
         "sgdet": _lu_sgb(10.0, 20.0),
         "predcls": {
-            "predcls": merge_protocols(
-                {"predcls": {"R@50_k1": 50.0, "R@50_kfree": float("nan")}}, {"predcls": {"R@20": 60.0}}
-            )["predcls"]
+            "lu": {"predcls": {"R@50_k1": 50.0, "R@50_kfree": float("nan")}},
+            "sgb": {"predcls": {"R@20": 60.0}},
         },
     }
     md = format_table("Table 3 (VG150)", res)
@@ -398,7 +396,7 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
     row = table["rows"][4]  # predcls, relationship
     assert row[:2] == ["predicate classification (PredCls)", "relationship"]
     assert row[2:6] == [30.0, 31.0, 32.0, 33.0] and row[6:] == [20.0 + i for i in range(9)]
-    assert table["results"]["predcls"]["relationship"]["sgb/mR@100"] == 28.0
+    assert table["results"]["predcls"]["sgb"]["relationship"]["mR@100"] == 28.0
 
 
 def _vrd_step_runner(ran):

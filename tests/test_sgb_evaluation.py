@@ -16,13 +16,11 @@ from vrd_d2.evaluation import (
     load_lu_ground_truth,
     load_sgb_zeroshot_triplets,
     recall_metrics,
-    resolve_protocol,
     sgb_hit_matrix,
     sgb_recall,
     write_results_json,
     zeroshot_rows,
 )
-from vrd_d2.evaluation.protocols import SGB_PREFIX, format_protocol_table, split_protocols
 
 A = [0.0, 0.0, 9.0, 9.0]  # 10 x 10 pixels (inclusive convention)
 B = [20.0, 20.0, 29.0, 29.0]
@@ -203,15 +201,6 @@ def test_real_sgb_zeroshot_list(shared_vrd):
     assert zs.min() == 0 and zs[:, [0, 2]].max() == 149 and zs[:, 1].max() == 49
 
 
-def test_protocol_choice():
-    assert resolve_protocol("auto", "vg150_test") == "sgb"
-    assert resolve_protocol("auto", "vg200_test") == "sgb"
-    assert resolve_protocol("auto", "vrd_test") == "lu"
-    assert resolve_protocol("lu", "vg150_test") == "lu"
-    with pytest.raises(ValueError, match="protocol must be one of"):
-        resolve_protocol("motifs", "vrd_test")
-
-
 def test_evaluate_records_sgb_names_and_gold_box_modes():
     g = gt([[0, 1, 2]], [A], [B])
     p = pred([[0, 1, 2]], [A], [B], [0.9])
@@ -362,7 +351,7 @@ def test_eval_results_tool_writes_sgb_scores_for_a_dataset(tmp_path):
 
 
 def test_both_protocols_in_one_pass_equal_the_single_protocol_runs(tmp_path):
-    """protocol "both": Lu's results unchanged, SGB's under "sgb/", each equal to its own run."""
+    """protocol "both": Lu's results under "lu", SGB's under "sgb", each equal to its own run."""
     from tools_loader import load_tool
 
     name, res, entries = _two_image_dataset(tmp_path)
@@ -372,21 +361,21 @@ def test_both_protocols_in_one_pass_equal_the_single_protocol_runs(tmp_path):
         assert ev.protocol == protocol
         single[protocol] = ev.evaluate_predictions(copy.deepcopy(entries))
     both = single["both"]
-    assert split_protocols(both) == (single["lu"], single["sgb"])
-    assert set(both) == {"relationship", "phrase"}
-    for task in both:  # Lu's names first, unprefixed; then every SGB name with its prefix
-        assert list(both[task]) == list(single["lu"][task]) + [SGB_PREFIX + m for m in single["sgb"][task]]
+    assert list(both) == ["lu", "sgb"]
+    assert both["lu"] == single["lu"] and both["sgb"] == single["sgb"]
+    assert set(both["lu"]) == set(both["sgb"]) == {"relationship", "phrase"}
     # the hand-worked numbers: Lu 2/5 over the split, SGB (1/4 + 1)/2 per image; K of each protocol
-    assert both["relationship"]["R@50_k1"] == pytest.approx(40.0)
-    assert both["relationship"]["sgb/R@20"] == pytest.approx(62.5)
-    assert both["phrase"]["sgb/ngR@100"] == pytest.approx(62.5)
-    assert "R@20_k1" not in both["relationship"] and "sgb/R@20_k1" not in both["relationship"]
+    assert both["lu"]["relationship"]["R@50_k1"] == pytest.approx(40.0)
+    assert both["sgb"]["relationship"]["R@20"] == pytest.approx(62.5)
+    assert both["sgb"]["phrase"]["ngR@100"] == pytest.approx(62.5)
+    assert "R@20_k1" not in both["lu"]["relationship"] and "R@20_k1" not in both["sgb"]["relationship"]
     saved = json.load(open(tmp_path / "both" / "vrd_evaluation.json"))
     assert saved["protocol"] == "both" and saved["results"] == json.loads(json.dumps(both))
     assert saved["topk_values"] == [50, 100] and saved["sgb_topk_values"] == [20, 50, 100]
     assert saved["sgb_images"]["relationship"] == {"images": 2, "skipped_no_gt": 0, "skipped_no_pred": 0}
-    table = format_protocol_table(both, "both")
+    table = ev.format_results(both)
     assert "R@50_k1" not in table and "k/pair" in table and "constraint" in table
+    assert table.index("Lu et al.:") < table.index("k/pair") < table.index("Scene-Graph-Benchmark:")
     # the tool: Lu's flat scores, then SGB's prefixed "sgb_"
     out = str(tmp_path / "both.json")
     scores = load_tool("eval_results").main([str(res), "--dataset", name, "--protocol", "both", "--json", out])

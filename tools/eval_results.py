@@ -2,7 +2,7 @@
 """Score a relationship results file without the model (docs/EVALUATION.md).
 
 Examples:
-  # our JSON results against a registered dataset (VG150 / VG200: SGB's protocol by default)
+  # our JSON results against a registered dataset (its default protocol: SGB for VG150 / VG200)
   python tools/eval_results.py output/inference/vrd_test/relations_results.json --dataset vrd_test
   # Lu-style .mat results against Lu's gt.mat / zeroShot.mat, Lu's and SGB's protocol
   python tools/eval_results.py relationship_det_result.mat \\
@@ -30,7 +30,7 @@ import os
 import sys
 
 from vrd_d2.evaluation.offline import evaluate_results_file, flat_scores
-from vrd_d2.evaluation.protocols import PROTOCOLS
+from vrd_d2.evaluation.protocols import protocol_choices
 from vrd_d2.utils.checks import check_int
 from vrd_d2.utils.safe_write import atomic_write_text, check_output_path, dataset_files
 
@@ -46,9 +46,9 @@ def get_parser():
     p.add_argument(
         "--protocol",
         default="auto",
-        choices=PROTOCOLS,
-        help="lu (Lu et al.), sgb (Scene-Graph-Benchmark), auto (SGB for VG150/VG200) "
-        "or both (Lu's scores, then SGB's as sgb_<task>_<metric>)",
+        choices=protocol_choices(),
+        help="lu (Lu et al.), sgb (Scene-Graph-Benchmark), auto (the dataset's default: SGB for "
+        "VG150/VG200, Lu otherwise and for --gt-mat) or both (Lu's scores, then SGB's as sgb_<task>_<metric>)",
     )
     p.add_argument("--sgb-zeroshot-triplets", help="SGB's zeroshot_triplet.pytorch (zero-shot rows of zR@K)")
     p.add_argument("--mode", default="sgdet", choices=["sgdet", "phrase_cls", "predcls"])
@@ -93,7 +93,7 @@ def main(argv=None):
         check_int(k, "--k-values", low=0, where="eval_results.py")
     if args.json:  # before the scoring, not after it
         check_output_path(args.json, input_files(args), args.overwrite, flag="--json")
-    results, table, protocol = evaluate_results_file(
+    results, table, evaluator = evaluate_results_file(
         args.results,
         dataset=args.dataset,
         gt_mat=args.gt_mat,
@@ -108,14 +108,11 @@ def main(argv=None):
         sgb_zeroshot_triplets=args.sgb_zeroshot_triplets,
     )
     print(table)
-    scores = flat_scores(results, protocol, args.k)
+    scores, settings = flat_scores(results, evaluator.protocols, args.k)
     print(json.dumps(scores, indent=1))
     if args.json:
-        extra = {"protocol": protocol}
-        if protocol in ("lu", "both"):
-            extra.update(k_per_pair=args.k, denominator=args.denominator)
         check_output_path(args.json, input_files(args), args.overwrite, flag="--json")
-        atomic_write_text(args.json, json.dumps(dict(scores, **extra), indent=1))
+        atomic_write_text(args.json, json.dumps(dict(scores, protocol=evaluator.protocol, **settings), indent=1))
     return scores
 
 

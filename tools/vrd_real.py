@@ -39,7 +39,9 @@ from vrd_d2_studies.vrd_geometry import study as vrd_real
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--vrd-root", default=None, help="VRD folder (default: $VRD_D2_SHARED_DATA if set, else $DETECTRON2_DATASETS/vrd)"
+        "--vrd-root",
+        default=None,
+        help="VRD folder (default: $VRD_D2_SHARED_DATA if set, else $DETECTRON2_DATASETS/vrd)",
     )
     p.add_argument("--output", default="output/vrd_real")
     p.add_argument("--config-file", default=vrd_real.CONFIG)

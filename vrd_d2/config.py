@@ -23,7 +23,6 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "PAIR_FEATURES",
-    "PROTOCOLS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,8 +32,6 @@ MODES = ("sgdet", "phrase_cls", "predcls")
 OPTIMIZERS = ("SGD", "ADAM")  # SOLVER.OPTIMIZER
 # MODEL.VRD.FEATURES: how a box pair is featurised (vrd_d2/modeling/relation_predictor.py)
 PAIR_FEATURES = ("roi_align", "box_head", "geometry")
-# MODEL.VRD.TEST.PROTOCOL (and eval_results' --protocol): vrd_d2/evaluation/protocols.py
-PROTOCOLS = ("lu", "sgb", "auto", "both")
 # deprecated booleans (one release) -> the MODEL.VRD.FEATURES value each one selects
 _FEATURE_ALIASES = (("GEOMETRY_ONLY", "geometry"), ("USE_BOX_HEAD_FEATURES", "box_head"))
 
@@ -141,8 +138,9 @@ def add_vrd_config(cfg):
     _C.MODEL.VRD.TEST.PAIR_BATCH = 1024
     # evaluation protocol of VRDEvaluator: "lu" (Lu et al. 2016: total hits / total ground truth,
     # one-to-one matching, each k of K_PER_PAIR), "sgb" (Scene-Graph-Benchmark: per-image means,
-    # graph constraint = k 1, no graph constraint = free k, R@20/50/100), "auto" (SGB for
-    # VG150 / VG200, Lu otherwise) or "both" (Lu's and SGB's, "sgb/<metric>"); docs/EVALUATION.md
+    # graph constraint = k 1, no graph constraint = free k, R@20/50/100), another name of
+    # VRD_PROTOCOL_REGISTRY, "auto" (the dataset metadata's evaluation_protocol: SGB for VG150 /
+    # VG200, Lu otherwise) or "both" (results {"lu": ..., "sgb": ...}); docs/EVALUATION.md
     _C.MODEL.VRD.TEST.PROTOCOL = "auto"
     # SGB's zeroshot_triplet.pytorch: its triplets are the zero-shot rows of zR@K under "sgb"
     # ("": triplets with training count 0)
@@ -252,8 +250,11 @@ def _check_test_keys(t, where: str) -> None:
         check_int(k, f"MODEL.VRD.TEST.K_PER_PAIR[{i}] (0 = free k)", low=0, where=where)
     check_int(t.PAIR_BATCH, "MODEL.VRD.TEST.PAIR_BATCH", low=1, where=where)
     check_float(t.NMS_THRESH, "MODEL.VRD.TEST.NMS_THRESH", low=0.0, high=1.0, where=where)
-    if t.PROTOCOL not in PROTOCOLS:
-        raise ValueError(f"{where}: MODEL.VRD.TEST.PROTOCOL must be one of {PROTOCOLS}, found {t.PROTOCOL!r}")
+    # the registered protocols (a user's own included): vrd_d2/evaluation/protocols/
+    from .evaluation.protocols import protocol_choices
+
+    if t.PROTOCOL not in protocol_choices():
+        raise ValueError(f"{where}: MODEL.VRD.TEST.PROTOCOL must be one of {protocol_choices()}, found {t.PROTOCOL!r}")
 
 
 def check_vrd_config(cfg) -> str:

@@ -3,8 +3,9 @@ sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table
 ``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
 they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it.
 
-VG150 / VG200 evaluations report both protocols (``MODEL.VRD.TEST.PROTOCOL both``): Lu et al.'s
-columns and the Scene-Graph-Benchmark's side by side in one table (docs/EVALUATION.md)."""
+VG150 / VG200 evaluations report both protocols (``MODEL.VRD.TEST.PROTOCOL both``, results
+``{"lu": ..., "sgb": ...}``): Lu et al.'s columns and the Scene-Graph-Benchmark's side by side in
+one table (docs/EVALUATION.md)."""
 
 import json
 import math
@@ -255,12 +256,13 @@ _SGB_NOTE = (
 )
 
 
-def _sgb_value(metrics: dict, name: str):
-    """SGB's figure: ``sgb/<name>`` under protocol "both", ``<name>`` from an SGB-only evaluation
-    (Lu's names always end in a k suffix, so they cannot be mistaken for it)."""
-    from ..evaluation.protocols import SGB_PREFIX
-
-    return metrics.get(SGB_PREFIX + name, metrics.get(name))
+def _lu_and_sgb(res: dict) -> Tuple[dict, dict]:
+    """(Lu's, SGB's) task -> metric dicts of one evaluation's results: each under its name
+    under protocol "both"; a single protocol's results stand for both (Lu's metric names end in a
+    k suffix, SGB's never do, so a lookup finds only its own protocol's figures)."""
+    if res and all(k in ("lu", "sgb") for k in res):
+        return res.get("lu", {}), res.get("sgb", {})
+    return res, res
 
 
 def table_rows(
@@ -271,19 +273,18 @@ def table_rows(
     """(header, rows) of a table: one row per (evaluation, task), Lu's ``metric`` at each k, then,
     when some result has SGB's figures, the :data:`SGB_COLUMNS` (evaluations named also by SGB's
     PredCls / SGCls / SGDet). Cells are floats, None where a figure is absent (or NaN)."""
-    with_sgb = any(
-        _sgb_value(vals, m) is not None for res in results.values() for vals in res.values() for m in SGB_COLUMNS
-    )
+    split = {label: _lu_and_sgb(res) for label, res in results.items()}
+    with_sgb = any(vals.get(m) is not None for _, sgb in split.values() for vals in sgb.values() for m in SGB_COLUMNS)
     header = ["evaluation", "task"] + [f"Lu {m} {kl}" for _, kl in ks for m in metrics]
     header += [f"SGB {m}" for m in SGB_COLUMNS] if with_sgb else []
     rows = []
-    for label, res in results.items():
+    for label, (lu, sgb) in split.items():
         name = _MODE_NAMES.get(label, label)
         if with_sgb and label in _SGB_MODE_NAMES:
             name += f" ({_SGB_MODE_NAMES[label]})"
-        for task, vals in res.items():
-            cells = [vals.get(f"{m}_{k}") for k, _ in ks for m in metrics]
-            cells += [_sgb_value(vals, m) for m in SGB_COLUMNS] if with_sgb else []
+        for task in dict.fromkeys(list(lu) + list(sgb)):
+            cells = [lu.get(task, {}).get(f"{m}_{k}") for k, _ in ks for m in metrics]
+            cells += [sgb.get(task, {}).get(m) for m in SGB_COLUMNS] if with_sgb else []
             rows.append([name, task] + [None if v is None or math.isnan(v) else float(v) for v in cells])
     return header, rows
 

@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from ..checkpoint import VRDCheckpointer
 from ..config import resolve_vrd_config
 from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler, triplet_counts_from_config
+from ..evaluation.vrd_evaluation import print_csv_format
 from .schedule import resolve_schedule, stage_training_dicts
 from .stage_inputs import check_stage_inputs
 
@@ -105,6 +106,9 @@ def collect_env_info():
 
 
 d2_defaults.collect_env_info = collect_env_info  # used by default_setup
+# DefaultTrainer.test prints each evaluator's results with it; detectron2's fails on the
+# protocol -> task -> metric results of MODEL.VRD.TEST.PROTOCOL "both"
+d2_defaults.print_csv_format = print_csv_format
 
 
 def _relation_heads(model):

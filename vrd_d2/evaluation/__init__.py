@@ -1,5 +1,5 @@
-"""Relation evaluation: Lu et al.'s and the Scene-Graph-Benchmark's recall protocols
-(docs/EVALUATION.md), a DatasetEvaluator and results-file readers."""
+"""Relation evaluation: recall protocols behind a registry (Lu et al.'s, the Scene-Graph-Benchmark's;
+docs/EVALUATION.md), a DatasetEvaluator and results-file readers."""
 
 from .matching import (
     CRITERIA,
@@ -11,7 +11,16 @@ from .matching import (
     select_top_predictions,
     union_boxes,
 )
-from .protocols import PROTOCOLS, evaluate_records, format_results_table, resolve_protocol, tasks_for_mode
+from .protocols import (
+    VRD_PROTOCOL_REGISTRY,
+    ProtocolResult,
+    RelationProtocol,
+    evaluate_records,
+    format_results_table,
+    protocol_choices,
+    resolve_protocol,
+    tasks_for_mode,
+)
 from .recall import (
     RecallCounts,
     best_k_from_results,

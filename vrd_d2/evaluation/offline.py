@@ -3,7 +3,8 @@
 * :func:`load_predictions`: our JSON or Lu's .mat results -> evaluator entries aligned with the
   ground truth (gt.mat by file name, a registered dataset by image_id);
 * :func:`evaluate_results_file`: build the :class:`VRDEvaluator` for gt.mat or a dataset, score;
-* :func:`flat_scores`: the flat ``<task>_R@K`` dict written by ``--json``;
+* :func:`flat_scores`: the flat ``<task>_R@K`` dict written by ``--json`` (each protocol's
+  :meth:`~.protocols.RelationProtocol.flat_scores`);
 * :func:`lu_class_counts`: class-list sizes beside Lu's gt.mat.
 """
 
@@ -11,8 +12,6 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from ..data.datasets.lu2016 import load_image_paths
-from .protocols import format_protocol_table, split_protocols
-from .recall import k_label
 from .results_io import image_key, load_lu_results_mat
 from .results_json import load_results_json
 from .vrd_evaluation import VRDEvaluator
@@ -84,34 +83,22 @@ def load_predictions(
     return entries
 
 
-def flat_scores(results, protocol: str = "lu", k: int = 0, topk_values=(50, 100)) -> dict:
-    """The flat scores of ``--json``.
+def flat_scores(results, protocols, k: int = 0) -> Tuple[dict, dict]:
+    """The flat scores of ``--json`` and the settings written beside them.
 
-    Lu: ``<task>_R@K`` and ``zeroshot_<task>_R@K`` for one k per pair (K of ``topk_values``).
-    SGB: ``<task>_<metric>`` for every metric (``relationship_R@20`` is graph-constrained,
-    ``relationship_ngR@20`` not, ``_mR@K``, ``_ng-mR@K``, ``_zR@K``, ``_ng-zR@K``).
-    Both: Lu's, then SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``).
+    ``protocols``: the evaluator's name -> protocol (``VRDEvaluator.protocols``). One protocol:
+    its :meth:`~.protocols.RelationProtocol.flat_scores` (Lu: ``<task>_R@K`` and
+    ``zeroshot_<task>_R@K`` at ``k`` per pair; SGB: ``<task>_<metric>``, ``relationship_R@20``
+    graph-constrained, ``relationship_ngR@20`` not). Several ("both"): the first protocol's
+    scores as they are, every other one's prefixed ``<name>_`` (``sgb_relationship_R@20``).
     """
-    if protocol == "both":
-        lu, sgb = split_protocols(results)
-        out = flat_scores(lu, "lu", k, topk_values)
-        out.update((f"sgb_{name}", v) for name, v in flat_scores(sgb, "sgb").items())
-        return out
-    out = {}
-    if protocol == "sgb":
-        for task, metrics in results.items():
-            out.update({f"{task}_{name}": value for name, value in metrics.items()})
-        return out
-    suffix = k_label(k)
-    for task, metrics in results.items():
-        if task.endswith("_complete"):
-            continue
-        for topk in topk_values:
-            out[f"{task}_R@{topk}"] = metrics[f"R@{topk}_{suffix}"]
-        for topk in topk_values:
-            if f"zsR@{topk}_{suffix}" in metrics:
-                out[f"zeroshot_{task}_R@{topk}"] = metrics[f"zsR@{topk}_{suffix}"]
-    return out
+    scores, settings = {}, {}
+    for i, (name, protocol) in enumerate(protocols.items()):
+        own = results if len(protocols) == 1 else results[name]
+        prefix = "" if i == 0 else f"{name}_"
+        scores.update((prefix + key, v) for key, v in protocol.flat_scores(own, k).items())
+        settings.update(protocol.flat_settings(k))
+    return scores, settings
 
 
 def evaluate_results_file(
@@ -128,7 +115,7 @@ def evaluate_results_file(
     """Score a results file against gt.mat (Lu's files) or a registered dataset.
 
     ``evaluator_kwargs`` go to :class:`VRDEvaluator` (mode, k_values, denominator, zeroshot_mat,
-    sgb_zeroshot_triplets, ...). Returns (results dict, printable table, resolved protocol).
+    sgb_zeroshot_triplets, ...). Returns (results dict, printable table, the evaluator).
     """
     if (dataset is None) == (gt_mat is None):
         raise ValueError("give exactly one of a dataset name and gt.mat")
@@ -156,5 +143,4 @@ def evaluate_results_file(
         evaluator = VRDEvaluator(dataset, num_objects=num_objects, num_predicates=num_predicates, **kwargs)
     predictions = load_predictions(results, gt_names, dataset_dicts, dataset)
     out = evaluator.evaluate_predictions(predictions)
-    table = format_protocol_table(out, evaluator.protocol)
-    return out, table, evaluator.protocol
+    return out, evaluator.format_results(out), evaluator

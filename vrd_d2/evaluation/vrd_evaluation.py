@@ -1,6 +1,6 @@
-"""VRDEvaluator: relationship / phrase detection recall as a Detectron2 DatasetEvaluator, with
-Lu et al.'s protocol (VRD), the Scene-Graph-Benchmark's (VG), or both from one pass. Protocols
-and result names: docs/EVALUATION.md."""
+"""VRDEvaluator: relationship / phrase detection recall as a Detectron2 DatasetEvaluator, with a
+registered protocol (Lu et al.'s, the Scene-Graph-Benchmark's, :mod:`.protocols`) or several from
+one pass. Protocols and result names: docs/EVALUATION.md."""
 
 import copy
 import itertools
@@ -8,19 +8,23 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import List, Optional, Sequence
 
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import print_csv_format as _d2_print_csv_format
 from detectron2.utils import comm
 
 from ..config import MODES
 from ..utils.safe_write import atomic_open
 from .protocols import (
+    build_protocols,
     evaluate_records,
+    format_protocol_table,
     format_results_table,
-    merge_protocols,
     resolve_protocol,
     tasks_for_mode,
 )
@@ -33,24 +37,35 @@ from .results_io import (
     validate_prediction,
     write_results_json,
 )
-from .sgb import SGB_TOPK, evaluate_records_sgb, format_sgb_table, load_sgb_zeroshot_triplets, zeroshot_rows
 
-__all__ = ["VRDEvaluator", "MODES", "tasks_for_mode", "evaluate_records", "format_results_table"]
+__all__ = ["VRDEvaluator", "MODES", "tasks_for_mode", "evaluate_records", "format_results_table", "print_csv_format"]
 
 logger = logging.getLogger(__name__)
 
 
+def print_csv_format(results):
+    """detectron2's ``print_csv_format`` (task -> metric -> value), which also takes the results of
+    several protocols (``{"lu": {task: ...}, "sgb": {task: ...}}``), printed as tasks
+    ``<protocol>/<task>``. ``vrd_d2.engine.trainer`` gives it to ``DefaultTrainer.test``."""
+    nested = bool(results) and all(
+        isinstance(res, Mapping) and res and all(isinstance(m, Mapping) for m in res.values())
+        for res in results.values()
+    )
+    if nested:
+        results = OrderedDict((f"{p}/{task}", m) for p, res in results.items() for task, m in res.items())
+    _d2_print_csv_format(results)
+
+
 class VRDEvaluator(DatasetEvaluator):
-    """Recall of visual relationships with Lu et al.'s or the Scene-Graph-Benchmark's protocol.
+    """Recall of visual relationships with a protocol of ``VRD_PROTOCOL_REGISTRY``.
 
     Reads ``outputs[i]["relations"]`` (DESIGN.md "Model output"). Lu: for each k of ``k_values``
     it keeps the rows with ``pair_rank < k`` (all rows for k = 0, free k), sorts them by score and
     takes the top K (K = 50, 100). SGB: graph constraint = the rows with ``pair_rank == 0``, no
-    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). "both": Lu's results and SGB's
-    (prefixed ``sgb/``, :func:`~.protocols.merge_protocols`) from the same predictions. Ground
-    truth comes from
-    ``DatasetCatalog.get(dataset_name)`` matched by ``image_id``, or from Lu et al.'s gt.mat
-    (matched by image file name) if ``gt_mat`` is given.
+    graph constraint = all rows, K = 20, 50, 100 (:mod:`.sgb`). One protocol's results are
+    task -> metric -> value; "both" returns ``{"lu": Lu's results, "sgb": SGB's}`` from the same
+    predictions. Ground truth comes from ``DatasetCatalog.get(dataset_name)`` matched by
+    ``image_id``, or from Lu et al.'s gt.mat (matched by image file name) if ``gt_mat`` is given.
     """
 
     @configurable
@@ -99,9 +114,11 @@ class VRDEvaluator(DatasetEvaluator):
             save_predictions: write our JSON results file to output_dir.
             num_objects, num_predicates: class-list sizes for the input checks (default: the
                 metadata's thing_classes / predicate_classes).
-            protocol: "lu", "sgb", "auto" (SGB for VG150 / VG200 datasets, Lu otherwise) or
-                "both" (Lu's metrics, then SGB's as ``sgb/<metric>`` in the same task);
-                ``k_values``, ``best_k`` and ``denominator`` are Lu's only.
+            protocol: a registered protocol ("lu", "sgb", ...), "auto" (the dataset's metadata
+                ``evaluation_protocol``, set at registration: Lu for VRD and custom JSON, SGB
+                for VG150 / VG200; Lu when the metadata has none) or "both" (Lu's results and
+                SGB's, each under its name); ``k_values``, ``best_k`` and ``denominator`` are
+                Lu's only.
             sgb_zeroshot_triplets: SGB's ``zeroshot_triplet.pytorch``: its triplets are the
                 zero-shot rows of zR@K (default: training count 0, or zeroShot.mat).
             train_split: the registered split whose triplet counts make a triplet zero-shot
@@ -120,11 +137,17 @@ class VRDEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._k_values = tuple(int(k) for k in k_values)
-        self._protocol = resolve_protocol(protocol, dataset_name)
-        given = None if topk_values is None else tuple(int(k) for k in topk_values)
-        self._topk_values = given or (SGB_TOPK if self._protocol == "sgb" else (50, 100))
-        self._sgb_topk_values = given or SGB_TOPK
-        self._sgb_zeroshot = load_sgb_zeroshot_triplets(sgb_zeroshot_triplets) if sgb_zeroshot_triplets else None
+        self._protocol = resolve_protocol(protocol, self._metadata)
+        self._protocols = build_protocols(
+            self._protocol,
+            mode=mode,
+            k_values=self._k_values,
+            topk_values=topk_values,
+            best_k=best_k,
+            iou_threshold=iou_threshold,
+            denominator=denominator,
+            sgb_zeroshot_triplets=sgb_zeroshot_triplets,
+        )
         self._best_k = best_k
         self._iou_threshold = float(iou_threshold)
         self._denominator = denominator
@@ -160,8 +183,17 @@ class VRDEvaluator(DatasetEvaluator):
 
     @property
     def protocol(self) -> str:
-        """The resolved protocol, "lu", "sgb" or "both"."""
+        """The resolved protocol: a registered name ("lu", "sgb", ...) or "both"."""
         return self._protocol
+
+    @property
+    def protocols(self):
+        """name -> the protocol instances this evaluator runs (one, or Lu's and SGB's for "both")."""
+        return self._protocols
+
+    def format_results(self, results) -> str:
+        """The printable table of ``results`` returned by this evaluator."""
+        return format_protocol_table(results, self._protocols.values())
 
     def reset(self):
         self._predictions = []
@@ -241,27 +273,6 @@ class VRDEvaluator(DatasetEvaluator):
             logger.warning(f"VRDEvaluator: {len(predictions)} of the {len(names)} gt.mat images were evaluated")
         return gts, None
 
-    def _score_sgb(self, records, gts, num_predicates):
-        """SGB's metrics; zero-shot rows from the SGB list when given. Returns (results, table,
-        per-task image counts)."""
-        if self._sgb_zeroshot is not None:
-            gts = [dict(g, zeroshot=zeroshot_rows(g["labels"], self._sgb_zeroshot)) for g in gts]
-        results, counts = evaluate_records_sgb(
-            records,
-            gts,
-            tasks_for_mode(self._mode),
-            self._sgb_topk_values,
-            num_predicates,
-            self._iou_threshold,
-        )
-        c = next(iter(counts.values()))
-        note = (
-            f"(per-image means over {c['images']} images; left out as in SGB: "
-            f"{c['skipped_no_gt']} without ground-truth relations, {c['skipped_no_pred']} "
-            f"without predictions)"
-        )
-        return results, format_sgb_table(results) + "\n" + note, counts
-
     def evaluate(self):
         if self._distributed:
             comm.synchronize()
@@ -296,26 +307,18 @@ class VRDEvaluator(DatasetEvaluator):
         else:
             gts, complete = self._load_dataset_ground_truth(predictions)
         records = [p["record"] for p in predictions]
-        results, tables, counts = None, [], None
-        if self._protocol in ("lu", "both"):
-            results = evaluate_records(
-                records,
-                gts,
-                mode=self._mode,
-                k_values=self._k_values,
-                topk_values=self._topk_values,
-                num_predicates=num_predicates,
-                complete_ground_truths=complete,
-                best_k=self._best_k,
-                iou_threshold=self._iou_threshold,
-                denominator=self._denominator,
-            )
-            tables.append(format_results_table(results) + "\n(k=0 is free k)")
-        if self._protocol in ("sgb", "both"):
-            sgb, table, counts = self._score_sgb(records, gts, num_predicates)
-            results = sgb if results is None else merge_protocols(results, sgb)
-            tables.append(table)
-        table = "\n".join(tables)
+        runs = OrderedDict(
+            (name, protocol.evaluate(records, gts, complete_ground_truths=complete, num_predicates=num_predicates))
+            for name, protocol in self._protocols.items()
+        )
+        if len(runs) == 1:
+            results = next(iter(runs.values())).results
+        else:
+            results = OrderedDict((name, run.results) for name, run in runs.items())
+        table = "\n".join(
+            self._protocols[name].table(run.results) + (f"\n{run.notes}" if run.notes else "")
+            for name, run in runs.items()
+        )
         elapsed = time.perf_counter() - start
         num_gt = sum(len(g["labels"]) for g in gts)
         logger.info(
@@ -325,27 +328,19 @@ class VRDEvaluator(DatasetEvaluator):
         )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
+            saved = {"dataset": self._dataset_name, "protocol": self._protocol, "mode": self._mode}
+            for name, run in runs.items():  # each protocol's options and run facts
+                saved.update(self._protocols[name].settings())
+                saved.update(run.record)
+            saved.update(
+                ground_truth=self._gt_mat or "dataset",
+                iou_threshold=self._iou_threshold,
+                num_images=len(predictions),
+                num_gt_relations=num_gt,
+                results=results,
+            )
             with atomic_open(os.path.join(self._output_dir, "vrd_evaluation.json")) as f:  # whole or absent
-                json.dump(
-                    {
-                        "dataset": self._dataset_name,
-                        "protocol": self._protocol,
-                        "sgb_images": counts,
-                        "mode": self._mode,
-                        "k_values": list(self._k_values),
-                        "topk_values": list(self._topk_values),
-                        "sgb_topk_values": list(self._sgb_topk_values) if counts else None,
-                        "best_k": self._best_k,
-                        "ground_truth": self._gt_mat or "dataset",
-                        "denominator": self._denominator,
-                        "iou_threshold": self._iou_threshold,
-                        "num_images": len(predictions),
-                        "num_gt_relations": num_gt,
-                        "results": results,
-                    },
-                    f,
-                    indent=2,
-                )
+                json.dump(saved, f, indent=2)
             if self._save_predictions:
                 write_results_json(
                     os.path.join(self._output_dir, "relations_results.json"),

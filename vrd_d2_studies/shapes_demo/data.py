@@ -355,6 +355,7 @@ def register_shapes(root: Optional[str] = None, seed: int = 0, prefix: str = "sh
             predicate_classes=list(SHAPE_PREDICATES),
             flip_predicate_map=flip,
             evaluator_type="vrd",
+            evaluation_protocol="lu",
             train_split=f"{prefix}_train",
             image_root=folder,
             json_file=os.path.join(folder, f"shapes_{split}.json"),

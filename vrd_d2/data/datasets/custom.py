@@ -154,7 +154,8 @@ def register_vrd_json(name: str, json_file: str, image_root: str, train_split: O
     """Register a vrd json file as dataset ``name`` (lazy: the file is read on first use).
 
     Metadata: ``thing_classes``, ``predicate_classes``, ``flip_predicate_map`` are read from the
-    file now unless given in ``metadata``; ``evaluator_type="vrd"``; ``train_split`` (default
+    file now unless given in ``metadata``; ``evaluator_type="vrd"``; ``evaluation_protocol``
+    (VRDEvaluator's "auto"; default "lu"); ``train_split`` (default
     ``name``: the split whose triplet counts give the prior and zero-shot set).
     """
     DatasetCatalog.register(name, lambda: load_vrd_json_file(json_file, image_root, name=name))
@@ -162,6 +163,7 @@ def register_vrd_json(name: str, json_file: str, image_root: str, train_split: O
     if "thing_classes" not in md:
         md.update(read_vrd_json_header(json_file))
     md.setdefault("flip_predicate_map", None)
+    md.setdefault("evaluation_protocol", "lu")
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,

@@ -260,6 +260,7 @@ def register_vg150(root: str, prefix: str = "vg150"):
         md = MetadataCatalog.get(name)
         md.set(
             evaluator_type="vrd",
+            evaluation_protocol="sgb",  # VRDEvaluator's "auto": the VG community's protocol
             train_split=f"{prefix}_train",
             image_root=image_root,
             root=root,

@@ -136,6 +136,7 @@ def register_vg200(root: str, prefix: str = "vg200"):
         md = MetadataCatalog.get(name)
         md.set(
             evaluator_type="vrd",
+            evaluation_protocol="sgb",  # VRDEvaluator's "auto": the VG community's protocol
             train_split=f"{prefix}_train",
             image_root=image_root,
             flip_predicate_map=None,

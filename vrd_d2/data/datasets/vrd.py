@@ -189,6 +189,7 @@ def register_vrd_split(name: str, root: str, split: str, train_split: Optional[s
         json_file=json_file,
         image_root=image_root,
         evaluator_type="vrd",
+        evaluation_protocol="lu",  # VRDEvaluator's "auto": Lu et al.'s protocol
         train_split=train_split or name,
         split=split,
         root=root,
