@@ -1,0 +1,1 @@
+"""Speed benchmarks of the library's CP code against dense computation."""
