@@ -14,7 +14,7 @@ demo: env
 	bash scripts/demo.sh
 
 # black reads no setup.cfg, so its line length is given here; isort reads its settings from setup.cfg.
-LINT_PATHS := vrd_d2 tools tests scripts setup.py
+LINT_PATHS := vrd_d2 vrd_d2_studies tools tests scripts setup.py
 BLACK := $(PY) -m black --line-length 120 --target-version py39
 
 lint: env

@@ -47,6 +47,7 @@ setup(
         "h5py",
         "scipy",
         "matplotlib",
+        "pydot>=3",
         "tqdm",
     ],
     extras_require={"dev": ["pytest", "hypothesis", "black==26.10.1", "isort==9.0.2"]},

@@ -1,9 +1,12 @@
 """The scene graph drawn as a graph (#15): PNGs for 0, 1, 2 and 30 relations opened and checked for
-size and content, labels that do not overlap, and the Graphviz .dot text parsed back."""
+size and content, labels that do not overlap, and the Graphviz .dot text parsed back, by a small
+reader here and by pydot's own parser."""
 
+import os
 import re
 
 import numpy as np
+import pydot
 import pytest
 from PIL import Image
 
@@ -152,3 +155,64 @@ def test_dot_escapes_quotes_backslashes_and_newlines():
     nodes, edges = parse_dot(scene_graph_dot(graph, title='file "x".jpg'))
     assert nodes["o0"]["label"] == '0:a "quoted" \\ name'
     assert edges[0][2]["label"] == '1. says "hi"\nthen \\n'
+
+
+def read_with_pydot(text):
+    """(graph attrs, node id -> attrs, [(tail, head, attrs)]) of a DOT text parsed by pydot, the
+    quoted values unquoted and unescaped as Graphviz reads them."""
+    (dot,) = pydot.graph_from_dot_data(text)
+
+    def unquote(value):
+        assert value.startswith('"') and value.endswith('"'), value
+        return re.sub(r"\\(.)", lambda c: "\n" if c.group(1) == "n" else c.group(1), value[1:-1])
+
+    def attrs(element):
+        return {k: unquote(v) if k in ("label", "tooltip") else v for k, v in element.get_attributes().items()}
+
+    graph = {}
+    for stmt in dot.get_node_list():
+        if stmt.get_name() == "graph":
+            graph.update(attrs(stmt))
+    nodes = {n.get_name(): attrs(n) for n in dot.get_node_list() if n.get_name() not in ("graph", "node", "edge")}
+    edges = [(e.get_source(), e.get_destination(), attrs(e)) for e in dot.get_edge_list()]
+    return graph, nodes, edges
+
+
+@pytest.mark.parametrize("num_relations", [0, 1, 2, 30])
+def test_dot_reads_back_with_pydot(num_relations):
+    graph = GRAPHS[num_relations]
+    attrs, nodes, edges = read_with_pydot(scene_graph_dot(graph, title="img.jpg"))
+    assert attrs["label"] == "img.jpg"
+    used = {r["subject"] for r in graph["relations"]} | {r["object"] for r in graph["relations"]}
+    assert sorted(nodes) == sorted(f"o{i}" for i in used)
+    assert len(edges) == len(graph["relations"])
+    by_label = {e["label"]: (t, h, e) for t, h, e in edges}  # pydot groups edges by node pair
+    for k, rel in enumerate(graph["relations"]):
+        tail, head, e = by_label[f"{k + 1}. {rel['predicate']}"]
+        assert (tail, head) == (f"o{rel['subject']}", f"o{rel['object']}")
+        assert e["tooltip"] == "score {:.4g}".format(rel["score"])
+        assert e["color"].strip('"') == "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in relation_colour(k)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"quoted whole"', "<b>html-like</b>", "graph", "node", "a\\lb", 'tab\there "x" \\', "1.5", "ünïcode"],
+)
+def test_dot_shows_any_text_as_written(text):
+    # strings pydot would leave unquoted or pass through (keywords, numbers, "..." or <...>, Graphviz
+    # escapes like \l) must still read back as the same text
+    graph = make_graph(2, [(0, 1)])
+    graph["objects"][1]["label"] = text
+    graph["relations"][0]["predicate"] = text
+    dot_text = scene_graph_dot(graph, title=text)
+    for attrs, nodes, edges in (read_with_pydot(dot_text), ({},) + parse_dot(dot_text)):
+        assert nodes["o1"]["label"] == f"1:{text}"
+        assert edges[0][2]["label"] == f"1. {text}"
+    assert read_with_pydot(dot_text)[0]["label"] == text
+
+
+def test_dot_needs_no_graphviz_binary(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` executable to be found
+    assert os.environ["PATH"] == str(tmp_path)
+    _, nodes, edges = read_with_pydot(scene_graph_dot(GRAPHS[2]))
+    assert len(nodes) == 2 and len(edges) == 2

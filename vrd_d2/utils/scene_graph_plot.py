@@ -1,6 +1,6 @@
 """The scene graph drawn as a graph: objects as labelled nodes, relations as labelled directed
 edges, laid out in numpy and drawn with matplotlib's Agg backend (no Graphviz binary needed); and
-the same graph as a Graphviz ``.dot`` text for users who have Graphviz.
+the same graph as a Graphviz ``.dot`` text, written by pydot, for users who have Graphviz.
 
 Both read the JSON-ready dict of :func:`vrd_d2.utils.visualizer.scene_graph_dict`: the nodes are
 the objects that take part in its relations (in id order), the edges its relations in rank order,
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
+import pydot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
@@ -156,28 +157,29 @@ def plot_scene_graph(
 def scene_graph_dot(graph: Dict, title: str = "") -> str:
     """``graph`` as a Graphviz digraph: one node per object taking part in a relation
     (``o<id>``, labelled ``id:label``), one edge per relation labelled ``rank. predicate``, in
-    the colour of the drawings. Labels are quoted with ``"`` and ``\\`` escaped."""
+    the colour of the drawings, with its score as tooltip. pydot writes and quotes it."""
     rels = graph["relations"]
     used = {r["subject"] for r in rels} | {r["object"] for r in rels}
-    lines = ["digraph scene_graph {"]
+    dot = pydot.Dot("scene_graph", graph_type="digraph")
     if title:
-        lines.append(f"  graph [label={_dot_quote(title)}, labelloc=t];")
-    lines.append('  node [shape=box, style="rounded,filled", fillcolor="#e8f0fa"];')
+        dot.set_graph_defaults(label=_dot_string(title), labelloc="t")
+    dot.set_node_defaults(shape="box", style="rounded,filled", fillcolor="#e8f0fa")
     for obj in graph["objects"]:
         if obj["id"] in used:
-            lines.append(f'  o{obj["id"]} [label={_dot_quote(str(obj["id"]) + ":" + obj["label"])}];')
+            dot.add_node(pydot.Node(f"o{obj['id']}", label=_dot_string(f"{obj['id']}:{obj['label']}")))
     for k, r in enumerate(rels):
+        label = _dot_string(f"{k + 1}. {r['predicate']}")
+        tooltip = _dot_string("score {:.4g}".format(r["score"]))
         colour = to_hex(relation_colour(k))
-        label = _dot_quote(f"{k + 1}. {r['predicate']}")
-        tooltip = _dot_quote("score {:.4g}".format(r["score"]))
-        lines.append(f'  o{r["subject"]} -> o{r["object"]} [label={label}, color="{colour}", tooltip={tooltip}];')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        dot.add_edge(pydot.Edge(f"o{r['subject']}", f"o{r['object']}", label=label, color=colour, tooltip=tooltip))
+    return dot.to_string()
 
 
-def _dot_quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def _dot_string(text: str) -> str:
+    """``text`` as a quoted DOT string that Graphviz shows as written. pydot quotes only where it
+    sees the need and leaves backslashes alone (to pass escapes such as ``\\l``): always quoted
+    here, with backslashes doubled first, so that no label is read as a keyword, HTML or escape."""
+    return pydot.core.make_quoted(text.replace("\\", "\\\\"))
 
 
 def _initial_positions(n: int, edges: np.ndarray, ideal: float) -> np.ndarray:
