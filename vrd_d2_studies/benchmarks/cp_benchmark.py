@@ -341,5 +341,5 @@ def run_and_report(args) -> None:
     results, rows = run_benchmark(resolve_settings(args), device)
     print_report(results, rows, device)
     if args.json:
-        check_output_path(args.json, (), args.overwrite, flag="--json")
+        check_output_path(args.json, (), getattr(args, "overwrite", False), flag="--json")
         atomic_write_text(args.json, json.dumps(results, indent=2))
