@@ -494,3 +494,23 @@ def test_reproduce_reruns_an_evaluation_whose_json_is_corrupt(tmp_path, text):
     assert json.load(open(os.path.join(out, "VRD", "table.json")))["results"]["phrase_cls"] == {
         "relationship": {"R@50_k1": 12.5, "R@100_kfree": 30.25}
     }
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ({"protocol": "both", "results": {"lu": {"relationship": {"R@50_k1": 1.0}}, "sgb": {"predcls": {}}}}, None),
+        ({"protocol": "both", "results": {"lu": {"relationship": {"R@50_k1": 1.0}}, "sgb": {}}}, '"sgb"'),
+        ({"protocol": "both", "results": {"lu": {"relationship": [1.0]}}}, '"lu"/"relationship"'),
+        ({"protocol": "lu", "results": {"lu": {"relationship": {"R@50_k1": 1.0}}}}, '"results"/"lu"'),
+    ],
+    ids=["both_good", "both_empty_protocol", "both_bad_task", "nested_without_both"],
+)
+def test_evaluation_problem_reads_the_protocol_layout(tmp_path, data, problem):
+    """Under "both" the results are protocol -> task -> metric; a single protocol's are task -> metric."""
+    from vrd_d2.engine.finished_outputs import evaluation_problem
+
+    path = tmp_path / "vrd_evaluation.json"
+    path.write_text(json.dumps(data))
+    found = evaluation_problem(str(path))
+    assert found is None if problem is None else (problem in found and str(path) in found)

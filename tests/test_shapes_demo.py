@@ -320,7 +320,7 @@ def test_update_results_writes_the_results_page_and_keeps_the_old_flag_names():
     --update-readme / --readme-section / --readme still parse as the new flags."""
     from conftest import REPO_DIR
 
-    from vrd_d2.utils.readme import check_readme_section
+    from vrd_d2_studies.results_doc import check_readme_section
 
     parser = load_tool("shapes_demo").get_parser()
     default = parser.parse_args([])

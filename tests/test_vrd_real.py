@@ -38,7 +38,7 @@ def test_update_results_writes_the_results_page_section():
     docs/RESULTS.md, which exists."""
     from tools_loader import load_tool
 
-    from vrd_d2.utils.readme import check_readme_section
+    from vrd_d2_studies.results_doc import check_readme_section
 
     assert vrd_real.RESULTS_FILE == os.path.join(REPO, "docs", "RESULTS.md")
     check_readme_section(vrd_real.RESULTS_FILE, vrd_real.README_MARKER)

@@ -24,9 +24,24 @@ def checkpoint_problem(path: str) -> Optional[str]:
     return None
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _tasks_problem(where: str, results) -> Optional[str]:
+    """None when ``results`` is a non-empty dict of task -> metric -> number."""
+    if not isinstance(results, dict) or not results:
+        return f"{where} is not a non-empty dict of tasks"
+    for task, metrics in results.items():
+        if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+            return f'{where}/"{task}" is not a dict of metric values'
+    return None
+
+
 def evaluation_problem(path: str) -> Optional[str]:
     """What is wrong with ``path`` as a ``vrd_evaluation.json``: json holding ``results``, a
-    non-empty dict of task -> metric -> number; None if nothing."""
+    non-empty dict of task -> metric -> number (one protocol) or, under the protocol "both"
+    (``"protocol": "both"`` in the file), of protocol -> task -> metric -> number; None if nothing."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -35,12 +50,14 @@ def evaluation_problem(path: str) -> Optional[str]:
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict) or not results:
         return f'{path}: no "results" dict of tasks'
-    for task, metrics in results.items():
-        if not isinstance(metrics, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
-        ):
-            return f'{path}: "results"/"{task}" is not a dict of metric values'
-    return None
+    if data.get("protocol") == "both":
+        for protocol, tasks in results.items():
+            problem = _tasks_problem(f'"results"/"{protocol}"', tasks)
+            if problem:
+                return f"{path}: {problem}"
+        return None
+    problem = _tasks_problem('"results"', results)
+    return f"{path}: {problem}" if problem else None
 
 
 def resumes_from_final(output_dir: str) -> bool:
