@@ -39,12 +39,3 @@ def test_a_decode_row_on_tiny_sizes_is_exact_and_recorded():
     _, record = decode_row("tiny", (5, 4, 5), "peaked", None, 2, 3, 3, torch.device("cpu"), torch.Generator(), rows)
     assert record["exact"] and record["pairs"] == 3 and record["dense_pairs_measured"] == 3
     assert len(rows) == 1 and rows[0][:4] == ("top100", "tiny", 2, 3) and rows[0][-1] == "exact"
-
-
-def test_the_library_never_imports_the_studies():
-    offenders = [
-        str(p.relative_to(REPO))
-        for p in (pathlib.Path(REPO) / "vrd_d2").rglob("*.py")
-        if "vrd_d2_studies" in p.read_text(encoding="utf-8")
-    ]
-    assert offenders == []

@@ -1,6 +1,7 @@
 """Run-to-run bands of the shapes demo: mean / min / max of the headline figures by hand, and
 --seeds/--threads on --quick runs (each run's own results.json against the band)."""
 
+import datetime
 import json
 import os
 
@@ -148,7 +149,14 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
         cfg = (out / f"seed{s}_threads1" / "stage1_detector" / "config.yaml").read_text()
         assert f"SEED: {s}\n" in cfg
     table = (out / "bands.md").read_text().strip()
-    assert readme.read_text() == f"a\n<!-- shapes-demo:begin -->\n{table}\n<!-- shapes-demo:end -->\nb\n"
+    # the section: one line naming the command, this machine's CPU, the runs' threads and today, then the table
+    from vrd_d2_studies.results_doc import cpu_model
+
+    line = (
+        f"Command: `python tools/shapes_demo.py --seeds 0 1 --threads 1 --quick` · CPU: {cpu_model()} "
+        f"({os.cpu_count()} cores) · threads: 1 · {datetime.date.today().isoformat()}"
+    )
+    assert readme.read_text() == f"a\n<!-- shapes-demo:begin -->\n{line}\n\n{table}\n<!-- shapes-demo:end -->\nb\n"
     assert "over 2 runs of `tools/shapes_demo.py --seeds 0 1 --threads 1 --quick`" in table
     # --reuse takes the finished runs as they are (same seed, threads, --quick) and makes the missing one
     first = {s: (out / f"seed{s}_threads1" / "results.json").stat().st_mtime_ns for s in (0, 1)}
@@ -178,8 +186,9 @@ def test_seeds_and_threads_on_quick_runs(tmp_path):
     assert kept == json.loads((out / "bands.json").read_text()) and len(kept["runs"]) == 3
     assert shapes_bands.section_band_file(str(band_file), "other-seeds") == str(tmp_path / "other-seeds.json")
     table3 = (out / "bands.md").read_text().strip()
+    line3 = line.replace("--seeds 0 1 --threads", "--seeds 0 1 2 --threads")
     assert readme.read_text() == before[0].replace(
-        "<!-- other-seeds:begin -->\n", f"<!-- other-seeds:begin -->\n{table3}\n"
+        "<!-- other-seeds:begin -->\n", f"<!-- other-seeds:begin -->\n{line3}\n\n{table3}\n"
     )
     assert (out / "seed0_threads1" / "results.json").stat().st_mtime_ns == first[0]
     redone = json.loads((out / "seed1_threads1" / "results.json").read_text())
@@ -295,12 +304,36 @@ def test_the_results_page_shows_the_shipped_bands():
     import re
     from pathlib import Path
 
+    from vrd_d2_studies.results_doc import split_provenance
+
     readme = (Path(shapes_bands.BAND_FILE).parents[2] / "docs" / "RESULTS.md").read_text()
     held_out = shapes_bands.section_band_file(shapes_bands.BAND_FILE, "shapes-demo-heldout")
     for name, path in (("shapes-demo", shapes_bands.BAND_FILE), ("shapes-demo-heldout", held_out)):
         stored = shapes_bands.load_band(path)
         section = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", readme, re.S)
         assert stored is not None and section is not None, name
-        assert section.group(1) == shapes_bands.format_band_table(stored["runs"], stored["command"]), name
+        provenance, table = split_provenance(section.group(1))
+        assert provenance is not None and stored["command"] in provenance, name  # the line naming the command
+        assert table == shapes_bands.format_band_table(stored["runs"], stored["command"]), name
         assert stored["settings"] == shapes_bands.load_band()["settings"], name  # both bands: make demo's recipe
     assert shapes_bands.load_band(held_out)["command"] == "tools/shapes_demo.py --seeds 3 4 5 --threads 1 2"
+
+
+def test_provenance_line_names_command_cpu_threads_and_date(tmp_path):
+    """The line heading every written results section, and its reading back: a hand-written line
+    with text after the date, or a table with no line, has no provenance."""
+    from vrd_d2_studies.results_doc import provenance_line, replace_readme_section, split_provenance
+
+    line = provenance_line("python tools/x.py --a 1", threads=[1, 2], date=datetime.date(2026, 1, 2))
+    assert line.startswith("Command: `python tools/x.py --a 1` · CPU: ") and line.endswith(
+        " · threads: 1 and 2 · 2026-01-02"
+    )
+    assert f"({os.cpu_count()} cores)" in line
+    assert split_provenance(f"{line}\n\n| t |") == (line, "| t |")
+    assert split_provenance("| t |\n| u |") == (None, "| t |\n| u |")
+    assert split_provenance(line + " (25 minutes)\n\n| t |")[0] is None
+    page = tmp_path / "RESULTS.md"
+    page.write_text("x\n<!-- s:begin -->\nold\n<!-- s:end -->\n")
+    replace_readme_section(str(page), "s", "| new |", line)
+    assert page.read_text() == f"x\n<!-- s:begin -->\n{line}\n\n| new |\n<!-- s:end -->\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]  # no temporary file left beside it

@@ -11,6 +11,7 @@ import pytest
 from tools_loader import load_tool  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2_studies import ablation
+from vrd_d2_studies.results_doc import cpu_model, split_provenance
 from vrd_d2_studies.shapes_demo import bands as shapes_bands
 from vrd_d2_studies.shapes_demo import runner as shapes_demo
 
@@ -79,7 +80,10 @@ def test_results_section_is_replaced_between_markers_only(quick_run):
     text = readme.read_text()
     table = (out / "results.md").read_text().strip()
     assert "old table" not in text
-    assert f"<!-- shapes-demo:begin -->\n{table}\n<!-- shapes-demo:end -->" in text
+    # headed by the line naming the command (this process's), the CPU, threads and date
+    section = text.split("<!-- shapes-demo:begin -->\n")[1].split("\n<!-- shapes-demo:end -->")[0]
+    provenance, rest = split_provenance(section)
+    assert provenance is not None and f"CPU: {cpu_model()}" in provenance and rest == table
     assert text.startswith("# x\n\n## Results\n") and text.endswith("\n## After\n")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import ablation
-from ..results_doc import replace_readme_section
+from ..results_doc import provenance_line, replace_readme_section
 from . import runner as shapes_demo
 
 __all__ = [
@@ -332,7 +332,7 @@ def run_cli(options) -> None:
     save_band(records, command, os.path.join(options.output, "bands.json"), settings(options))
     if options.update_readme:
         marker = shapes_demo.readme_marker(options)
-        replace_readme_section(options.readme, marker, table)
+        replace_readme_section(options.readme, marker, table, provenance_line("python " + command, threads))
         if marker == shapes_demo.README_MARKERS[shapes_demo.RELATION_IMAGES]:  # the default demo's: make demo's band
             save_band(records, command, options.band_file, settings(options))
         elif getattr(options, "readme_section", None):  # another band beside it, kept with its results table

@@ -45,7 +45,7 @@ from vrd_d2.engine.rank_usage import cp_rank_usage, format_rank_usage
 
 from .. import ablation
 from ..ablation import CONFIG_ROOT, Variant
-from ..results_doc import replace_readme_section
+from ..results_doc import invocation, provenance_line, replace_readme_section
 from .backbone_pretrain import pretrain_backbone
 from .config import get_shapes_cfg
 from .detector_check import check_accuracy, format_accuracy, gold_box_accuracy
@@ -339,7 +339,7 @@ def run(options):
             indent=1,
         )
     if options.update_readme:
-        replace_readme_section(options.readme, readme_marker(options), table)
+        replace_readme_section(options.readme, readme_marker(options), table, provenance_line(invocation()))
         logger.info("updated %s", options.readme)
     return results, timings
 

@@ -31,7 +31,7 @@ from vrd_d2.data.datasets.lu_detections import register_lu_detections
 
 from .. import ablation
 from ..ablation import CONFIG_ROOT, Variant
-from ..results_doc import replace_readme_section
+from ..results_doc import invocation, provenance_line, replace_readme_section
 from ..shapes_demo.bands import band
 
 __all__ = [
@@ -204,7 +204,7 @@ def run(options):
     with open(os.path.join(options.output, "results.md"), "w") as f:
         f.write(table + "\n")
     if options.update_readme:
-        replace_readme_section(RESULTS_FILE, README_MARKER, table)
+        replace_readme_section(RESULTS_FILE, README_MARKER, table, provenance_line(invocation()))
     return results
 
 
@@ -254,7 +254,7 @@ def run_seeds(options, seeds: Sequence[int]):
             indent=1,
         )
     if options.update_readme:
-        replace_readme_section(RESULTS_FILE, README_MARKER, table)
+        replace_readme_section(RESULTS_FILE, README_MARKER, table, provenance_line(invocation()))
     return bands, records
 
 
