@@ -69,15 +69,14 @@ def shapes_weights(tmp_path_factory):
 def test_every_checkpoint_carries_names_and_config_readable_without_pickle(shapes_weights):
     cfg, weights = shapes_weights
     md = MetadataCatalog.get("shapes_train")
-    for name in ("model_final.pth",):
-        ckpt = torch.load(os.path.join(cfg.OUTPUT_DIR, name), weights_only=True)
-        assert ckpt["thing_classes"] == list(md.thing_classes)
-        assert ckpt["predicate_classes"] == list(md.predicate_classes)
-        saved = yaml.safe_load(ckpt["config"])
-        assert saved["MODEL"]["VRD"]["FC_DIMS"] == [8]
-        assert saved["MODEL"]["VRD"]["FEATURES"] == "geometry"
-        assert saved["DATASETS"]["TRAIN"] == list(cfg.DATASETS.TRAIN)
-        assert ckpt["iteration"] == 1  # the trainer's own entries are still there
+    ckpt = torch.load(weights, weights_only=True)
+    assert ckpt["thing_classes"] == list(md.thing_classes)
+    assert ckpt["predicate_classes"] == list(md.predicate_classes)
+    saved = yaml.safe_load(ckpt["config"])
+    assert saved["MODEL"]["VRD"]["FC_DIMS"] == [8]
+    assert saved["MODEL"]["VRD"]["FEATURES"] == "geometry"
+    assert saved["DATASETS"]["TRAIN"] == list(cfg.DATASETS.TRAIN)
+    assert ckpt["iteration"] == 1  # the trainer's own entries are still there
 
 
 def _renamed(weights, tmp_path, index=1):
@@ -239,3 +238,37 @@ def test_demo_and_predictor_run_from_config_and_weights_alone(shared_vrd, tmp_pa
     for key in ("pair_indices", "subject_classes", "predicate_classes", "object_classes"):
         assert alone[key] == rel.get(key).tolist(), key
     np.testing.assert_allclose(alone["scores"], rel.scores.tolist(), rtol=1e-6, atol=1e-7)
+
+
+def test_eval_only_with_given_boxes_runs_from_the_checkpoints_names(shapes_weights, tmp_path):
+    """train_net --eval-only (phrase_cls: given boxes) on a test set registered without names gets
+    them from the checkpoint and the same results as with names; other names are an error."""
+    from tools_loader import load_tool
+
+    _, weights = shapes_weights
+    shapes = MetadataCatalog.get("shapes_test")
+    variants = {"nameless": {}, "named": {k: list(shapes.get(k)) for k in ("thing_classes", "predicate_classes")}}
+    variants["renamed"] = dict(
+        variants["named"], predicate_classes=["zebra"] + variants["named"]["predicate_classes"][1:]
+    )
+    for label, names in variants.items():
+        DatasetCatalog.register(f"s30_eval_{label}", lambda: DatasetCatalog.get("shapes_test")[:6])
+        MetadataCatalog.get(f"s30_eval_{label}").set(
+            evaluator_type="vrd", evaluation_protocol="lu", train_split="shapes_train", **names
+        )
+    tool = load_tool("train_net")
+    config = os.path.join(REPO, "configs", "Shapes", "geometry_only.yaml")
+
+    def evaluate(label):
+        opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / label), "DATASETS.TRAIN", "()"]
+        opts += ["DATASETS.TEST", f"('s30_eval_{label}',)", "MODEL.VRD.MODE", "phrase_cls"]
+        return tool.main(["--config-file", config, "--eval-only", *SMALL[:16], *opts])
+
+    alone, named = evaluate("nameless"), evaluate("named")
+    assert MetadataCatalog.get("s30_eval_nameless").thing_classes == list(shapes.thing_classes)
+    assert list(alone) == ["phrase_cls", "phrase_cls_complete"]
+    for task in alone:
+        np.testing.assert_equal(dict(alone[task]), dict(named[task]))  # nan (no zero-shot) equals nan
+        assert alone[task]["R@100_kfree"] > 0
+    with pytest.raises(ValueError, match=r"predicate_classes\[0\] is .* in the checkpoint and 'zebra' in the dataset"):
+        evaluate("renamed")
