@@ -35,7 +35,8 @@ setup(
     description="Visual relationship detection with low-rank non-negative tensor decomposition, "
     "as a Detectron2 plugin",
     packages=find_packages(exclude=("tests", "tools", "configs")),
-    package_data={"vrd_d2": get_model_zoo_configs()},
+    # the published JSON Schema of the vrd json format (vrd_d2.data.vrd_json_check reads it)
+    package_data={"vrd_d2": get_model_zoo_configs() + ["data/vrd_json.schema.json"]},
     python_requires=">=3.9",
     # torch, torchvision and detectron2 are installed by scripts/setup_env.sh (see README):
     # detectron2 is not on PyPI under its name and torch's build depends on the user's CUDA.

@@ -10,6 +10,12 @@ metadata), so the output can be registered with
 
 An existing ``--output`` is replaced only with ``--overwrite``, and never when it is one of the
 dataset's own files (e.g. ``annotations_test.json``); the file is written whole or not at all.
+
+``--check FILE`` validates a vrd json file against the published schema
+(``vrd_d2/data/vrd_json.schema.json``) and the strict loader, prints each bad entry (file, JSON
+path or image and entry, problem) and exits with status 1 if there is any::
+
+    python tools/convert_to_vrd_json.py --check mydata_train.json [--image-root path/to/images]
 """
 
 import argparse
@@ -48,18 +54,36 @@ def convert(dataset: str, output: str, image_root=None, overwrite: bool = False)
     return len(records)
 
 
+def check(json_file: str, image_root=None) -> int:
+    """Print each problem of ``json_file``; 1 if there is any, else 0."""
+    from vrd_d2.data.vrd_json_check import check_vrd_json
+
+    problems = check_vrd_json(json_file, image_root)
+    for line in problems:
+        print(line)
+    print(f"{json_file}: {len(problems)} problem(s)" if problems else f"{json_file}: OK")
+    return 1 if problems else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, help="registered dataset name")
-    parser.add_argument("--output", required=True, help="json file to write")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--dataset", help="registered dataset name to convert")
+    task.add_argument("--check", metavar="FILE", help="validate a vrd json file (schema and strict loader)")
+    parser.add_argument("--output", help="json file to write (with --dataset)")
     parser.add_argument(
         "--image-root",
         default=None,
-        help="write file names relative to this folder (default: image_root " "metadata of the dataset)",
+        help="write file names relative to this folder (default: image_root metadata of the dataset); with "
+        "--check: where images without height/width are (default: the file's folder)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (never a dataset file)")
     args = parser.parse_args(argv)
     setup_logger(name="vrd_d2")
+    if args.check:
+        return check(args.check, args.image_root)
+    if not args.output:
+        parser.error("--output is required with --dataset")
     try:
         convert(args.dataset, args.output, args.image_root, overwrite=args.overwrite)
     except FileExistsError as e:

@@ -18,6 +18,9 @@ Input files are never written over; existing outputs are replaced only with --ov
 failing image (unreadable, a bad --boxes entry, boxes that do not fit it, an existing output) is
 reported and skipped; the others are still processed; the exit status is 1 if any failed.
 Weights in a pickle (.pkl) file are refused unless --trust-pickle (unpickling can run code).
+The class and predicate names come from the checkpoint (vrd_d2 training writes them into it), so
+the config and the weights are enough; a registered dataset of the config whose names differ from
+the checkpoint's is an error.
 """
 
 import argparse
@@ -26,11 +29,18 @@ import pickle
 import sys
 
 import tqdm
-from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import vrd_d2  # noqa: F401  (registers datasets and model components)
-from vrd_d2.demo import GRAPH_FORMATS, DemoOptions, expand_inputs, needs_given_boxes, run_demo, setup_demo_cfg
+from vrd_d2.demo import (
+    GRAPH_FORMATS,
+    DemoOptions,
+    demo_class_names,
+    expand_inputs,
+    needs_given_boxes,
+    run_demo,
+    setup_demo_cfg,
+)
 from vrd_d2.predictor import VRDPredictor
 from vrd_d2.utils.demo_outputs import OutputFolder
 from vrd_d2.utils.given_boxes import GivenBoxesFile, boxes_from_dataset
@@ -81,16 +91,16 @@ def main(argv=None):
     logger.setLevel(logging.INFO)
     try:
         cfg = setup_demo_cfg(args.config_file, args.opts, args.weights)
-        meta = MetadataCatalog.get((cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0])
+        paths = expand_inputs(args.input)
+        predictor = VRDPredictor(cfg, trust_pickle=args.trust_pickle)
+        names = demo_class_names(predictor, cfg)
         given = {}
         if args.boxes:
-            given = GivenBoxesFile(args.boxes, meta.thing_classes)
+            given = GivenBoxesFile(args.boxes, names["thing_classes"])
         elif args.boxes_from_dataset:
             given = boxes_from_dataset(args.boxes_from_dataset)
-        paths = expand_inputs(args.input)
         protected = list(paths) + [f for f in (args.boxes, args.config_file, cfg.MODEL.WEIGHTS) if f]
         output = OutputFolder(args.output, protected=protected, overwrite=args.overwrite)
-        predictor = VRDPredictor(cfg, trust_pickle=args.trust_pickle)
     except (ValueError, OSError, pickle.UnpicklingError) as e:
         parser.exit(2, f"demo: error: {e}\n")
     report = run_demo(
@@ -98,8 +108,8 @@ def main(argv=None):
         paths,
         output,
         options,
-        meta.thing_classes,
-        meta.predicate_classes,
+        names["thing_classes"],
+        names["predicate_classes"],
         given=given,
         needs_boxes=needs_given_boxes(cfg),
         progress=lambda p: tqdm.tqdm(p, desc="demo", unit="img", disable=len(p) < 2),

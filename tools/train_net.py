@@ -13,7 +13,8 @@ relation evaluator and total-norm gradient clipping.
         MODEL.WEIGHTS output/VRD/stage3_selection/model_final.pth MODEL.VRD.MODE phrase_cls
 
 Weights are loaded without unpickling arbitrary objects; a .pkl (e.g. detectron2's model zoo) needs
-``--trust-pickle``. ``--eval-only`` refuses a checkpoint without relation-head weights. ``--resume``
+``--trust-pickle``. ``--eval-only`` refuses a checkpoint without relation-head weights; a test set
+registered without class names takes the checkpoint's, one with other names is an error. ``--resume``
 continues an interrupted run exactly (weights, SGD momentum, LR schedule, data order); an empty or
 corrupt ``<OUTPUT_DIR>/last_checkpoint`` is a one-line error saying what to do.
 
@@ -32,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 import vrd_d2  # noqa: F401  (registers the datasets, VGG16, VRDROIHeads, VRDRCNN)
 import vrd_d2_studies.shapes_demo  # noqa: F401  (registers the shapes datasets of configs/Shapes)
 from vrd_d2.checkpoint import ResumeError, VRDCheckpointer
+from vrd_d2.checkpoint_info import fill_dataset_class_names
 from vrd_d2.config import add_vrd_config
 from vrd_d2.engine import Trainer, check_stage_inputs, launch_cpu
 
@@ -55,12 +57,13 @@ def main(args):
     if args.eval_only:
         check_stage_inputs(cfg, eval_only=True)
         model = Trainer.build_model(cfg)
-        VRDCheckpointer(
+        extras = VRDCheckpointer(
             model,
             save_dir=cfg.OUTPUT_DIR,
             trust_pickle=getattr(args, "trust_pickle", False),
             require_relation_head=True,
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        fill_dataset_class_names(cfg.DATASETS.TEST, extras, cfg.MODEL.WEIGHTS)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

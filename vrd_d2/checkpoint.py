@@ -18,13 +18,16 @@ evaluation then reports random weights). VRDCheckpointer keeps its file handling
 - on ``--resume``, reads ``last_checkpoint`` strictly: empty (a kill between fvcore opening it and
   writing the name), not text, or naming a missing file is an error naming it and the way out;
 - writes checkpoints and ``last_checkpoint`` through a temporary file each, so a kill leaves the
-  previous file or the whole new one, never an empty or truncated one.
+  previous file or the whole new one, never an empty or truncated one;
+- adds ``info`` (the Trainer's: class and predicate names and the config, see
+  :mod:`vrd_d2.checkpoint_info`) to every checkpoint it saves, so that the weights stand alone;
+  ``load`` returns them with the other entries the model does not take.
 """
 
 import logging
 import os
 import pickle
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -83,6 +86,7 @@ class VRDCheckpointer(DetectionCheckpointer):
         *,
         trust_pickle: bool = False,
         require_relation_head: bool = False,
+        info: Optional[dict] = None,
         **checkpointables,
     ):
         """
@@ -91,10 +95,13 @@ class VRDCheckpointer(DetectionCheckpointer):
             trust_pickle: allow files that need arbitrary unpickling (``.pkl``, old ``.pth``).
             require_relation_head: the caller evaluates or runs the relation head: a checkpoint
                 without its weights, or an empty prior with ``use_prior``, is an error.
+            info: plain entries (str, lists of str) saved into every checkpoint (:meth:`save`),
+                e.g. :func:`vrd_d2.checkpoint_info.checkpoint_info`.
         """
         super().__init__(model, save_dir, **checkpointables)
         self.trust_pickle = bool(trust_pickle)
         self.require_relation_head = bool(require_relation_head)
+        self.info = dict(info or {})
         self._path = ""
 
     # ------------------------------------------------------------------------------ files
@@ -162,7 +169,8 @@ class VRDCheckpointer(DetectionCheckpointer):
         return path
 
     def save(self, name: str, **kwargs) -> None:
-        """As fvcore's ``Checkpointer.save``, through a temporary file (local folders)."""
+        """As fvcore's ``Checkpointer.save`` plus ``info``, through a temporary file (local folders)."""
+        kwargs = {**self.info, **kwargs}
         if not self.save_dir or not self.save_to_disk or "://" in self.save_dir:
             return super().save(name, **kwargs)
         data = {"model": self.model.state_dict()}

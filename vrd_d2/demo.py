@@ -31,6 +31,7 @@ __all__ = [
     "DemoReport",
     "setup_demo_cfg",
     "needs_given_boxes",
+    "demo_class_names",
     "expand_inputs",
     "render_outputs",
     "run_demo",
@@ -104,6 +105,20 @@ def needs_given_boxes(cfg: CfgNode) -> bool:
     """True when the model cannot find boxes itself: the geometry-only head (``MODEL.VRD.FEATURES
     geometry`` or the deprecated ``GEOMETRY_ONLY``) and the gold-box modes (``MODE`` other than sgdet)."""
     return resolve_pair_features(cfg) == "geometry" or cfg.MODEL.VRD.MODE != "sgdet"
+
+
+def demo_class_names(predictor, cfg: CfgNode) -> Dict[str, List[str]]:
+    """The names the demo writes: ``predictor.class_names`` (the checkpoint's, else a registered
+    dataset's). ValueError when neither the checkpoint nor a dataset of the config has them."""
+    names = getattr(predictor, "class_names", None)
+    if names is None:
+        datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+        raise ValueError(
+            f"no class names: the checkpoint {cfg.MODEL.WEIGHTS} holds none (not written by vrd_d2 training) "
+            f"and no dataset of DATASETS.TEST/TRAIN {datasets} has them (are its files under "
+            f"$DETECTRON2_DATASETS?)"
+        )
+    return names
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[str]:

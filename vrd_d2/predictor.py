@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from .checkpoint import VRDCheckpointer
+from .checkpoint_info import resolve_class_names
 from .data import triplet_counts_from_config
 
 __all__ = ["VRDPredictor", "load_weights", "given_instances", "select_relations"]
@@ -28,6 +29,11 @@ class VRDPredictor(DefaultPredictor):
     ``trust_pickle``, and weights without the relation head are an error, not a random head. The
     prior psi_u is the checkpoint's; a checkpoint without counts keeps those of
     ``DATASETS.TRAIN[0]`` (with ``MODEL.VRD.USE_PRIOR``), given to the model before loading.
+
+    ``class_names`` (``{"thing_classes", "predicate_classes"}``, or None when unknown) name the
+    outputs: the checkpoint's own (vrd_d2 training writes them), else those of a registered dataset
+    of the config; a registered dataset whose names differ from the checkpoint's is an error
+    (:func:`~vrd_d2.checkpoint_info.resolve_class_names`). No dataset files are needed.
     """
 
     def __init__(self, cfg, trust_pickle: bool = False):
@@ -40,7 +46,8 @@ class VRDPredictor(DefaultPredictor):
             self.model.roi_heads.set_triplet_counts(counts)
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        load_weights(self.model, cfg.MODEL.WEIGHTS, trust_pickle=trust_pickle)
+        extras = load_weights(self.model, cfg.MODEL.WEIGHTS, trust_pickle=trust_pickle)
+        self.class_names = resolve_class_names(cfg, extras, cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
@@ -84,7 +91,8 @@ class VRDPredictor(DefaultPredictor):
 
 def load_weights(model: torch.nn.Module, path: str, trust_pickle: bool = False):
     """
-    Load ``path`` into ``model`` for inference.
+    Load ``path`` into ``model`` for inference; returns the checkpoint's other entries (e.g. the
+    ``thing_classes``, ``predicate_classes`` and ``config`` vrd_d2 training writes).
 
     Raises:
         ValueError: ``path`` is empty (the relation head would be random), or a ``.pkl`` file

@@ -14,6 +14,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 
 from ..checkpoint import VRDCheckpointer
+from ..checkpoint_info import checkpoint_info
 from ..config import resolve_vrd_config
 from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler, triplet_counts_from_config
 from ..evaluation.vrd_evaluation import print_csv_format
@@ -129,8 +130,10 @@ class Trainer(DefaultTrainer):
     Checkpoints are read by :class:`VRDCheckpointer` (no untrusted pickle; relation-head shape
     mismatches are errors) and hold, besides the weights and the LR scheduler (detectron2's
     LRScheduler hook), the optimizer state (SGD momentum; detectron2 0.6's DefaultTrainer leaves
-    it out) and the data sampler's seed. ``resume_or_load(resume=True)`` restores all three and
-    continues the sampler's stream, so the batches, weights, momentum and learning rate of a
+    it out), the data sampler's seed, and what lets the weights stand alone: the class and
+    predicate names and the config (:func:`~vrd_d2.checkpoint_info.checkpoint_info`).
+    ``resume_or_load(resume=True)`` restores the weights, the optimizer state and the sampler's seed
+    and continues the sampler's stream, so the batches, weights, momentum and learning rate of a
     resumed run follow an uninterrupted run (batches exactly when one aspect-ratio group holds
     every image or DATALOADER.ASPECT_RATIO_GROUPING is off: images buffered in a group are lost).
     Random draws after the resume (augmentation, null-pair sampling) come from the stream seeded by
@@ -149,7 +152,11 @@ class Trainer(DefaultTrainer):
         # the PeriodicCheckpointer hook takes it.
         model = self._trainer.model
         self.checkpointer = VRDCheckpointer(
-            model, self.cfg.OUTPUT_DIR, trust_pickle=self.trust_pickle, trainer=weakref.proxy(self)
+            model,
+            self.cfg.OUTPUT_DIR,
+            trust_pickle=self.trust_pickle,
+            info=checkpoint_info(self.cfg),
+            trainer=weakref.proxy(self),
         )
         return super().build_hooks()
 

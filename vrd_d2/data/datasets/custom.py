@@ -17,7 +17,9 @@
       ]
     }
 
-The same rules as every other loader apply (vrd_d2/data/datasets/common.py): clipping, degenerate
+The format is published as a JSON Schema, ``vrd_d2/data/vrd_json.schema.json`` (shipped with the
+package); ``tools/convert_to_vrd_json.py --check FILE`` names every bad entry of a file. The same
+rules as every other loader apply (vrd_d2/data/datasets/common.py): clipping, degenerate
 boxes, merged duplicates, counted and logged; ids out of range raise ValueError naming file,
 image and entry. ``tools/convert_to_vrd_json.py`` writes this format from any registered dataset.
 """
@@ -35,6 +37,7 @@ from .common import (
     as_box,
     as_dict,
     as_image_size,
+    as_int,
     as_list,
     as_names,
     build_flip_map,
@@ -144,7 +147,10 @@ def load_vrd_json_file(
             f"{json_file}: {image_desc}",
             relations_complete=complete,
         )
-        rec.update(file_name=file_name, image_id=img.get("image_id", idx), height=height, width=width)
+        image_id = img.get("image_id", idx)
+        if not isinstance(image_id, str):  # detectron2's evaluators key results by an int or str id
+            image_id = as_int(image_id, "image_id (an integer or a string)", f"{json_file}: image {image_desc}")
+        rec.update(file_name=file_name, image_id=image_id, height=height, width=width)
         records.append(rec)
     stats.log()
     return records
