@@ -8,11 +8,14 @@ silently: an image entry gives one record, a relation row gives one row of it.
 import json
 import math
 from numbers import Integral, Real
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from .matching import compute_pair_rank
+
+#: the ``format`` tag of our results files (:func:`~.results_io.write_results_json` writes it)
+RESULTS_FORMAT = "vrd_d2.relations.v1"
 
 __all__ = ["load_results_json", "RELATION_KEYS"]
 
@@ -48,10 +51,20 @@ def _read_document(path: str):
         raise ValueError(f"{path}: {e}") from None
 
 
-def _image_list(data, path: str) -> list:
+def _image_list(data, path: str, expected_dataset: Optional[str]) -> list:
     if isinstance(data, dict):
         if "images" not in data:
             raise ValueError(f"{path}: the results object has no 'images' key (keys: {sorted(data)})")
+        fmt, dataset = data.get("format"), data.get("dataset")
+        if fmt is not None and fmt != RESULTS_FORMAT:
+            raise ValueError(f"{path}: key 'format' is {fmt!r}, this reader knows only {RESULTS_FORMAT!r}")
+        if dataset is not None and not isinstance(dataset, str):
+            raise ValueError(f"{path}: key 'dataset' must be a dataset name, found {dataset!r}")
+        if expected_dataset is not None and dataset is not None and dataset != expected_dataset:
+            raise ValueError(
+                f"{path}: key 'dataset' declares {dataset!r}, but it is scored against {expected_dataset!r} "
+                f"(--dataset); evaluate it against its own dataset"
+            )
         data = data["images"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of images or an object with 'images', found {type(data).__name__}")
@@ -134,7 +147,7 @@ def _image_record(im, i: int, path: str) -> dict:
     return {"image_id": image_id, "file_name": file_name, "record": rec, "where": where}
 
 
-def load_results_json(path: str) -> List[dict]:
+def load_results_json(path: str, expected_dataset: Optional[str] = None) -> List[dict]:
     """Read our JSON results: a list of ``{"image_id", "file_name", "record", "where"}``, one per
     image entry, in file order.
 
@@ -143,7 +156,8 @@ def load_results_json(path: str) -> List[dict]:
     integral float such as 3.0 is read as 3, a bool or 3.7 is an error) and score (a number;
     null reads as NaN, which the evaluator refuses naming the row); pair_rank is optional
     (recomputed from the boxes when absent in the whole image). Raises ValueError naming the file
-    and the entry.
+    and the entry, also when the object's ``format`` is not :data:`RESULTS_FORMAT` or its
+    ``dataset`` is not ``expected_dataset`` (when both are given).
     """
-    images = _image_list(_read_document(path), path)
+    images = _image_list(_read_document(path), path, expected_dataset)
     return [_image_record(im, i, path) for i, im in enumerate(images)]
