@@ -17,7 +17,7 @@ from ..checkpoint import VRDCheckpointer
 from ..config import resolve_vrd_config
 from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler, triplet_counts_from_config
 from ..evaluation.vrd_evaluation import print_csv_format
-from .schedule import resolve_schedule, stage_training_dicts
+from .schedule import check_solver, resolve_schedule, stage_training_dicts
 from .stage_inputs import check_evaluation_mode, check_stage_inputs
 
 __all__ = ["Trainer", "SGDWithTotalNormClip", "AdamWithTotalNormClip", "build_vrd_optimizer"]
@@ -141,6 +141,7 @@ class Trainer(DefaultTrainer):
         """``trust_pickle``: let MODEL.WEIGHTS be a pickle (.pkl), see VRDCheckpointer."""
         self.trust_pickle = trust_pickle
         cfg = resolve_vrd_config(cfg)
+        check_solver(cfg)
         check_stage_inputs(cfg)
         super().__init__(resolve_schedule(cfg))
 
