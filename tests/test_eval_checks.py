@@ -268,3 +268,52 @@ def test_sgdet_with_geometry_only_head_is_refused_before_any_image(tiny_cfg):
         tiny_cfg("Shapes/geometry_only.yaml", "MODEL.VRD.MODE", "sgdet", "MODEL.VRD.TRAIN_ON_PROPOSALS", "True"),
         eval_only=True,
     )
+
+
+# ------------------------------------------------------------------------------ JSON depth / overflow
+DEEP = "[" * 100000 + "]" * 100000
+
+
+def test_deeply_nested_results_json_is_a_clear_error(tmp_path):
+    from vrd_d2.evaluation.results_json import load_results_json
+
+    path = tmp_path / "deep.json"
+    path.write_text(DEEP)
+    with pytest.raises(ValueError, match=r"deep.json: not a results document \(JSON nested too deeply"):
+        load_results_json(str(path))
+
+
+def test_huge_box_coordinate_is_a_clear_error(tmp_path):
+    from vrd_d2.evaluation.results_json import load_results_json
+
+    row = '{"subject_box": [0, 0, 1' + "0" * 400 + ', 5], "object_box": [0, 0, 5, 5], "subject": 0, '
+    row += '"predicate": 0, "object": 0, "score": 0.5}'
+    path = tmp_path / "huge.json"
+    path.write_text('{"images": [{"image_id": 0, "file_name": "a.jpg", "relations": [' + row + "]}]}")
+    with pytest.raises(ValueError, match=r"huge.json: image 0 \(image_id=0, a.jpg\), row 0: subject_box .* not finite"):
+        load_results_json(str(path))
+
+
+def test_given_boxes_deep_or_huge(tmp_path):
+    from vrd_d2.utils.given_boxes import load_given_boxes
+
+    deep = tmp_path / "deep_boxes.json"
+    deep.write_text(DEEP)
+    with pytest.raises(ValueError, match=r"--boxes .*deep_boxes.json: cannot read JSON: nested too deeply"):
+        load_given_boxes(str(deep), ["a"])
+    huge = tmp_path / "huge_boxes.json"
+    huge.write_text('{"x.jpg": {"boxes": [[0, 0, 1' + "0" * 400 + ", 5]]}}")
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be 4 finite numbers"):
+        load_given_boxes(str(huge), ["a"])
+
+
+def test_deep_objects_json_does_not_break_registration(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from vrd_d2.data.datasets.vrd import register_all_vrd
+
+    (tmp_path / "objects.json").write_text(DEEP)
+    (tmp_path / "predicates.json").write_text('["on"]')
+    register_all_vrd(str(tmp_path), prefix="vrd_d2_test_deep")  # logged, not raised (import vrd_d2 works)
+    with pytest.raises(ValueError, match=r"objects.json: json nested too deeply"):
+        DatasetCatalog.get("vrd_d2_test_deep_test")

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..utils.checks import is_finite_number
 from .matching import compute_pair_rank
 
 #: the ``format`` tag of our results files (:func:`~.results_io.write_results_json` writes it)
@@ -49,6 +50,8 @@ def _read_document(path: str):
         raise ValueError(f"{path}: not valid JSON (truncated or malformed: {e})") from None
     except ValueError as e:  # a duplicated key
         raise ValueError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a results document (JSON nested too deeply to read)") from None
 
 
 def _image_list(data, path: str, expected_dataset: Optional[str]) -> list:
@@ -78,11 +81,17 @@ def _is_number(x) -> bool:
 def _box(value, name: str, where: str) -> List[float]:
     if not isinstance(value, list) or len(value) != 4 or not all(_is_number(v) for v in value):
         raise ValueError(f"{where}: {name} must be 4 numbers [x1, y1, x2, y2], found {value!r}")
+    if not all(is_finite_number(v) for v in value):
+        raise ValueError(f"{where}: {name} {[v if is_finite_number(v) else 'too large' for v in value]} is not finite")
     return [float(v) for v in value]
 
 
 def _label(value, name: str, where: str) -> int:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) != round(float(value)):
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:  # stored as int64
+            raise ValueError(f"{where}: labels must be integers within int64, {name} has {len(str(value))} digits")
+        return int(value)
+    if not is_finite_number(value) or float(value) != round(float(value)):
         raise ValueError(f"{where}: labels must be integers, {name} is {value!r}")
     if not -(2**63) <= int(value) < 2**63:  # stored as int64
         raise ValueError(f"{where}: labels must be integers within int64, {name} is {value!r}")
@@ -94,6 +103,8 @@ def _score(value, where: str) -> float:
         return float("nan")
     if not _is_number(value):
         raise ValueError(f"{where}: score must be a number, found {value!r}")
+    if not is_finite_number(value):
+        raise ValueError(f"{where}: score is not a finite number")
     return float(value)
 
 
