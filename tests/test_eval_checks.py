@@ -317,3 +317,17 @@ def test_deep_objects_json_does_not_break_registration(tmp_path):
     register_all_vrd(str(tmp_path), prefix="vrd_d2_test_deep")  # logged, not raised (import vrd_d2 works)
     with pytest.raises(ValueError, match=r"objects.json: json nested too deeply"):
         DatasetCatalog.get("vrd_d2_test_deep_test")
+
+
+def test_results_of_a_detections_view_are_scored_against_its_split(tmp_path):
+    """register_lu_detections sets images_of: its results may be scored against the split."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = _register_toy()
+    view = "vrd_d2_test_eval_checks_det"
+    if view not in DatasetCatalog.list():
+        DatasetCatalog.register(view, lambda: DatasetCatalog.get(name))
+        MetadataCatalog.get(view).set(images_of=name)
+    path = str(tmp_path / "view.json")
+    write_results_json(path, _perfect_entries(set(range(6))), view)
+    assert eval_results.main([path, "--dataset", name])["relationship_R@50"] == pytest.approx(100.0)

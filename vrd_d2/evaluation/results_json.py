@@ -63,7 +63,7 @@ def _image_list(data, path: str, expected_dataset: Optional[str]) -> list:
             raise ValueError(f"{path}: key 'format' is {fmt!r}, this reader knows only {RESULTS_FORMAT!r}")
         if dataset is not None and not isinstance(dataset, str):
             raise ValueError(f"{path}: key 'dataset' must be a dataset name, found {dataset!r}")
-        if expected_dataset is not None and dataset is not None and dataset != expected_dataset:
+        if expected_dataset is not None and dataset is not None and not _same_images(dataset, expected_dataset):
             raise ValueError(
                 f"{path}: key 'dataset' declares {dataset!r}, but it is scored against {expected_dataset!r} "
                 f"(--dataset); evaluate it against its own dataset"
@@ -72,6 +72,16 @@ def _image_list(data, path: str, expected_dataset: Optional[str]) -> list:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of images or an object with 'images', found {type(data).__name__}")
     return data
+
+
+def _same_images(declared: str, expected: str) -> bool:
+    """Whether results of dataset ``declared`` may be scored against ``expected``: the same name,
+    or a registered view of its images (metadata ``images_of``, e.g. Lu's detections of a split)."""
+    from detectron2.data import MetadataCatalog
+
+    if declared == expected:
+        return True
+    return declared in MetadataCatalog.list() and MetadataCatalog.get(declared).get("images_of", None) == expected
 
 
 def _is_number(x) -> bool:
@@ -89,7 +99,7 @@ def _box(value, name: str, where: str) -> List[float]:
 def _label(value, name: str, where: str) -> int:
     if isinstance(value, Integral) and not isinstance(value, bool):
         if not -(2**63) <= value < 2**63:  # stored as int64
-            raise ValueError(f"{where}: labels must be integers within int64, {name} has {len(str(value))} digits")
+            raise ValueError(f"{where}: labels must be integers within int64, {name} is {value!r}")
         return int(value)
     if not is_finite_number(value) or float(value) != round(float(value)):
         raise ValueError(f"{where}: labels must be integers, {name} is {value!r}")

@@ -241,8 +241,11 @@ class VRDEvaluator(DatasetEvaluator):
 
     # -----------------------------------------------------------------------------------------
     def _load_dataset_ground_truth(self, predictions):
-        """(ground truth per prediction, complete ground truth or None, [(gt, complete gt)] of
-        the dataset's images without a prediction)."""
+        """(ground truth per prediction, complete ground truth or None)."""
+        return self._dataset_truth_and_missing(predictions)[:2]
+
+    def _dataset_truth_and_missing(self, predictions):
+        """:meth:`_load_dataset_ground_truth` plus [(gt, complete gt)] of the images without one."""
         dicts = DatasetCatalog.get(self._dataset_name)
         by_id = {}
         for d in dicts:
@@ -267,8 +270,7 @@ class VRDEvaluator(DatasetEvaluator):
         present = [truth(by_id[p["image_id"]]) for p in predictions]
         seen = {p["image_id"] for p in predictions}
         missing = [truth(d) for d in dicts if d["image_id"] not in seen]
-        gts = [g for g, _ in present]
-        return gts, ([c for _, c in present] if has_complete else None), missing
+        return [g for g, _ in present], ([c for _, c in present] if has_complete else None), missing
 
     def _zeroshot_counts(self):
         # get_triplet_counts(name) counts name's metadata train_split; a given split counts itself
@@ -331,24 +333,21 @@ class VRDEvaluator(DatasetEvaluator):
         if self._gt_mat is not None:
             gts, complete, missing = self._load_lu_ground_truth(predictions)
         else:
-            gts, complete, missing = self._load_dataset_ground_truth(predictions)
+            gts, complete, missing = self._dataset_truth_and_missing(predictions)
         records = [p["record"] for p in predictions]
         self.missing_images = len(missing)
         if missing:
-            total = len(predictions) + len(missing)
-            source = self._gt_mat or self._dataset_name
-            if self._only_present_images:
-                logger.warning(
-                    f"VRDEvaluator: missing_images={len(missing)}: {len(missing)} of the {total} images "
-                    f"of {source} have no predictions; scoring only the {len(predictions)} present "
-                    f"(only_present_images), their ground truth is not counted"
+            logger.warning(
+                f"VRDEvaluator: missing_images={len(missing)}: {len(missing)} of the {len(predictions) + len(missing)} "
+                f"images of {self._gt_mat or self._dataset_name} have no predictions; "
+                + (
+                    f"scoring only the {len(predictions)} present (only_present_images)"
+                    if self._only_present_images
+                    else "every relation of theirs counts as a miss (only_present_images=True / "
+                    "--only-present-images scores the present ones only)"
                 )
-            else:
-                logger.warning(
-                    f"VRDEvaluator: missing_images={len(missing)}: {len(missing)} of the {total} images "
-                    f"of {source} have no predictions; every relation of theirs counts as a miss "
-                    f"(only_present_images=True / --only-present-images scores the present ones only)"
-                )
+            )
+            if not self._only_present_images:
                 records += [missing_image_record() for _ in missing]
                 gts = gts + [g for g, _ in missing]
                 if complete is not None:
