@@ -134,6 +134,8 @@ def _register_slices(root, prefix="vrdrealslice", n_train=64, n_test=30):
         DatasetCatalog.register(f"{prefix}_{split}", lambda full=full, n=n: DatasetCatalog.get(full)[:n])
         meta = MetadataCatalog.get(full).as_dict()
         meta.pop("name")
+        if "images_of" in meta:  # as register_lu_detections: its results are scored against the slice
+            meta["images_of"] = f"{prefix}_test"
         MetadataCatalog.get(f"{prefix}_{split}").set(**meta)
     return prefix
 

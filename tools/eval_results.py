@@ -19,6 +19,8 @@ given by ``--k`` (default 0: every row of the file); with ``--protocol sgb``,
 ``relationship_R@20/50/100`` and ``phrase_R@20/50/100`` (graph constraint) and every other SGB
 metric as ``<task>_<metric>`` (``relationship_ngR@50``, ``relationship_mR@50``, ...); with
 ``--protocol both``, Lu's scores and SGB's prefixed ``sgb_`` (``sgb_relationship_R@20``). An
+``--json`` also records ``missing_images``: the images of the ground truth a JSON file left out,
+accepted only with ``--only-present-images`` (then not scored). An
 existing ``--json`` file is replaced only with ``--overwrite``, and never when it is a file the run
 reads (the results, gt.mat, imagePath.mat, zeroShot.mat, the dataset's annotation files).
 """
@@ -57,6 +59,12 @@ def get_parser():
     p.add_argument("--denominator", default="rows", choices=["rows", "matlab_length"])
     p.add_argument("--num-objects", type=int, default=None, help="class-list size (gt.mat: 100)")
     p.add_argument("--num-predicates", type=int, default=None, help="predicates (gt.mat: 70)")
+    p.add_argument(
+        "--only-present-images",
+        action="store_true",
+        help="a JSON results file may leave images out; score only those present (default: every "
+        "image of the ground truth needs an entry)",
+    )
     p.add_argument("--json", help="write the flat scores here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (never an input)")
     return p
@@ -91,6 +99,9 @@ def main(argv=None):
     check_int(args.k, "--k", low=0, where="eval_results.py")
     for k in args.k_values:
         check_int(k, "--k-values", low=0, where="eval_results.py")
+    for flag in ("num_objects", "num_predicates"):
+        if getattr(args, flag) is not None:
+            check_int(getattr(args, flag), "--" + flag.replace("_", "-"), low=1, where="eval_results.py")
     if args.json:  # before the scoring, not after it
         check_output_path(args.json, input_files(args), args.overwrite, flag="--json")
     results, table, evaluator = evaluate_results_file(
@@ -106,9 +117,11 @@ def main(argv=None):
         zeroshot_mat=args.zeroshot_mat,
         denominator=args.denominator,
         sgb_zeroshot_triplets=args.sgb_zeroshot_triplets,
+        only_present_images=args.only_present_images,
     )
     print(table)
     scores, settings = flat_scores(results, evaluator.protocols, args.k)
+    settings.update(missing_images=evaluator.missing_images, only_present_images=args.only_present_images)
     print(json.dumps(scores, indent=1))
     if args.json:
         check_output_path(args.json, input_files(args), args.overwrite, flag="--json")

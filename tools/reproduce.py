@@ -34,7 +34,11 @@ def get_parser():
     p.add_argument("--num-gpus", type=int, default=1, help="passed to tools/train_net.py (detectron2's launch)")
     p.add_argument("--output-root", default="output", help="replaces the configs' output/ folder")
     p.add_argument("--dry-run", action="store_true", help="print the commands; run nothing, read no dataset file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides passed to every stage")
+    p.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides passed to every stage (KEY VALUE pairs; not OUTPUT_DIR or MODEL.WEIGHTS, set per stage)",
+    )
     return p
 
 
@@ -55,7 +59,7 @@ def main(argv=None):
             run=lambda argv: subprocess.run(argv, cwd=repo, check=True),
             out=sys.stdout,
         )
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(str(e))
 
 

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import MODES
 from .finished_outputs import checkpoint_problem, evaluation_problem, resumes_from_final
+from .pipeline_overrides import check_reproduce_overrides
 from .table4 import ablation_runs
 
 __all__ = [
@@ -346,6 +347,7 @@ def reproduce(
     from ..utils.checks import check_int
 
     check_int(num_gpus, "--num-gpus", low=1, where="tools/reproduce.py")
+    check_reproduce_overrides(opts)
     steps = plan_steps(dataset, proposals=proposals, ablation=ablation, repo=repo, output_root=output_root)
     test_dataset = eval_dataset_of(steps[-1], repo)
     commands = []

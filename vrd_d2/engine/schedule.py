@@ -8,9 +8,9 @@ from typing import List
 from detectron2.data import get_detection_dataset_dicts
 
 from ..data import filter_images_without_relations
-from ..utils.checks import check_float
+from ..utils.checks import check_float, check_int
 
-__all__ = ["stage_training_dicts", "resolve_schedule", "iterations_for_epochs"]
+__all__ = ["stage_training_dicts", "resolve_schedule", "iterations_for_epochs", "check_solver"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ def iterations_for_epochs(epochs: float, num_images: int, ims_per_batch: int) ->
     return max(1, math.ceil(epochs * num_images / ims_per_batch - 1e-9))
 
 
+def check_solver(cfg) -> None:
+    """SOLVER.IMS_PER_BATCH >= 1, SOLVER.EPOCHS >= 0 and, when EPOCHS is 0, SOLVER.MAX_ITER >= 1:
+    a ValueError naming the key before anything is built (detectron2 / fvcore would fail later
+    with a bare assertion, EPOCHS with IMS_PER_BATCH 0 with a ZeroDivisionError)."""
+    s = cfg.SOLVER
+    check_int(s.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", low=1, where="config")
+    epochs = check_float(s.EPOCHS, "SOLVER.EPOCHS", low=0.0, where="config")
+    if epochs == 0:
+        check_int(s.MAX_ITER, "SOLVER.MAX_ITER (SOLVER.EPOCHS is 0)", low=1, where="config")
+
+
 def resolve_schedule(cfg, num_images: int = None):
     """A copy of ``cfg`` with SOLVER.MAX_ITER and SOLVER.STEPS computed from SOLVER.EPOCHS and
     SOLVER.EPOCH_STEPS (logged); ``cfg`` itself when SOLVER.EPOCHS is 0.
@@ -42,8 +53,9 @@ def resolve_schedule(cfg, num_images: int = None):
     Args:
         num_images: images per epoch; by default ``len(stage_training_dicts(cfg))``.
     """
+    check_solver(cfg)
     s = cfg.SOLVER
-    epochs = check_float(s.EPOCHS, "SOLVER.EPOCHS", low=0.0, where="config")
+    epochs = float(s.EPOCHS)
     if epochs == 0:
         return cfg
     if num_images is None:

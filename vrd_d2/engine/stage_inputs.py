@@ -9,10 +9,11 @@ from typing import Dict, Set, Tuple
 import torch
 from detectron2.modeling import build_model
 
+from ..config import resolve_pair_features
 from ..modeling.relation_predictor import SELECTION_MODULES, TRIPLET_MODULES
 from ..modeling.roi_heads import relation_box_head_from_detector, version1_key_now
 
-__all__ = ["check_stage_inputs", "expected_state_shapes", "read_checkpoint_shapes"]
+__all__ = ["check_stage_inputs", "check_evaluation_mode", "expected_state_shapes", "read_checkpoint_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def check_stage_inputs(cfg, eval_only: bool = False) -> None:
     logged: stage 2 of every rank starts from the one stage-1 detector. "" (no weights), URLs and
     ``.pkl`` files (detectron2's model zoo; not unpickled here) are not checked.
     """
+    if eval_only or cfg.DATASETS.TEST:  # a training run evaluates DATASETS.TEST at its end
+        check_evaluation_mode(cfg)
     path = cfg.MODEL.WEIGHTS
     if not path or "://" in path:
         return
@@ -125,4 +128,19 @@ def check_stage_inputs(cfg, eval_only: bool = False) -> None:
             f"{where}: {len(missing)} model tensor(s) absent from the checkpoint, which the "
             f"{stage!r} stage would keep at their random initial values (is it the output of "
             f"the previous stage?), e.g. {missing[:5]}"
+        )
+
+
+def check_evaluation_mode(cfg) -> None:
+    """Refuse to evaluate MODEL.VRD.MODE "sgdet" with the geometry-only head (MODEL.VRD.FEATURES
+    "geometry") unless it was fine-tuned on proposals (MODEL.VRD.TRAIN_ON_PROPOSALS): that head is
+    trained on given boxes next to a detector that never trained, whose detections would score
+    zeros. Given detections are scored with MODE "predcls" / "phrase_cls" on a detections dataset
+    (``register_lu_detections``)."""
+    vrd = cfg.MODEL.VRD
+    if vrd.MODE == "sgdet" and resolve_pair_features(cfg) == "geometry" and not vrd.TRAIN_ON_PROPOSALS:
+        raise ValueError(
+            f"MODEL.VRD.MODE 'sgdet' with MODEL.VRD.FEATURES 'geometry' (OUTPUT_DIR {cfg.OUTPUT_DIR}): "
+            f"the geometry-only head has no trained detector to find boxes; evaluate it with MODE "
+            f"'predcls' or 'phrase_cls' (given boxes, e.g. a detections dataset)"
         )

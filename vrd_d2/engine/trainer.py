@@ -18,8 +18,8 @@ from ..checkpoint_info import checkpoint_info
 from ..config import resolve_vrd_config
 from ..data import ResumableTrainingSampler, VRDDatasetMapper, find_resumable_sampler, triplet_counts_from_config
 from ..evaluation.vrd_evaluation import print_csv_format
-from .schedule import resolve_schedule, stage_training_dicts
-from .stage_inputs import check_stage_inputs
+from .schedule import check_solver, resolve_schedule, stage_training_dicts
+from .stage_inputs import check_evaluation_mode, check_stage_inputs
 
 __all__ = ["Trainer", "SGDWithTotalNormClip", "AdamWithTotalNormClip", "build_vrd_optimizer"]
 
@@ -144,6 +144,7 @@ class Trainer(DefaultTrainer):
         """``trust_pickle``: let MODEL.WEIGHTS be a pickle (.pkl), see VRDCheckpointer."""
         self.trust_pickle = trust_pickle
         cfg = resolve_vrd_config(cfg)
+        check_solver(cfg)
         check_stage_inputs(cfg)
         super().__init__(resolve_schedule(cfg))
 
@@ -229,6 +230,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=VRDDatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, after :func:`check_evaluation_mode` (before any image is run)."""
+        check_evaluation_mode(cfg)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

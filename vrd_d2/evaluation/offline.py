@@ -47,6 +47,7 @@ def load_predictions(
     gt_names: Optional[List[str]],
     dataset_dicts: Optional[Sequence[dict]] = None,
     dataset_name: Optional[str] = None,
+    only_present_images: bool = False,
 ) -> List[dict]:
     """Results file -> entries ``{"image_id", "file_name", "record", "where"}``.
 
@@ -54,23 +55,26 @@ def load_predictions(
         results: our .json or Lu's .mat results.
         gt_names: gt.mat's image names (imagePath.mat order), or None for a dataset.
         dataset_dicts, dataset_name: the registered dataset when ``gt_names`` is None.
-    Raises ValueError naming the file on a wrong number of images, unknown or repeated images.
+        only_present_images: a JSON file may leave images of the ground truth out (they are
+            then not scored); otherwise every image needs an entry.
+    Raises ValueError naming the file on a wrong number of images, unknown or repeated images,
+    or a JSON file that declares another dataset (its ``dataset`` key) or another format.
     """
     n_gt = len(gt_names) if gt_names is not None else len(dataset_dicts)
     if results.endswith(".mat"):
         if gt_names is None:
             raise ValueError(f"{results}: Lu .mat results need --gt-mat (their cells follow imagePath.mat)")
-        mat = load_lu_results_mat(results, num_images=n_gt)  # raises on a wrong cell count
+        mat = load_lu_results_mat(results, num_images=n_gt, names=gt_names)  # raises on a wrong cell count
         return [
             {"image_id": i, "file_name": gt_names[i], "record": r, "where": f"{results}: image {i} ({gt_names[i]})"}
             for i, r in enumerate(mat)
         ]
-    entries = load_results_json(results)
-    if len(entries) != n_gt:
+    entries = load_results_json(results, expected_dataset=dataset_name)
+    if len(entries) > n_gt or (len(entries) < n_gt and not only_present_images):
         raise ValueError(
             f"{results}: {len(entries)} images, but the ground truth has {n_gt} "
             f"({'gt.mat' if gt_names is not None else dataset_name}); every image needs an entry "
-            f"(an empty 'relations' list for none)"
+            f"(an empty 'relations' list for none; --only-present-images scores only the images present)"
         )
     if gt_names is not None:  # match to gt.mat by file name
         index = {image_key(n): i for i, n in enumerate(gt_names)}
@@ -110,6 +114,7 @@ def evaluate_results_file(
     protocol: str = "lu",
     num_objects: Optional[int] = None,
     num_predicates: Optional[int] = None,
+    only_present_images: bool = False,
     **evaluator_kwargs,
 ):
     """Score a results file against gt.mat (Lu's files) or a registered dataset.
@@ -119,7 +124,13 @@ def evaluate_results_file(
     """
     if (dataset is None) == (gt_mat is None):
         raise ValueError("give exactly one of a dataset name and gt.mat")
-    kwargs = dict(evaluator_kwargs, distributed=False, save_predictions=False, protocol=protocol)
+    kwargs = dict(
+        evaluator_kwargs,
+        distributed=False,
+        save_predictions=False,
+        protocol=protocol,
+        only_present_images=only_present_images,
+    )
     if gt_mat is not None:
         image_path_mat = image_path_mat or os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(gt_mat))), "data", "imagePath.mat"
@@ -141,6 +152,6 @@ def evaluate_results_file(
 
         gt_names, dataset_dicts = None, DatasetCatalog.get(dataset)
         evaluator = VRDEvaluator(dataset, num_objects=num_objects, num_predicates=num_predicates, **kwargs)
-    predictions = load_predictions(results, gt_names, dataset_dicts, dataset)
+    predictions = load_predictions(results, gt_names, dataset_dicts, dataset, only_present_images)
     out = evaluator.evaluate_predictions(predictions)
     return out, evaluator.format_results(out), evaluator

@@ -9,6 +9,11 @@ Per-image records are plain dicts of numpy arrays (picklable, so they travel thr
   free k can be evaluated);
 * ground truth: ``labels`` [G,3], ``sub_boxes`` / ``obj_boxes`` [G,4], optional ``zeroshot`` bool
   [G]. Duplicated rows are kept and each counts in the denominator.
+
+An image of the ground truth that has no predictions at all (absent from the model's outputs or
+the results file) is :func:`missing_image_record`: no rows, so a miss of every relation under
+Lu's protocol, and ``missing: True``, so SGB's protocol counts it as recall 0 instead of
+leaving it out as it does an image whose prediction list is empty.
 """
 
 from dataclasses import dataclass, field
@@ -26,12 +31,25 @@ __all__ = [
     "select_best_k",
     "best_k_from_results",
     "DENOMINATORS",
+    "missing_image_record",
 ]
 
 #: "rows": every ground-truth row counts once (the brief's and the python ports' reading of
 #: Lu's protocol); "matlab_length": MATLAB's ``length(gt_tuple_label{i})``, which is
 #: max(rows, 3) for a non-empty n x 3 matrix, i.e. what Lu's .m files literally compute.
 DENOMINATORS = ("rows", "matlab_length")
+
+
+def missing_image_record() -> dict:
+    """The prediction record of an image without predictions (module docstring): 0 rows."""
+    return {
+        "labels": np.zeros((0, 3), np.int64),
+        "sub_boxes": np.zeros((0, 4), np.float64),
+        "obj_boxes": np.zeros((0, 4), np.float64),
+        "scores": np.zeros(0, np.float64),
+        "pair_rank": np.zeros(0, np.int64),
+        "missing": True,
+    }
 
 
 @dataclass

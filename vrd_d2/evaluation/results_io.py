@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data.datasets.lu2016 import load_image_paths, loadmat_checked, mat_cells, mat_rows, read_lu_gt_cells
 from .matching import compute_pair_rank
+from .results_json import RESULTS_FORMAT
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -32,8 +33,6 @@ __all__ = [
     "validate_prediction",
     "image_key",
 ]
-
-RESULTS_FORMAT = "vrd_d2.relations.v1"
 
 
 def image_key(name: str) -> str:
@@ -204,23 +203,26 @@ def load_lu_ground_truth(
     return names, records
 
 
-def load_lu_results_mat(path: str, num_images: Optional[int] = None) -> List[dict]:
+def load_lu_results_mat(
+    path: str, num_images: Optional[int] = None, names: Optional[Sequence[str]] = None
+) -> List[dict]:
     """Read Lu-style results: cells ``rlp_labels_ours`` [n,3] (1-based), ``rlp_confs_ours`` [n],
     ``sub_bboxes_ours`` / ``obj_bboxes_ours`` [n,4] [x1 y1 x2 y2], one cell per test image in
-    imagePath.mat order. Returns prediction records (0-based labels, pair_rank from the boxes)."""
+    imagePath.mat order (``names``, when given, name the images in errors). Returns prediction
+    records (0-based labels, pair_rank from the boxes)."""
     keys = ("rlp_labels_ours", "rlp_confs_ours", "sub_bboxes_ours", "obj_bboxes_ours")
     mat = loadmat_checked(path, keys)
     n = num_images if num_images is not None else len(mat[keys[0]].reshape(-1))
     cells = {k: mat_cells(mat, k, path, n) for k in keys}
     out = []
     for i in range(n):
+        where = f"{path}: image {i}" + (f" ({names[i]})" if names is not None and i < len(names) else "")
         rec = {
-            "labels": mat_rows(cells["rlp_labels_ours"][i], 3, np.float64),
-            "scores": mat_rows(cells["rlp_confs_ours"][i], 1, np.float64).reshape(-1),
-            "sub_boxes": mat_rows(cells["sub_bboxes_ours"][i], 4, np.float64),
-            "obj_boxes": mat_rows(cells["obj_bboxes_ours"][i], 4, np.float64),
+            "labels": mat_rows(cells["rlp_labels_ours"][i], 3, np.float64, f"{where}: rlp_labels_ours"),
+            "scores": mat_rows(cells["rlp_confs_ours"][i], 1, np.float64, f"{where}: rlp_confs_ours").reshape(-1),
+            "sub_boxes": mat_rows(cells["sub_bboxes_ours"][i], 4, np.float64, f"{where}: sub_bboxes_ours"),
+            "obj_boxes": mat_rows(cells["obj_bboxes_ours"][i], 4, np.float64, f"{where}: obj_bboxes_ours"),
         }
-        where = f"{path}: image {i}"
         bad = np.flatnonzero((rec["labels"] != np.round(rec["labels"])).any(axis=1))
         if len(bad):
             raise ValueError(f"{where}, row {bad[0]}: labels {rec['labels'][bad[0]].tolist()} not integers")

@@ -8,11 +8,15 @@ silently: an image entry gives one record, a relation row gives one row of it.
 import json
 import math
 from numbers import Integral, Real
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
+from ..utils.checks import is_finite_number
 from .matching import compute_pair_rank
+
+#: the ``format`` tag of our results files (:func:`~.results_io.write_results_json` writes it)
+RESULTS_FORMAT = "vrd_d2.relations.v1"
 
 __all__ = ["load_results_json", "RELATION_KEYS"]
 
@@ -46,16 +50,38 @@ def _read_document(path: str):
         raise ValueError(f"{path}: not valid JSON (truncated or malformed: {e})") from None
     except ValueError as e:  # a duplicated key
         raise ValueError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a results document (JSON nested too deeply to read)") from None
 
 
-def _image_list(data, path: str) -> list:
+def _image_list(data, path: str, expected_dataset: Optional[str]) -> list:
     if isinstance(data, dict):
         if "images" not in data:
             raise ValueError(f"{path}: the results object has no 'images' key (keys: {sorted(data)})")
+        fmt, dataset = data.get("format"), data.get("dataset")
+        if fmt is not None and fmt != RESULTS_FORMAT:
+            raise ValueError(f"{path}: key 'format' is {fmt!r}, this reader knows only {RESULTS_FORMAT!r}")
+        if dataset is not None and not isinstance(dataset, str):
+            raise ValueError(f"{path}: key 'dataset' must be a dataset name, found {dataset!r}")
+        if expected_dataset is not None and dataset is not None and not _same_images(dataset, expected_dataset):
+            raise ValueError(
+                f"{path}: key 'dataset' declares {dataset!r}, but it is scored against {expected_dataset!r} "
+                f"(--dataset); evaluate it against its own dataset"
+            )
         data = data["images"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of images or an object with 'images', found {type(data).__name__}")
     return data
+
+
+def _same_images(declared: str, expected: str) -> bool:
+    """Whether results of dataset ``declared`` may be scored against ``expected``: the same name,
+    or a registered view of its images (metadata ``images_of``, e.g. Lu's detections of a split)."""
+    from detectron2.data import MetadataCatalog
+
+    if declared == expected:
+        return True
+    return declared in MetadataCatalog.list() and MetadataCatalog.get(declared).get("images_of", None) == expected
 
 
 def _is_number(x) -> bool:
@@ -65,11 +91,17 @@ def _is_number(x) -> bool:
 def _box(value, name: str, where: str) -> List[float]:
     if not isinstance(value, list) or len(value) != 4 or not all(_is_number(v) for v in value):
         raise ValueError(f"{where}: {name} must be 4 numbers [x1, y1, x2, y2], found {value!r}")
+    if not all(is_finite_number(v) for v in value):
+        raise ValueError(f"{where}: {name} {[v if is_finite_number(v) else 'too large' for v in value]} is not finite")
     return [float(v) for v in value]
 
 
 def _label(value, name: str, where: str) -> int:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) != round(float(value)):
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:  # stored as int64
+            raise ValueError(f"{where}: labels must be integers within int64, {name} is {value!r}")
+        return int(value)
+    if not is_finite_number(value) or float(value) != round(float(value)):
         raise ValueError(f"{where}: labels must be integers, {name} is {value!r}")
     if not -(2**63) <= int(value) < 2**63:  # stored as int64
         raise ValueError(f"{where}: labels must be integers within int64, {name} is {value!r}")
@@ -81,6 +113,8 @@ def _score(value, where: str) -> float:
         return float("nan")
     if not _is_number(value):
         raise ValueError(f"{where}: score must be a number, found {value!r}")
+    if not is_finite_number(value):
+        raise ValueError(f"{where}: score is not a finite number")
     return float(value)
 
 
@@ -134,7 +168,7 @@ def _image_record(im, i: int, path: str) -> dict:
     return {"image_id": image_id, "file_name": file_name, "record": rec, "where": where}
 
 
-def load_results_json(path: str) -> List[dict]:
+def load_results_json(path: str, expected_dataset: Optional[str] = None) -> List[dict]:
     """Read our JSON results: a list of ``{"image_id", "file_name", "record", "where"}``, one per
     image entry, in file order.
 
@@ -143,7 +177,8 @@ def load_results_json(path: str) -> List[dict]:
     integral float such as 3.0 is read as 3, a bool or 3.7 is an error) and score (a number;
     null reads as NaN, which the evaluator refuses naming the row); pair_rank is optional
     (recomputed from the boxes when absent in the whole image). Raises ValueError naming the file
-    and the entry.
+    and the entry, also when the object's ``format`` is not :data:`RESULTS_FORMAT` or its
+    ``dataset`` is not ``expected_dataset`` (when both are given).
     """
-    images = _image_list(_read_document(path), path)
+    images = _image_list(_read_document(path), path, expected_dataset)
     return [_image_record(im, i, path) for i, im in enumerate(images)]

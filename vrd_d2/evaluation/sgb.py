@@ -236,12 +236,16 @@ def sgb_recall(
         if len(gt_labels) == 0:
             out.skipped_no_gt += 1
             continue
+        zs = gt.get("zeroshot")
+        if pred is not None and pred.get("missing", False):  # absent image: a miss, not left out
+            hit = np.zeros((len(topk_values), len(gt_labels)), bool)
+            out.add_image(hit, gt_labels[:, 1], None if zs is None else np.asarray(zs, bool).reshape(-1))
+            continue
         if pred is None or len(pred["scores"]) == 0:
             out.skipped_no_pred += 1
             continue
         order = sgb_prediction_order(pred, graph_constraint, max(topk_values))
         hit = sgb_image_hits(sgb_hit_matrix(pred, gt, order, criterion, iou_threshold), topk_values)
-        zs = gt.get("zeroshot")
         out.add_image(hit, gt_labels[:, 1], None if zs is None else np.asarray(zs, bool).reshape(-1))
     return out
 

@@ -19,6 +19,7 @@ from detectron2.evaluation import print_csv_format as _d2_print_csv_format
 from detectron2.utils import comm
 
 from ..config import MODES
+from ..utils.checks import check_float, check_int
 from ..utils.safe_write import atomic_open
 from .protocols import (
     build_protocols,
@@ -28,7 +29,7 @@ from .protocols import (
     resolve_protocol,
     tasks_for_mode,
 )
-from .recall import DENOMINATORS
+from .recall import DENOMINATORS, missing_image_record
 from .results_io import (
     dataset_ground_truth,
     image_key,
@@ -90,6 +91,7 @@ class VRDEvaluator(DatasetEvaluator):
         protocol: str = "auto",
         sgb_zeroshot_triplets: Optional[str] = None,
         train_split: Optional[str] = None,
+        only_present_images: bool = False,
     ):
         """
         Args:
@@ -124,13 +126,32 @@ class VRDEvaluator(DatasetEvaluator):
             train_split: the registered split whose triplet counts make a triplet zero-shot
                 (count 0), for a model trained on another split than the metadata's
                 ``train_split`` (default); e.g. the shapes demo's relation stages.
+            only_present_images: score only the images that have predictions. Default False:
+                an image of the ground truth without predictions counts as a miss of all its
+                relations (Lu's protocol divides by every ground-truth row of the split) and the
+                count is reported as ``missing_images`` (log, ``vrd_evaluation.json``,
+                :attr:`missing_images`).
         """
+        where = "VRDEvaluator"
         if mode not in MODES:
             raise ValueError(f"VRDEvaluator: mode must be one of {MODES}, got {mode!r}")
         if denominator not in DENOMINATORS:
             raise ValueError(f"VRDEvaluator: denominator must be one of {DENOMINATORS}")
-        if not k_values or any(int(k) < 0 for k in k_values):
+        if not k_values:
             raise ValueError(f"VRDEvaluator: k_values must be >= 0 (0 = free k), got {k_values}")
+        k_values = [check_int(k, "k_values (0 = free k)", low=0, where=where) for k in k_values]
+        if topk_values is not None:
+            if not len(topk_values):
+                raise ValueError(f"{where}: topk_values must hold at least one K >= 1, found {topk_values!r}")
+            topk_values = [check_int(k, "topk_values (the K of R@K)", low=1, where=where) for k in topk_values]
+        iou_threshold = check_float(iou_threshold, "iou_threshold", low=0.0, high=1.0, where=where)
+        if iou_threshold == 0.0:  # every box would hit every box
+            raise ValueError(f"{where}: iou_threshold must be in (0, 1], found 0.0")
+        if best_k is not None:
+            best_k = check_int(best_k, "best_k", low=0, where=where)
+        for name, size in (("num_objects", num_objects), ("num_predicates", num_predicates)):
+            if size is not None:
+                check_int(size, name, low=1, where=where)
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         self._mode = mode
@@ -167,6 +188,9 @@ class VRDEvaluator(DatasetEvaluator):
         self._image_path_mat = image_path_mat
         self._zeroshot_mat = zeroshot_mat
         self._train_split = train_split
+        self._only_present_images = bool(only_present_images)
+        #: images of the ground truth without predictions in the last evaluation
+        self.missing_images = 0
         self.reset()
 
     @classmethod
@@ -217,32 +241,36 @@ class VRDEvaluator(DatasetEvaluator):
 
     # -----------------------------------------------------------------------------------------
     def _load_dataset_ground_truth(self, predictions):
+        """(ground truth per prediction, complete ground truth or None)."""
+        return self._dataset_truth_and_missing(predictions)[:2]
+
+    def _dataset_truth_and_missing(self, predictions):
+        """:meth:`_load_dataset_ground_truth` plus [(gt, complete gt)] of the images without one."""
         dicts = DatasetCatalog.get(self._dataset_name)
         by_id = {}
         for d in dicts:
             if d["image_id"] in by_id:
                 raise ValueError(f"{self._dataset_name}: image_id {d['image_id']} appears twice")
             by_id[d["image_id"]] = d
-        counts = self._zeroshot_counts()
-        gts, complete = [], []
-        has_complete = any("relations_complete" in d for d in dicts)
-        for p in predictions:
-            d = by_id.get(p["image_id"])
-            if d is None:
+        for p in predictions:  # every check before the work
+            if p["image_id"] not in by_id:
                 raise KeyError(
                     f"VRDEvaluator: prediction for image_id={p['image_id']} ({p['file_name']}) "
                     f"but {self._dataset_name} has no such image"
                 )
-            gts.append(dataset_ground_truth(d, "relations", counts))
-            if has_complete:
-                key = "relations_complete" if "relations_complete" in d else "relations"
-                complete.append(dataset_ground_truth(d, key, None))
-        if len(predictions) < len(dicts):
-            logger.warning(
-                f"VRDEvaluator: {len(predictions)} of the {len(dicts)} images of "
-                f"{self._dataset_name} were evaluated; recall counts only their ground truth"
+        counts = self._zeroshot_counts()
+        has_complete = any("relations_complete" in d for d in dicts)
+
+        def truth(d):
+            key = "relations_complete" if "relations_complete" in d else "relations"
+            return dataset_ground_truth(d, "relations", counts), (
+                dataset_ground_truth(d, key, None) if has_complete else None
             )
-        return gts, (complete if has_complete else None)
+
+        present = [truth(by_id[p["image_id"]]) for p in predictions]
+        seen = {p["image_id"] for p in predictions}
+        missing = [truth(d) for d in dicts if d["image_id"] not in seen]
+        return [g for g, _ in present], ([c for _, c in present] if has_complete else None), missing
 
     def _zeroshot_counts(self):
         # get_triplet_counts(name) counts name's metadata train_split; a given split counts itself
@@ -260,7 +288,7 @@ class VRDEvaluator(DatasetEvaluator):
     def _load_lu_ground_truth(self, predictions):
         names, records = load_lu_ground_truth(self._gt_mat, self._image_path_mat, self._zeroshot_mat)
         by_key = {image_key(n): r for n, r in zip(names, records)}
-        gts = []
+        keys = []
         for p in predictions:
             key = image_key(p.get("image_name") or p["file_name"])
             if key not in by_key:
@@ -268,10 +296,10 @@ class VRDEvaluator(DatasetEvaluator):
                     f"VRDEvaluator: image {p['file_name']!r} (image_id={p['image_id']}) is not in "
                     f"{self._image_path_mat} (gt.mat order)"
                 )
-            gts.append(by_key[key])
-        if len(predictions) < len(names):
-            logger.warning(f"VRDEvaluator: {len(predictions)} of the {len(names)} gt.mat images were evaluated")
-        return gts, None
+            keys.append(key)
+        seen = set(keys)
+        missing = [(r, None) for n, r in zip(names, records) if image_key(n) not in seen]
+        return [by_key[k] for k in keys], None, missing
 
     def evaluate(self):
         if self._distributed:
@@ -303,10 +331,27 @@ class VRDEvaluator(DatasetEvaluator):
             validate_prediction(p["record"], where, num_objects, num_predicates)
         start = time.perf_counter()
         if self._gt_mat is not None:
-            gts, complete = self._load_lu_ground_truth(predictions)
+            gts, complete, missing = self._load_lu_ground_truth(predictions)
         else:
-            gts, complete = self._load_dataset_ground_truth(predictions)
+            gts, complete, missing = self._dataset_truth_and_missing(predictions)
         records = [p["record"] for p in predictions]
+        self.missing_images = len(missing)
+        if missing:
+            logger.warning(
+                f"VRDEvaluator: missing_images={len(missing)}: {len(missing)} of the {len(predictions) + len(missing)} "
+                f"images of {self._gt_mat or self._dataset_name} have no predictions; "
+                + (
+                    f"scoring only the {len(predictions)} present (only_present_images)"
+                    if self._only_present_images
+                    else "every relation of theirs counts as a miss (only_present_images=True / "
+                    "--only-present-images scores the present ones only)"
+                )
+            )
+            if not self._only_present_images:
+                records += [missing_image_record() for _ in missing]
+                gts = gts + [g for g, _ in missing]
+                if complete is not None:
+                    complete = complete + [c for _, c in missing]
         runs = OrderedDict(
             (name, protocol.evaluate(records, gts, complete_ground_truths=complete, num_predicates=num_predicates))
             for name, protocol in self._protocols.items()
@@ -322,8 +367,10 @@ class VRDEvaluator(DatasetEvaluator):
         elapsed = time.perf_counter() - start
         num_gt = sum(len(g["labels"]) for g in gts)
         logger.info(
-            f"Relation recall ({self._protocol} protocol) on {self._dataset_name} ({len(predictions)} "
-            f"images, {num_gt} ground-truth relations, ground truth from "
+            f"Relation recall ({self._protocol} protocol) on {self._dataset_name} ({len(gts)} "
+            f"images, {self.missing_images} of them without predictions ("
+            f"{'left out' if self._only_present_images else 'counted as misses'}), {num_gt} "
+            f"ground-truth relations, ground truth from "
             f"{self._gt_mat or 'dataset dicts'}) in {elapsed:.2f}s:\n" + table
         )
         if self._output_dir:
@@ -335,7 +382,9 @@ class VRDEvaluator(DatasetEvaluator):
             saved.update(
                 ground_truth=self._gt_mat or "dataset",
                 iou_threshold=self._iou_threshold,
-                num_images=len(predictions),
+                num_images=len(gts),
+                missing_images=self.missing_images,
+                only_present_images=self._only_present_images,
                 num_gt_relations=num_gt,
                 results=results,
             )

@@ -8,7 +8,18 @@ import math
 from numbers import Integral, Real
 from typing import Optional
 
-__all__ = ["check_int", "check_float"]
+__all__ = ["check_int", "check_float", "is_finite_number"]
+
+
+def is_finite_number(value) -> bool:
+    """A real number (not a bool) that is finite as a float; False, not OverflowError, for an
+    integer too large for a float (JSON's 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def check_int(value, name: str, *, low: Optional[int] = None, high: Optional[int] = None, where: str = "vrd_d2") -> int:
@@ -25,8 +36,8 @@ def check_float(
     value, name: str, *, low: Optional[float] = None, high: Optional[float] = None, where: str = "vrd_d2"
 ) -> float:
     """``value`` as a finite float in [low, high] (either bound optional); NaN and inf are refused."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{where}: {name} must be a finite number, found {value!r}")
+    if not is_finite_number(value):
+        raise ValueError(f"{where}: {name} must be a finite number, found {_short(value)}")
     value = float(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{where}: {name} must be {_interval(low, high)}, found {value!r}")
@@ -37,3 +48,8 @@ def _interval(low, high) -> str:
     if low is not None and high is not None:
         return f"in [{low}, {high}]"
     return f">= {low}" if low is not None else f"<= {high}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"

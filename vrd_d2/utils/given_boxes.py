@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checks import check_float, check_int
+from .checks import check_float, check_int, is_finite_number
 
 __all__ = ["GivenBoxes", "GivenBoxesFile", "load_given_boxes", "boxes_from_dataset", "check_boxes_fit"]
 
@@ -60,6 +60,8 @@ class GivenBoxesFile(Mapping):
                 data = json.load(f, object_pairs_hook=_pairs_keeping_duplicates)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"--boxes {path}: cannot read JSON: {e}") from e
+        except RecursionError:
+            raise ValueError(f"--boxes {path}: cannot read JSON: nested too deeply") from None
         if isinstance(data, _DuplicatePairs):
             entries = list(data.pairs)
         elif isinstance(data, list):
@@ -159,11 +161,7 @@ def _parse_boxes(rows, where: str) -> np.ndarray:
     """A JSON list of boxes -> float64 [B, 4]; each row 4 finite numbers with x1 > x0, y1 > y0."""
     out = np.zeros((len(rows), 4), dtype=np.float64)
     for i, row in enumerate(rows):
-        if (
-            not isinstance(row, list)
-            or len(row) != 4
-            or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in row)
-        ):
+        if not isinstance(row, list) or len(row) != 4 or not all(is_finite_number(v) for v in row):
             raise ValueError(f"{where}: boxes[{i}] must be 4 finite numbers [x1, y1, x2, y2], found {row!r}")
         if not (row[2] > row[0] and row[3] > row[1]):
             raise ValueError(f"{where}: boxes[{i}] {row} is inverted or empty (need x2 > x1 and y2 > y1)")

@@ -74,6 +74,8 @@ def read_json(path: str, what: str, source: str):
         raise ValueError(f"{source}: {what} file {path} is not valid json: {e}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{source}: {what} file {path} is not UTF-8 text: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: {what} file {path}: json nested too deeply to read") from None
 
 
 def as_int(value, what: str, where: str) -> int:
@@ -153,7 +155,7 @@ def registration_guard(name: str):
     again, naming the file, when the dataset is loaded (its loader reads the same file)."""
     try:
         yield
-    except (ValueError, OSError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 (any malformed file: import must still work; raised again on load)
         logger.warning(f"dataset {name!r} registered without class names: {type(e).__name__}: {e}")
 
 

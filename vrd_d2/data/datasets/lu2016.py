@@ -57,15 +57,24 @@ def mat_cells(mat, key: str, path: str, n: Optional[int]):
 def mat_rows(cell, width: int, dtype, where: str = "a .mat cell") -> np.ndarray:
     """One cell's matrix as ``dtype`` rows of ``width`` ([0, width] for an empty cell).
 
-    A ValueError naming ``where`` when the cell does not hold rows of ``width`` numbers, or when
-    ``dtype`` is an integer type and a value is not integral (3.7 is not truncated to 3)."""
+    A ValueError naming ``where`` when the cell does not hold rows of ``width`` numbers (an
+    ``[n, width]`` matrix; a 1 x n or n x 1 vector for width 1; a transposed ``[width, n]`` matrix is
+    refused, not reshaped into scrambled rows), or when ``dtype`` is an integer type and a value
+    is not integral (3.7 is not truncated to 3)."""
     arr = np.asarray(cell)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{where}: expected numbers, found dtype {arr.dtype} (shape {arr.shape})")
     if np.issubdtype(np.dtype(dtype), np.integer):
         arr = as_int_array(arr, "value", where)
-    elif arr.dtype.kind not in "iuf":
-        raise ValueError(f"{where}: expected numbers, found dtype {arr.dtype}")
-    if arr.size % width:
-        raise ValueError(f"{where}: shape {arr.shape} does not hold rows of {width} numbers")
+    if arr.size == 0:
+        return np.zeros((0, width), dtype)
+    if width == 1:
+        ok = arr.ndim <= 1 or (arr.ndim == 2 and 1 in arr.shape)
+    else:
+        ok = (arr.ndim == 1 and arr.size == width) or (arr.ndim == 2 and arr.shape[1] == width)
+    if not ok:
+        hint = " (transposed? each row is one relation)" if arr.ndim == 2 and arr.shape[0] == width else ""
+        raise ValueError(f"{where}: shape {arr.shape} does not hold rows of {width} numbers{hint}")
     return arr.astype(dtype).reshape(-1, width)
 
 

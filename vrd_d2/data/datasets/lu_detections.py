@@ -18,7 +18,8 @@ def register_lu_detections(name: str, test_name: str, det_mat: str, image_path_m
     """Register ``name``: the images of ``test_name`` with Lu et al.'s R-CNN detections
     (``det_mat``, e.g. lu2016/data/objectDetRCNN.mat, matched to images by ``image_path_mat``) as
     their annotations: ``bbox`` XYXY_ABS, ``category_id`` 0-based, ``score`` = the detector's
-    confidence; ``relations`` empty (int64 [0, 3]). Metadata is copied from ``test_name``. A test
+    confidence; ``relations`` empty (int64 [0, 3]). Metadata is copied from ``test_name``, plus
+    ``images_of`` = ``test_name``. A test
     image without detections gets none (counted and logged)."""
 
     def load():
@@ -44,4 +45,6 @@ def register_lu_detections(name: str, test_name: str, det_mat: str, image_path_m
     DatasetCatalog.register(name, load)
     meta = MetadataCatalog.get(test_name).as_dict()
     meta.pop("name")
-    MetadataCatalog.get(name).set(**meta)
+    meta.pop("images_of", None)
+    # images_of: its results may be scored against test_name's ground truth (tools/eval_results.py)
+    MetadataCatalog.get(name).set(images_of=test_name, **meta)
