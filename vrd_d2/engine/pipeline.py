@@ -1,5 +1,5 @@
-"""The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 (-> 4) -> evaluation in
-sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table4`), the
+"""The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 -> 4 (the triplet net
+on proposals) -> X_sel again -> evaluation in sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table4`), the
 ``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
 they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it.
 
@@ -24,6 +24,7 @@ __all__ = [
     "DATASETS",
     "EVAL_MODES",
     "plan_steps",
+    "check_opts",
     "step_command",
     "is_finished",
     "output_problem",
@@ -104,10 +105,31 @@ def _step(repo, name, config, eval_only, output_root, label="", weights=None, ou
     return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
 
 
+_TOOL_PATHS = ("MODEL.WEIGHTS", "OUTPUT_DIR")  # set per step by the pipeline, never by the user
+
+
+def check_opts(dataset: str, opts: Sequence[str], repo: str = ".") -> None:
+    """Raise one ValueError naming the problem when the trailing ``KEY VALUE`` overrides ``opts``
+    cannot go to every step of ``dataset``: an odd count, a path the pipeline sets per step
+    (MODEL.WEIGHTS, OUTPUT_DIR), a key no config has, or a value of the wrong type."""
+    where = f"tools/reproduce.py --dataset {dataset}"
+    if len(opts) % 2:
+        raise ValueError(f"{where}: config overrides come as KEY VALUE pairs, found {len(opts)} words: {list(opts)}")
+    fixed = [k for k in opts[::2] if k in _TOOL_PATHS]
+    if fixed:
+        raise ValueError(f"{where}: the pipeline sets {fixed[0]} per step; use --output-root, not {fixed[0]}")
+    if dataset in DATASETS:
+        try:
+            _load(repo, f"configs/{DATASETS[dataset]}/stage2_triplet.yaml", opts)
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            msg = str(e).strip("'\"") or type(e).__name__
+            raise ValueError(f"{where}: bad config override in {list(opts)}: {msg}") from None
+
+
 def plan_steps(
     dataset: str,
     *,
-    proposals: bool = False,
+    proposals: bool = True,
     ablation: bool = False,
     repo: str = ".",
     output_root: str = DEFAULT_OUTPUT_ROOT,
@@ -115,8 +137,9 @@ def plan_steps(
     """The steps of ``dataset`` ("vrd" | "vg150" | "vg200") in order, each reading the previous
     one's ``model_final.pth`` (the configs' MODEL.WEIGHTS, moved under ``output_root``).
 
-    ``proposals``: stage 4 (triplet net on RPN proposals), then stage 3 again on its output
-    (the selection head reads the retrained spatial branch), and evaluation of that model.
+    ``proposals`` (the paper's recipe, the default): stage 4 (triplet net on RPN proposals), then
+    stage 3 again on its output (the selection head reads the retrained spatial branch), and
+    evaluation of that model; False stops the chain at stage 3 (a model the paper did not evaluate).
     ``ablation``: the Table 4 rows (VRD and VG150), each rank with its own stage 2 -> 3 chain.
     """
     if dataset not in DATASETS:
@@ -326,7 +349,7 @@ def eval_dataset_of(step: Step, repo: str = ".") -> Optional[str]:
 def reproduce(
     dataset: str,
     *,
-    proposals: bool = False,
+    proposals: bool = True,
     ablation: bool = False,
     num_gpus: int = 1,
     output_root: str = DEFAULT_OUTPUT_ROOT,
@@ -346,6 +369,7 @@ def reproduce(
     from ..utils.checks import check_int
 
     check_int(num_gpus, "--num-gpus", low=1, where="tools/reproduce.py")
+    check_opts(dataset, opts, repo)
     steps = plan_steps(dataset, proposals=proposals, ablation=ablation, repo=repo, output_root=output_root)
     test_dataset = eval_dataset_of(steps[-1], repo)
     commands = []
