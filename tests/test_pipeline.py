@@ -25,6 +25,11 @@ def _save(cfg, path):
     return str(path)
 
 
+def _usage_stub(step):
+    """Stands for the CP usage check (a real one builds the full-size model): one component used."""
+    return {"rank": 5, "images": 1, "pairs": 2, "shares": [1.0, 0, 0, 0, 0], "rank1_kl": 0.0, "triplets": 0}
+
+
 def _final_checkpoint(path):
     """What a finished training step leaves: a (small) torch checkpoint."""
     torch.save({"model": {"w": torch.zeros(2)}, "iteration": 9}, path)
@@ -260,7 +265,14 @@ def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
         else:
             _final_checkpoint(os.path.join(d, "model_final.pth"))
 
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO())
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=run,
+        out=io.StringIO(),
+    )
     reproduce("vrd", **kw)
     assert [a[a.index("--config-file") + 1] for a in ran] == [
         "configs/VRD/stage3_selection.yaml",
@@ -407,7 +419,13 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
             json.dump({"protocol": "both", "results": _lu_sgb(10.0 * len(ran), 20.0)}, f)
 
     reproduce(
-        "vg150", output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO()
+        "vg150",
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        run=run,
+        out=io.StringIO(),
+        cp_usage=_usage_stub,
     )
     assert len(ran) == 3
     md = open(os.path.join(out, "VG150", "table.md")).read()
@@ -454,7 +472,13 @@ def test_reproduce_reruns_a_stage_whose_final_checkpoint_is_corrupt(tmp_path, da
         os.makedirs(os.path.join(out, "VRD", s))
         (tmp_path / "out" / "VRD" / s / "model_final.pth").write_bytes(good if s == "stage1_detector" else bad)
     ran, log = [], io.StringIO()
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=log, **kw)
     configs = [a[a.index("--config-file") + 1] for a in ran]
     assert configs[:2] == ["configs/VRD/stage2_triplet.yaml", "configs/VRD/stage3_selection.yaml"]
@@ -478,7 +502,13 @@ def test_corrupt_final_checkpoint_named_by_last_checkpoint_is_trained_again_not_
     (stage2 / "model_final.pth").write_bytes(b"")
     (stage2 / "last_checkpoint").write_text("model_final.pth")  # --resume would load the empty file
     ran = []
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=io.StringIO(), **kw)
     assert ran[0][ran[0].index("--config-file") + 1] == "configs/VRD/stage2_triplet.yaml"
     assert "--resume" not in ran[0] and "--eval-only" not in ran[0]
@@ -504,7 +534,13 @@ def test_reproduce_reruns_an_evaluation_whose_json_is_corrupt(tmp_path, text):
     os.makedirs(os.path.join(out, "VRD", "stage1_detector"))
     _final_checkpoint(os.path.join(out, "VRD", "stage1_detector", "model_final.pth"))
     ran = []
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=io.StringIO(), **kw)  # every other step, once
     evaluation = os.path.join(out, "VRD", "eval_phrase_cls_proposals", "inference", "vrd_test", "vrd_evaluation.json")
     with open(evaluation, "w") as f:
