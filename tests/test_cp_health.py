@@ -92,3 +92,22 @@ def test_reproduce_checks_every_triplet_stage_once_and_the_tables_carry_it(tmp_p
     os.utime(os.path.join(out, "VRD", "stage2_triplet", USAGE_FILE), (1, 1))
     reproduce("vrd", out=io.StringIO(), **kw)
     assert checked == ["stage2_triplet"]
+
+
+def test_held_out_check_reads_only_the_first_images(tmp_path):
+    """cp_rank_usage with max_images on a real (tiny, untrained) net: the pairs of exactly the first
+    images, counted by hand from the dataset's annotations."""
+    from conftest import tiny_config
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    from vrd_d2.engine.rank_usage import cp_rank_usage
+
+    cfg = tiny_config("Shapes/geometry_only.yaml")
+    torch.manual_seed(0)
+    weights = str(tmp_path / "model_final.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    usage = cp_rank_usage(cfg, weights, "shapes_test", max_images=3)
+    boxes = [len(d["annotations"]) for d in DatasetCatalog.get("shapes_test")[:3]]
+    assert usage["images"] == 3 and usage["pairs"] == sum(n * (n - 1) for n in boxes) > 0
+    assert abs(sum(usage["shares"]) - 1) < 1e-6 and len(usage["shares"]) == cfg.MODEL.VRD.RANK
