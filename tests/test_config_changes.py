@@ -2,7 +2,8 @@
 effective config (get_cfg + add_vrd_config + merge_from_file) equals its own before the
 reorganisation (tests/data/config_snapshot.json, made from commit 2fd5090's files); every removed
 file has a replacement (a kept config + overrides, docs/CONFIG_CHANGES.md) whose effective config
-equals the removed file's; no ``_BASE_`` chain is more than 4 links deep."""
+equals the removed file's, but the stage-3 files of ranks 1-4, no longer run (their Table 4 rows use
+no X_sel), whose rows now read their rank's stage 2; no ``_BASE_`` chain is more than 4 links deep."""
 
 import glob
 import os
@@ -21,6 +22,21 @@ SNAPSHOT = load_snapshot()
 KEPT = [f for f in FILES if f in SNAPSHOT]
 REMOVED = sorted(set(SNAPSHOT) - set(FILES))
 ADDED = ["Base-Stage2-Triplet.yaml"]  # the paper's stage 2, shared by VRD, VG150 and VG200
+# the stage 3 of ranks 1-4: their Table 4 rows score psi_c alone, so their chains stop after stage 2
+NO_LONGER_RUN = sorted(f"{d}/ablations/rank{r}_selection.yaml" for d in ("VRD", "VG150") for r in range(1, 5))
+REPLACED = [f for f in REMOVED if f not in NO_LONGER_RUN]
+NO_LONGER_RUN_NOTE = "no longer run: its row uses no X_sel"
+
+
+def expected_change(name: str):
+    """``{key: (before, now)}`` that a replacement changes on purpose: a rank-r row (r < 5) reads
+    its rank's stage 2, its stage 3 being no longer run."""
+    dataset_dir, file = name.split("/")[0], name.split("/")[-1]
+    rank = file[len("rank") : -len("_eval.yaml")] if file.startswith("rank") and file.endswith("_eval.yaml") else ""
+    if rank and int(rank) != 5:
+        path = f"output/{dataset_dir}/ablations/rank{rank}_stage"
+        return {"MODEL.WEIGHTS": (f"{path}3/model_final.pth", f"{path}2/model_final.pth")}
+    return {}
 
 
 def base_depth(path: str) -> int:
@@ -69,29 +85,39 @@ def _replacement(name):
     return dataset_dir, runs[file[: -len(".yaml")]]
 
 
-@pytest.mark.parametrize("name", REMOVED)
+@pytest.mark.parametrize("name", REPLACED)
 def test_removed_config_has_a_replacement_that_runs_the_same(name):
     dataset_dir, run = _replacement(name)
     now = effective_config(str(CONFIGS / dataset_dir / run.config), run.opts)
     before = SNAPSHOT[name]
-    assert {k: (before[k], now.get(k)) for k in before if now.get(k) != before[k]} == {}
+    assert {k: (before[k], now.get(k)) for k in before if now.get(k) != before[k]} == expected_change(name)
+
+
+def test_expected_change_is_only_the_rows_of_ranks_1_to_4():
+    changed = [n for n in REPLACED if expected_change(n)]
+    assert changed == sorted(f"{d}/ablations/rank{r}_eval.yaml" for d in ("VG150", "VRD") for r in range(1, 5))
 
 
 def test_every_removed_file_is_an_ablation_run_and_back():
     runs = {f"{DATASETS[d]}/ablations/{r.name}.yaml" for d in ABLATION_DATASETS for r in ablation_runs(DATASETS[d])}
-    assert runs == set(REMOVED)
+    assert runs == set(REPLACED)
+    assert len(NO_LONGER_RUN) == 8 and set(NO_LONGER_RUN) <= set(REMOVED) and not runs & set(NO_LONGER_RUN)
 
 
 def test_config_changes_doc_lists_every_removed_file_with_its_replacement():
     doc = (REPO / "docs" / "CONFIG_CHANGES.md").read_text()
     rows = [line for line in doc.splitlines() if line.startswith("| `configs/")]
     assert rows == replacement_rows()
-    assert sorted(r.split("`")[1] for r in rows) == sorted(f"configs/{n}" for n in REMOVED)
-    dataset_dir, run = _replacement("VRD/ablations/rank3_selection.yaml")  # one row, written out by hand
+    assert sorted(r.split("`")[1] for r in rows) == sorted(f"configs/{n}" for n in REPLACED)
+    gone = [line for line in doc.splitlines() if line.startswith("- `configs/") and NO_LONGER_RUN_NOTE in line]
+    assert sorted(line.split("`")[1] for line in gone) == sorted(f"configs/{n}" for n in NO_LONGER_RUN)
+    dataset_dir, run = _replacement("VRD/ablations/rank5_selection.yaml")  # one row, written out by hand
     assert replacement_command(dataset_dir, run) == (
-        "tools/train_net.py --config-file configs/VRD/stage3_selection.yaml MODEL.VRD.RANK 3 "
-        "MODEL.WEIGHTS output/VRD/ablations/rank3_stage2/model_final.pth OUTPUT_DIR output/VRD/ablations/rank3_stage3"
+        "tools/train_net.py --config-file configs/VRD/stage3_selection.yaml MODEL.VRD.RANK 5 "
+        "MODEL.WEIGHTS output/VRD/stage2_triplet/model_final.pth OUTPUT_DIR output/VRD/stage3_selection"
     )
+    dataset_dir, run = _replacement("VRD/ablations/rank3_eval.yaml")  # reads rank 3's stage 2
+    assert run.opts[run.opts.index("MODEL.WEIGHTS") + 1] == "output/VRD/ablations/rank3_stage2/model_final.pth"
 
 
 def _keys(d, prefix=""):
@@ -129,10 +155,15 @@ def test_pipeline_steps_run_the_configs_they_ran_before(dataset):
 
     d = DATASETS[dataset]
     steps = plan_steps(dataset, ablation=True, repo=str(REPO))
-    assert len(steps) == 6 + 3 * 5 + 3
+    assert len(steps) == 8 + (2 * 4 + 3) + 3  # the main chain with stage 4 and 4b; ranks 1-4 without stage 3
     for s in steps:
         before = dict(SNAPSHOT[f"{d}/{s.name}.yaml"])
         if s.eval_only and dataset in BOTH_PROTOCOL_DATASETS:
             before["MODEL.VRD.TEST.PROTOCOL"] = "both"
         now = effective_config(str(REPO / s.config), s.opts)
-        assert {k: (before[k], now.get(k)) for k in before if now.get(k) != before[k]} == {}, s.name
+        expected = expected_change(f"{d}/{s.name}.yaml")
+        if s.name.startswith("eval_"):  # the paper's recipe: the model after stage 4 and X_sel again
+            out = f"output/{d}/{s.name}_proposals"
+            expected = {"MODEL.WEIGHTS": (before["MODEL.WEIGHTS"], f"output/{d}/stage4_selection/model_final.pth")}
+            expected["OUTPUT_DIR"] = (before["OUTPUT_DIR"], out)
+        assert {k: (before[k], now.get(k)) for k in before if now.get(k) != before[k]} == expected, s.name

@@ -25,6 +25,11 @@ def _save(cfg, path):
     return str(path)
 
 
+def _usage_stub(step):
+    """Stands for the CP usage check (a real one builds the full-size model): one component used."""
+    return {"rank": 5, "images": 1, "pairs": 2, "shares": [1.0, 0, 0, 0, 0], "rank1_kl": 0.0, "triplets": 0}
+
+
 def _final_checkpoint(path):
     """What a finished training step leaves: a (small) torch checkpoint."""
     torch.save({"model": {"w": torch.zeros(2)}, "iteration": 9}, path)
@@ -155,7 +160,7 @@ def test_paper_schedule_on_the_real_vrd_annotations(shared_vrd):
 
 def test_plan_chains_weights_and_one_chain_per_rank(tmp_path):
     out = str(tmp_path / "out")
-    steps = plan_steps("vrd", proposals=True, ablation=True, repo=str(REPO), output_root=out)
+    steps = plan_steps("vrd", ablation=True, repo=str(REPO), output_root=out)  # proposals: the default
     names = [s.name for s in steps]
     assert names[:5] == [
         "stage1_detector",
@@ -172,19 +177,40 @@ def test_plan_chains_weights_and_one_chain_per_rank(tmp_path):
     for m in ("sgdet", "phrase_cls", "predcls"):
         assert by[f"eval_{m}"].eval_only and by[f"eval_{m}"].weights == final("stage4_selection")
     outputs = set()
-    for r in range(1, 6):
-        s2, s3, ev = by[f"ablations/rank{r}"], by[f"ablations/rank{r}_selection"], by[f"ablations/rank{r}_eval"]
-        assert s2.weights == final("stage1_detector") and s3.weights == final(f"ablations/rank{r}")
-        assert ev.weights == final(f"ablations/rank{r}_selection") and ev.eval_only
-        outputs |= {s2.output_dir, s3.output_dir}
-    assert len(outputs) == 10  # each rank its own stage 2 and stage 3
+    for r in range(1, 5):  # their rows use neither X_sel nor the prior: no stage 3
+        s2, ev = by[f"ablations/rank{r}"], by[f"ablations/rank{r}_eval"]
+        assert f"ablations/rank{r}_selection" not in by
+        assert s2.weights == final("stage1_detector") and ev.weights == final(f"ablations/rank{r}") and ev.eval_only
+        outputs.add(s2.output_dir)
+    s2, s3, ev = by["ablations/rank5"], by["ablations/rank5_selection"], by["ablations/rank5_eval"]
+    assert s2.weights == final("stage1_detector") and s3.weights == final("ablations/rank5")
+    assert ev.weights == final("ablations/rank5_selection") and ev.eval_only
+    outputs |= {s2.output_dir, s3.output_dir}
+    assert len(outputs) == 6  # each rank its own stage 2, rank 5 its stage 3
     assert by["ablations/rank5"].output_dir == by["stage2_triplet"].output_dir  # rank 5 is the main model
+    assert by["ablations/rank5_selection"].output_dir == by["stage3_selection"].output_dir
     assert [by[n].label for n in ("ablations/no_prior", "ablations/full")] == [
         "rank 5 + X_sel",
         "rank 5 + X_sel + prior",
     ]
+    assert sum(not s.eval_only for s in steps) == 5 + 5 + 1  # main chain, 5 stage 2s, rank 5's stage 3 (reused)
     with pytest.raises(ValueError, match="ablation"):
         plan_steps("vg200", ablation=True, repo=str(REPO))
+
+
+def test_no_proposals_stops_the_main_chain_at_stage_3(tmp_path):
+    out = str(tmp_path / "out")
+    steps = plan_steps("vg200", proposals=False, repo=str(REPO), output_root=out)
+    assert [s.name for s in steps] == [
+        "stage1_detector",
+        "stage2_triplet",
+        "stage3_selection",
+        "eval_sgdet",
+        "eval_phrase_cls",
+        "eval_predcls",
+    ]
+    stage3 = os.path.join(out, "VG200", "stage3_selection", "model_final.pth")
+    assert all(s.weights == stage3 for s in steps[3:])
 
 
 def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
@@ -194,20 +220,20 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, capsys, monkeypatch):
     )
     lines = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
     configs = [l.split("--config-file ")[1].split()[0] for l in lines]
-    assert configs[:6] == [
+    assert configs[:8] == [
         "configs/VG150/stage1_detector.yaml",
         "configs/VG150/stage2_triplet.yaml",
         "configs/VG150/stage3_selection.yaml",
+        "configs/VG150/stage2_triplet_proposals.yaml",  # the paper's recipe, by default
+        "configs/VG150/stage4_selection.yaml",
         "configs/VG150/eval_sgdet.yaml",
         "configs/VG150/eval_phrase_cls.yaml",
         "configs/VG150/eval_predcls.yaml",
     ]
-    # Table 4, rank 1's chain and row: the stage configs at rank 1
-    assert configs[6:9] == [
-        f"configs/VG150/{s}.yaml" for s in ("stage2_triplet", "stage3_selection", "eval_phrase_cls")
-    ]
-    assert all("MODEL.VRD.RANK 1 " in l for l in lines[6:9])
-    assert all("--num-gpus 2" in l for l in lines) and len(lines) == 6 + 15 + 3
+    # Table 4, rank 1's chain and row: stage 2 at rank 1 and its row (no X_sel: no stage 3)
+    assert configs[8:10] == [f"configs/VG150/{s}.yaml" for s in ("stage2_triplet", "eval_phrase_cls")]
+    assert all("MODEL.VRD.RANK 1 " in l for l in lines[8:10])
+    assert all("--num-gpus 2" in l for l in lines) and len(lines) == 8 + (4 * 2 + 3) + 3
     assert f"MODEL.WEIGHTS {tmp_path}/o/VG150/stage1_detector/model_final.pth" in lines[1]
 
 
@@ -239,15 +265,24 @@ def test_reproduce_skips_finished_stages_and_writes_the_table(tmp_path):
         else:
             _final_checkpoint(os.path.join(d, "model_final.pth"))
 
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO())
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=run,
+        out=io.StringIO(),
+    )
     reproduce("vrd", **kw)
     assert [a[a.index("--config-file") + 1] for a in ran] == [
         "configs/VRD/stage3_selection.yaml",
+        "configs/VRD/stage2_triplet_proposals.yaml",
+        "configs/VRD/stage4_selection.yaml",
         "configs/VRD/eval_sgdet.yaml",
         "configs/VRD/eval_phrase_cls.yaml",
         "configs/VRD/eval_predcls.yaml",
     ]
-    assert "--resume" in ran[0] and "--eval-only" in ran[1]
+    assert "--resume" in ran[0] and "--eval-only" in ran[3]
     table = open(os.path.join(out, "VRD", "table.md")).read()
     assert "Table 1 (VRD)" in table and "| predicate classification | relationship | 12.50 | – | – | 30.25 |" in table
     assert set(json.load(open(os.path.join(out, "VRD", "table.json")))["results"]) == {"sgdet", "phrase_cls", "predcls"}
@@ -370,7 +405,7 @@ def test_table_shows_lu_and_sgb_columns_side_by_side():
 def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
     out = str(tmp_path / "out")
     _fake_dataset(tmp_path / "data", "vg150")
-    for s in ("stage1_detector", "stage2_triplet", "stage3_selection"):
+    for s in ("stage1_detector", "stage2_triplet", "stage3_selection", "stage4_proposals", "stage4_selection"):
         os.makedirs(os.path.join(out, "VG150", s))
         _final_checkpoint(os.path.join(out, "VG150", s, "model_final.pth"))
     ran = []
@@ -384,7 +419,13 @@ def test_reproduce_vg150_writes_both_protocols_in_markdown_and_json(tmp_path):
             json.dump({"protocol": "both", "results": _lu_sgb(10.0 * len(ran), 20.0)}, f)
 
     reproduce(
-        "vg150", output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=run, out=io.StringIO()
+        "vg150",
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        run=run,
+        out=io.StringIO(),
+        cp_usage=_usage_stub,
     )
     assert len(ran) == 3
     md = open(os.path.join(out, "VG150", "table.md")).read()
@@ -431,7 +472,13 @@ def test_reproduce_reruns_a_stage_whose_final_checkpoint_is_corrupt(tmp_path, da
         os.makedirs(os.path.join(out, "VRD", s))
         (tmp_path / "out" / "VRD" / s / "model_final.pth").write_bytes(good if s == "stage1_detector" else bad)
     ran, log = [], io.StringIO()
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=log, **kw)
     configs = [a[a.index("--config-file") + 1] for a in ran]
     assert configs[:2] == ["configs/VRD/stage2_triplet.yaml", "configs/VRD/stage3_selection.yaml"]
@@ -455,7 +502,13 @@ def test_corrupt_final_checkpoint_named_by_last_checkpoint_is_trained_again_not_
     (stage2 / "model_final.pth").write_bytes(b"")
     (stage2 / "last_checkpoint").write_text("model_final.pth")  # --resume would load the empty file
     ran = []
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=io.StringIO(), **kw)
     assert ran[0][ran[0].index("--config-file") + 1] == "configs/VRD/stage2_triplet.yaml"
     assert "--resume" not in ran[0] and "--eval-only" not in ran[0]
@@ -481,9 +534,15 @@ def test_reproduce_reruns_an_evaluation_whose_json_is_corrupt(tmp_path, text):
     os.makedirs(os.path.join(out, "VRD", "stage1_detector"))
     _final_checkpoint(os.path.join(out, "VRD", "stage1_detector", "model_final.pth"))
     ran = []
-    kw = dict(output_root=out, repo=str(REPO), datasets_root=str(tmp_path / "data"), run=_vrd_step_runner(ran))
+    kw = dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
     reproduce("vrd", out=io.StringIO(), **kw)  # every other step, once
-    evaluation = os.path.join(out, "VRD", "eval_phrase_cls", "inference", "vrd_test", "vrd_evaluation.json")
+    evaluation = os.path.join(out, "VRD", "eval_phrase_cls_proposals", "inference", "vrd_test", "vrd_evaluation.json")
     with open(evaluation, "w") as f:
         f.write(text)
     ran.clear()
@@ -514,3 +573,71 @@ def test_evaluation_problem_reads_the_protocol_layout(tmp_path, data, problem):
     path.write_text(json.dumps(data))
     found = evaluation_problem(str(path))
     assert found is None if problem is None else (problem in found and str(path) in found)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "vg200", "--ablation"], "the Table 4 ablation exists for ('vrd', 'vg150')"),
+        (["--dataset", "vrd", "--proposals", "--no-proposals"], "--proposals and --no-proposals contradict"),
+        (["--dataset", "vrd", "--num-gpus", "0"], "--num-gpus must be >= 1, found 0"),
+        (["--dataset", "vrd", "--num-gpus", "two"], "argument --num-gpus: invalid int value: 'two'"),
+        (["--dataset", "coco"], "argument --dataset: invalid choice: 'coco'"),
+        (["--ablation"], "the following arguments are required: --dataset"),
+        (["--dataset", "vrd", "--output-root="], "--output-root must not be empty"),
+        (["--dataset", "vrd", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--dataset", "vrd", "MODEL.VRD.RANK"], "KEY VALUE pairs, found 1 words"),
+        (["--dataset", "vrd", "MODEL.VRD.NOPE", "3"], "Non-existent key: MODEL.VRD.NOPE"),
+        (["--dataset", "vrd", "MODEL.VRD.RANK", "five"], "Type mismatch"),
+        (["--dataset", "vg150", "OUTPUT_DIR", "x"], "override OUTPUT_DIR is set per stage"),
+        (["--dataset", "vrd", "MODEL.WEIGHTS", "x.pth"], "override MODEL.WEIGHTS is set per stage"),
+    ],
+)
+def test_reproduce_bad_arguments_are_one_line_errors(tmp_path, capsys, monkeypatch, args, message):
+    """Every bad combination: a non-zero exit with one error line naming it (SystemExit, not an
+    exception: no traceback), nothing run (--dry-run too: the checks come before any step)."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "none"))
+    tool = load_tool("reproduce")
+    for extra in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit) as e:
+            tool.main([*args[:2], *extra, "--output-root", str(tmp_path), *args[2:]])
+        captured = capsys.readouterr()
+        text = e.value.code if isinstance(e.value.code, str) else captured.err
+        assert e.value.code not in (0, None) and "train_net.py" not in captured.out
+        assert len(text.strip().splitlines()) == 1 and text.startswith("tools/reproduce.py"), text
+        assert message in text, text
+
+
+def test_reproduce_ablation_on_vg200_exits_without_traceback(tmp_path):
+    """The issue's example, as a user runs it."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "tools/reproduce.py", "--dataset", "vg200", "--ablation", "--output-root", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "DETECTRON2_DATASETS": str(tmp_path / "none")},
+    )
+    errors = [l for l in p.stderr.splitlines() if "Warning" not in l and not l.startswith("  warnings.warn")]
+    assert p.returncode == 1 and "Traceback" not in p.stderr and p.stdout == ""
+    assert errors == [
+        "tools/reproduce.py: error: the Table 4 ablation exists for ('vrd', 'vg150') (the paper's), not 'vg200'"
+    ]
+
+
+def test_reproduce_proposals_flag_is_a_deprecated_no_op(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
+    tool = load_tool("reproduce")
+    tool.main(["--dataset", "vrd", "--dry-run", "--proposals", "--output-root", str(tmp_path)])
+    captured = capsys.readouterr()
+    with_flag = [l for l in captured.out.splitlines() if "train_net.py" in l]
+    assert "--proposals is deprecated and does nothing" in captured.err
+    tool.main(["--dataset", "vrd", "--dry-run", "--output-root", str(tmp_path)])
+    default = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
+    tool.main(["--dataset", "vrd", "--dry-run", "--no-proposals", "--output-root", str(tmp_path)])
+    without = [l for l in capsys.readouterr().out.splitlines() if "train_net.py" in l]
+    assert with_flag == default and len(default) == 8 and len(without) == 6
+    assert sum("stage2_triplet_proposals.yaml" in l or "stage4_selection.yaml" in l for l in default) == 2
+    assert not any("stage2_triplet_proposals.yaml" in l or "stage4_selection.yaml" in l for l in without)

@@ -1,5 +1,5 @@
-"""The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 (-> 4) -> evaluation in
-sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table4`), the
+"""The paper's pipeline as data: the stages of a dataset (stage 1 -> 2 -> 3 -> 4 (the triplet net
+on proposals) -> X_sel again -> evaluation in sgdet, phrase_cls and predcls; the Table 4 ablation of :mod:`vrd_d2.engine.table4`), the
 ``tools/train_net.py`` command of each, which are finished (resumable runs), the dataset files
 they need, and the paper's tables from the evaluation outputs. ``tools/reproduce.py`` drives it.
 
@@ -8,7 +8,6 @@ VG150 / VG200 evaluations report both protocols (``MODEL.VRD.TEST.PROTOCOL both`
 one table (docs/EVALUATION.md)."""
 
 import json
-import math
 import os
 import shlex
 import sys
@@ -16,15 +15,18 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import MODES
+from .cp_health import stage_cp_usage, triplet_steps_usage
 from .finished_outputs import checkpoint_problem, evaluation_problem, resumes_from_final
 from .pipeline_overrides import check_reproduce_overrides
 from .table4 import ablation_runs
+from .tables import SGB_COLUMNS, format_table, table_rows, write_tables
 
 __all__ = [
     "Step",
     "DATASETS",
     "EVAL_MODES",
     "plan_steps",
+    "check_opts",
     "step_command",
     "is_finished",
     "output_problem",
@@ -105,10 +107,27 @@ def _step(repo, name, config, eval_only, output_root, label="", weights=None, ou
     return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
 
 
+_TOOL_PATHS = ("MODEL.WEIGHTS", "OUTPUT_DIR")  # set per step by the pipeline, never by the user
+
+
+def check_opts(dataset: str, opts: Sequence[str], repo: str = ".") -> None:
+    """Raise one ValueError naming the problem when the trailing ``KEY VALUE`` overrides ``opts``
+    cannot go to every step of ``dataset``: an odd count, a path the pipeline sets per step
+    (MODEL.WEIGHTS, OUTPUT_DIR), a key no config has, or a value of the wrong type."""
+    where = f"tools/reproduce.py --dataset {dataset}"
+    check_reproduce_overrides(opts)  # pairs, none of the per-stage paths
+    if dataset in DATASETS:
+        try:
+            _load(repo, f"configs/{DATASETS[dataset]}/stage2_triplet.yaml", opts)
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            msg = str(e).strip("'\"") or type(e).__name__
+            raise ValueError(f"{where}: bad config override in {list(opts)}: {msg}") from None
+
+
 def plan_steps(
     dataset: str,
     *,
-    proposals: bool = False,
+    proposals: bool = True,
     ablation: bool = False,
     repo: str = ".",
     output_root: str = DEFAULT_OUTPUT_ROOT,
@@ -116,8 +135,9 @@ def plan_steps(
     """The steps of ``dataset`` ("vrd" | "vg150" | "vg200") in order, each reading the previous
     one's ``model_final.pth`` (the configs' MODEL.WEIGHTS, moved under ``output_root``).
 
-    ``proposals``: stage 4 (triplet net on RPN proposals), then stage 3 again on its output
-    (the selection head reads the retrained spatial branch), and evaluation of that model.
+    ``proposals`` (the paper's recipe, the default): stage 4 (triplet net on RPN proposals), then
+    stage 3 again on its output (the selection head reads the retrained spatial branch), and
+    evaluation of that model; False stops the chain at stage 3 (a model the paper did not evaluate).
     ``ablation``: the Table 4 rows (VRD and VG150), each rank with its own stage 2 -> 3 chain.
     """
     if dataset not in DATASETS:
@@ -246,79 +266,6 @@ def collect_results(steps: Sequence[Step], test_dataset: str, repo: str = ".") -
     return out
 
 
-_MODE_NAMES = {"sgdet": "detected boxes", "phrase_cls": "phrase classification", "predcls": "predicate classification"}
-_SGB_MODE_NAMES = {"sgdet": "SGDet", "phrase_cls": "SGCls", "predcls": "PredCls"}
-#: the SGB columns of the tables: graph constraint (k = 1) R@K, no graph constraint ngR@K, mR@K
-SGB_COLUMNS = tuple(f"{m}@{k}" for m in ("R", "ngR", "mR") for k in (20, 50, 100))
-_SGB_NOTE = (
-    "Lu: Lu et al.'s protocol (hits over all ground truth of the split, k triplets per pair); "
-    "SGB: the Scene-Graph-Benchmark's (per-image mean; R@K with graph constraint = k 1, ngR@K "
-    "without = free k; mR@K over all predicates); see docs/EVALUATION.md."
-)
-
-
-def _lu_and_sgb(res: dict) -> Tuple[dict, dict]:
-    """(Lu's, SGB's) task -> metric dicts of one evaluation's results: each under its name
-    under protocol "both"; a single protocol's results stand for both (Lu's metric names end in a
-    k suffix, SGB's never do, so a lookup finds only its own protocol's figures)."""
-    if res and all(k in ("lu", "sgb") for k in res):
-        return res.get("lu", {}), res.get("sgb", {})
-    return res, res
-
-
-def table_rows(
-    results: Dict[str, dict],
-    metrics: Sequence[str] = ("R@50", "R@100"),
-    ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k")),
-):
-    """(header, rows) of a table: one row per (evaluation, task), Lu's ``metric`` at each k, then,
-    when some result has SGB's figures, the :data:`SGB_COLUMNS` (evaluations named also by SGB's
-    PredCls / SGCls / SGDet). Cells are floats, None where a figure is absent (or NaN)."""
-    split = {label: _lu_and_sgb(res) for label, res in results.items()}
-    with_sgb = any(vals.get(m) is not None for _, sgb in split.values() for vals in sgb.values() for m in SGB_COLUMNS)
-    header = ["evaluation", "task"] + [f"Lu {m} {kl}" for _, kl in ks for m in metrics]
-    header += [f"SGB {m}" for m in SGB_COLUMNS] if with_sgb else []
-    rows = []
-    for label, (lu, sgb) in split.items():
-        name = _MODE_NAMES.get(label, label)
-        if with_sgb and label in _SGB_MODE_NAMES:
-            name += f" ({_SGB_MODE_NAMES[label]})"
-        for task in dict.fromkeys(list(lu) + list(sgb)):
-            cells = [lu.get(task, {}).get(f"{m}_{k}") for k, _ in ks for m in metrics]
-            cells += [sgb.get(task, {}).get(m) for m in SGB_COLUMNS] if with_sgb else []
-            rows.append([name, task] + [None if v is None or math.isnan(v) else float(v) for v in cells])
-    return header, rows
-
-
-def format_table(
-    title: str,
-    results: Dict[str, dict],
-    metrics: Sequence[str] = ("R@50", "R@100"),
-    ks: Sequence[Tuple[str, str]] = (("k1", "k=1"), ("kfree", "free k")),
-) -> str:
-    """A markdown table of :func:`table_rows`."""
-    header, rows = table_rows(results, metrics, ks)
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(row[:2] + ["–" if v is None else f"{v:.2f}" for v in row[2:]]) + " |")
-    if any(h.startswith("SGB ") for h in header):
-        lines += ["", _SGB_NOTE]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(path_stem: str, title: str, results: Dict[str, dict]) -> Tuple[str, str]:
-    """Write ``<stem>.md`` and ``<stem>.json`` (title, the table's columns and rows, the
-    evaluations' results dicts); returns both paths."""
-    os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
-    md, js = path_stem + ".md", path_stem + ".json"
-    with open(md, "w") as f:
-        f.write(format_table(title, results))
-    header, rows = table_rows(results)
-    with open(js, "w") as f:
-        json.dump({"title": title, "columns": header, "rows": rows, "results": results}, f, indent=2)
-    return md, js
-
-
 def eval_dataset_of(step: Step, repo: str = ".") -> Optional[str]:
     cfg = _load(repo, step.config, step.opts)
     return cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
@@ -327,7 +274,7 @@ def eval_dataset_of(step: Step, repo: str = ".") -> Optional[str]:
 def reproduce(
     dataset: str,
     *,
-    proposals: bool = False,
+    proposals: bool = True,
     ablation: bool = False,
     num_gpus: int = 1,
     output_root: str = DEFAULT_OUTPUT_ROOT,
@@ -337,17 +284,21 @@ def reproduce(
     datasets_root: str = "datasets",
     run=None,
     out=sys.stdout,
+    cp_usage=None,
 ) -> List[List[str]]:
     """Run (or with ``dry_run`` print) the steps of :func:`plan_steps` that are not finished,
     each through ``run(argv)`` with the working directory ``repo``, then write the tables under
     ``<output_root>/<DATASET>/``. Returns the commands run (printed, for a dry run).
 
     Missing dataset files (and the ImageNet VGG16 weights, while stage 1 is not finished) raise one
-    FileNotFoundError listing every missing path, before anything runs."""
+    FileNotFoundError listing every missing path, before anything runs. After the runs, every
+    finished triplet-net stage (2, 4, each Table 4 rank) gets its CP component usage on held-out
+    pairs, ``cp_usage(step)`` (default :func:`~vrd_d2.engine.cp_health.stage_cp_usage` of the step
+    with ``opts``), logged, saved and carried by the tables, a collapsed net as a warning."""
     from ..utils.checks import check_int
 
     check_int(num_gpus, "--num-gpus", low=1, where="tools/reproduce.py")
-    check_reproduce_overrides(opts)
+    check_opts(dataset, opts, repo)
     steps = plan_steps(dataset, proposals=proposals, ablation=ablation, repo=repo, output_root=output_root)
     test_dataset = eval_dataset_of(steps[-1], repo)
     commands = []
@@ -382,15 +333,20 @@ def reproduce(
         if not dry_run:
             run(argv)
     if not dry_run:
+        if cp_usage is None:
+            cp_usage = lambda s: stage_cp_usage(s.config, s.opts + tuple(opts), s.output_dir, repo)  # noqa: E731
+        usage = triplet_steps_usage(steps, repo, cp_usage, out)
         results = collect_results(steps, test_dataset, repo)
         base = os.path.join(repo, output_root, DATASETS[dataset])
         main = {k: v for k, v in results.items() if k in EVAL_MODES}
-        for path in write_tables(os.path.join(base, "table"), TABLE_TITLES[dataset], main):
+        main_usage = {k: v for k, v in usage.items() if not k.startswith("ablations/")}
+        for path in write_tables(os.path.join(base, "table"), TABLE_TITLES[dataset], main, main_usage):
             print(f"wrote {path}", file=out)
         if ablation:
             rows = {k: v for k, v in results.items() if k not in EVAL_MODES}
+            rank_usage = {k: v for k, v in usage.items() if k.startswith("ablations/")}
             for path in write_tables(
-                os.path.join(base, "table4"), f"Table 4 ({DATASETS[dataset]}): phrase " "classification", rows
+                os.path.join(base, "table4"), f"Table 4 ({DATASETS[dataset]}): phrase classification", rows, rank_usage
             ):
                 print(f"wrote {path}", file=out)
     return commands

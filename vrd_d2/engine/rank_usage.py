@@ -9,7 +9,7 @@ also gives the held-out cross-entropy of the annotated triplets (the training lo
 images), by which the demo picks among stage-2 restarts.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -23,8 +23,9 @@ __all__ = ["cp_rank_usage", "format_rank_usage"]
 
 
 @torch.no_grad()
-def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
-    """The triplet net of ``weights`` on every ordered gold-box pair of ``dataset``.
+def cp_rank_usage(cfg, weights: str, dataset: str, max_images: Optional[int] = None) -> Dict[str, object]:
+    """The triplet net of ``weights`` on every ordered gold-box pair of ``dataset`` (of its first
+    ``max_images`` images when given: a bounded, cheap check).
 
     Returns a dict: ``rank``, ``pairs`` (counted), ``shares`` (list [R]: the mean over pairs of
     the components' shares of the mass, each pair's sorted largest first), ``rank1_kl`` (mean
@@ -40,8 +41,11 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
     model.eval()
     rank = cfg.MODEL.VRD.RANK
     share_sum, kl_sum, n = torch.zeros(rank, dtype=torch.float64), 0.0, 0
-    nll_sum, n_triplets = 0.0, 0
+    nll_sum, n_triplets, n_images = 0.0, 0, 0
     for batch in Trainer.build_test_loader(cfg, dataset):
+        if max_images is not None and n_images >= max_images:
+            break
+        n_images += len(batch)
         images, sizes = model._image_sizes(batch)
         features = model._backbone(images)
         boxes = [x["instances"].gt_boxes.tensor.to(model.device) for x in batch]
@@ -61,6 +65,7 @@ def cp_rank_usage(cfg, weights: str, dataset: str) -> Dict[str, object]:
         raise ValueError(f"cp_rank_usage: {dataset} has no image with two or more gold boxes")
     return {
         "rank": rank,
+        "images": n_images,
         "pairs": n,
         "shares": (share_sum / n).tolist(),
         "rank1_kl": kl_sum / n,

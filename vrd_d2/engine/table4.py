@@ -2,8 +2,10 @@
 head P(X_sel | b) and the prior psi_u are added), defined once.
 
 A row is a :class:`Variant`: the CP rank and the test-time score terms. Each rank trains its own
-stage 2 -> 3 chain (weights of one rank do not load into a model of another:
-:func:`vrd_d2.engine.check_stage_inputs`); rank 5 is the main model, so its chain is the main one.
+stage 2 (weights of one rank do not load into a model of another:
+:func:`vrd_d2.engine.check_stage_inputs`); the rows of ranks 1-4 score psi_c alone (no X_sel, no
+prior), so their chains stop after stage 2. Rank 5 is the main model, so its chain is the main one
+(stage 2 -> 3), whose X_sel the rank-5 rows use.
 :func:`ablation_runs` writes the whole ablation of a dataset as ``tools/train_net.py`` runs of the
 dataset's stage configs with overrides; :mod:`vrd_d2.engine.pipeline` plans them. The
 per-rank YAML files they replace are listed in docs/CONFIG_CHANGES.md.
@@ -84,32 +86,32 @@ class AblationRun:
 
 def ablation_runs(dataset_dir: str) -> List[AblationRun]:
     """The Table 4 runs of the dataset whose configs are under ``configs/<dataset_dir>/`` ("VRD",
-    "VG150"), in order: per rank stage 2 (``rank{r}``), stage 3 (``rank{r}_selection``) and its row
-    (``rank{r}_eval``), then the other rows of :data:`ROWS`. A rank's runs write ``output/<dataset_dir>/ablations/``, but
-    rank 5's training runs are the main stage 2 and stage 3 (the configs' own folders)."""
+    "VG150"), in order: per rank stage 2 (``rank{r}``), for rank 5 only stage 3
+    (``rank5_selection``: no row of ranks 1-4 uses X_sel), and the rank's row (``rank{r}_eval``,
+    from its last stage), then the other rows of :data:`ROWS`. A rank's runs write
+    ``output/<dataset_dir>/ablations/``, but rank 5's training runs are the main stage 2 and
+    stage 3 (the configs' own folders)."""
     out = f"output/{dataset_dir}"
 
     def trained(r: int, stage: str) -> str:
         main = {"stage2": f"{out}/stage2_triplet", "stage3": f"{out}/stage3_selection"}
         return main[stage] if r == MAIN_RANK else f"{out}/ablations/rank{r}_{stage}"
 
+    def last(r: int) -> str:  # the weights a rank's rows read: stage 3 only where X_sel was trained
+        return trained(r, "stage3" if r == MAIN_RANK else "stage2")
+
     evals = {}
     for name, label, variant in ROWS:
-        weights = ("MODEL.WEIGHTS", f"{trained(variant.rank, 'stage3')}/model_final.pth")
+        weights = ("MODEL.WEIGHTS", f"{last(variant.rank)}/model_final.pth")
         opts = tuple(variant.opts()) + EVAL_OPTS + weights + ("OUTPUT_DIR", f"{out}/ablations/{name}")
         evals[name] = AblationRun(name, EVAL_CONFIG, opts, True, label)
     runs = []
     for r in RANKS:  # each rank's chain, then its row
         rank = ("MODEL.VRD.RANK", str(r))
         weights = ("MODEL.WEIGHTS", f"{trained(r, 'stage2')}/model_final.pth")
-        runs += [
-            AblationRun(f"rank{r}", "stage2_triplet.yaml", rank + ("OUTPUT_DIR", trained(r, "stage2")), False),
-            AblationRun(
-                f"rank{r}_selection",
-                "stage3_selection.yaml",
-                rank + weights + ("OUTPUT_DIR", trained(r, "stage3")),
-                False,
-            ),
-            evals.pop(f"rank{r}_eval"),
-        ]
+        runs.append(AblationRun(f"rank{r}", "stage2_triplet.yaml", rank + ("OUTPUT_DIR", trained(r, "stage2")), False))
+        if r == MAIN_RANK:
+            opts = rank + weights + ("OUTPUT_DIR", trained(r, "stage3"))
+            runs.append(AblationRun(f"rank{r}_selection", "stage3_selection.yaml", opts, False))
+        runs.append(evals.pop(f"rank{r}_eval"))
     return runs + list(evals.values())
