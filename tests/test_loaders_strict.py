@@ -429,3 +429,25 @@ def test_malformed_class_files_do_not_break_import(tmp_path):
     assert f"ERROR vrd_test VRD: object file {tmp_path}/vrd/objects.json is not valid json" in out
     assert f"ERROR vg150_test VG: dicts file {tmp_path}/vg/VG-SGG-dicts-with-attri.json is not UTF-8 text" in out
     assert f"ERROR vg200_train VG: {tmp_path}/vg200/vg1_2_meta.h5 is not a readable HDF5 file" in out
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["person", "horse", "person"], "'person' is both entry 0 and entry 2; names must be distinct"),
+        (["person", " ", "horse"], "entry 1 is blank"),
+        (["person", ""], "entry 1 is blank"),
+    ],
+)
+def test_class_lists_with_duplicate_or_blank_names_are_refused(tmp_path, names, message):
+    """A class name is its id's only key (--boxes labels, the checkpoint's names, conversion): two
+    ids with one name, or a blank one, is an error naming the file and both positions."""
+    from vrd_d2.data.datasets.vrd import _load_class_list
+
+    path = tmp_path / "objects.json"
+    path.write_text(json.dumps(names))
+    with pytest.raises(ValueError) as e:
+        _load_class_list(str(path), "object")
+    assert str(path) in str(e.value) and message in str(e.value)
+    path.write_text(json.dumps(["person", "horse"]))
+    assert _load_class_list(str(path), "object") == ["person", "horse"]

@@ -129,10 +129,19 @@ def as_image_size(height, width, where: str) -> Tuple[int, int]:
 
 
 def as_names(value, what: str, where: str) -> List[str]:
-    """A json list of strings (class names), else a ValueError naming ``where``."""
+    """A json list of distinct, non-blank strings (class names: a name is its id's only key), else a
+    ValueError naming ``where`` and the offending positions."""
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         found = repr(value)
         raise ValueError(f"{where}: {what} must be a list of strings, found {found[:80]}{'...' * (len(found) > 80)}")
+    blank = [i for i, n in enumerate(value) if not n.strip()]
+    if blank:
+        raise ValueError(f"{where}: {what}: entry {blank[0]} is blank ({value[blank[0]]!r})")
+    first = {}
+    for i, n in enumerate(value):
+        if n in first:
+            raise ValueError(f"{where}: {what}: {n!r} is both entry {first[n]} and entry {i}; names must be distinct")
+        first[n] = i
     return list(value)
 
 
