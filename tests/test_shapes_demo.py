@@ -406,3 +406,25 @@ def test_restart_rule_recall_first_cross_entropy_on_ties(tmp_path, monkeypatch, 
     monkeypatch.setattr(shapes_demo, "heldout_recall", lambda *a: pytest.fail("nothing to choose"))
     weights, _, usage = shapes_demo.train_triplet(options, 1, "det.pth")
     assert weights == "w0" and "restart_val_R50" not in usage
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--min-detector-accuracy", "150"], r"--min-detector-accuracy must be in \[0.0, 100.0\], found 150.0"),
+        (["--min-detector-accuracy", "nan"], r"--min-detector-accuracy must be a finite number"),
+        (["--seeds", "-1"], r"--seeds must be in \[0, 4294967295\], found -1"),
+        (["MODEL.VRD.RANK", "0"], r"MODEL.VRD.RANK must be >= 1, found 0"),
+        (["MODEL.VRD.TEST.PROTOCOL", "bogus"], r"MODEL.VRD.TEST.PROTOCOL must be one of"),
+        (["SOLVER.IMS_PER_BATCH", "0"], r"SOLVER.IMS_PER_BATCH"),
+        (["MODEL.VRD.NOPE", "1"], r"bad config override .*MODEL.VRD.NOPE"),
+    ],
+)
+def test_bad_options_are_refused_before_any_stage_trains(tmp_path, argv, message):
+    """Each bad value stops the demo before stage 0 (it used to pass stages 0 and 1 first): the
+    output folder is never made, so nothing was trained."""
+    tool = load_tool("shapes_demo")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        tool.main(["--quick", "--output", str(out)] + argv)
+    assert not out.exists()

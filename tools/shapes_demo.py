@@ -51,6 +51,7 @@ from vrd_d2_studies.results_doc import check_readme_section
 from vrd_d2_studies.shapes_demo import bands as shapes_bands
 from vrd_d2_studies.shapes_demo import runner as shapes_demo
 from vrd_d2_studies.shapes_demo.detector_check import DetectorAccuracyError
+from vrd_d2_studies.shapes_demo.options import check_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("vrd_d2.shapes_demo")
@@ -141,6 +142,7 @@ def main(argv=None):
         raise ValueError(
             "shapes_demo: --results-section names where --update-results writes; it needs --update-results"
         )
+    check_options(args)  # every value a stage reads, before stage 0 trains
     if args.update_readme:
         # a ValueError now, not after the run, if the results page has no section for it
         check_readme_section(args.readme, shapes_demo.readme_marker(args))
