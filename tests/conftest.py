@@ -74,6 +74,24 @@ def tiny_cfg():
 REPO_DIR = str(REPO)
 SHARED_VRD_DIR = str(SHARED_VRD)
 
+# a relation head shrunk to a few channels on a 1/64-width VGG: builds and trains on CPU in seconds
+SMALL_HEAD = [
+    "MODEL.VRD.FC_DIMS",
+    "[8]",
+    "MODEL.VRD.SPATIAL_DIM",
+    "4",
+    "MODEL.VRD.SPATIAL_CONV_DIMS",
+    "[2, 2]",
+    "MODEL.VRD.SPATIAL_MASK_SIZE",
+    "8",
+    "MODEL.VRD.SELECTION_FC_DIM",
+    "4",
+    "MODEL.VGG.WIDTH_DIVISOR",
+    "64",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "8",
+]
+
 # the triplet stage of a net shrunk to a few channels (tools/train_net.py overrides): the two
 # distributed-training tests start from it
 TINY_TRIPLET_NET = [

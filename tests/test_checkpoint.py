@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_HEAD  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from vrd_d2.checkpoint import VRDCheckpointer, is_relation_head_key
 from vrd_d2.engine import Trainer
@@ -13,20 +14,7 @@ from vrd_d2.engine import Trainer
 SMALL = [
     "DATASETS.TRAIN",
     "()",
-    "MODEL.VRD.FC_DIMS",
-    "[8]",
-    "MODEL.VRD.SPATIAL_DIM",
-    "4",
-    "MODEL.VRD.SPATIAL_CONV_DIMS",
-    "[2, 2]",
-    "MODEL.VRD.SPATIAL_MASK_SIZE",
-    "8",
-    "MODEL.VRD.SELECTION_FC_DIM",
-    "4",
-    "MODEL.VGG.WIDTH_DIVISOR",
-    "64",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "8",
+    *SMALL_HEAD,
     "MODEL.VRD.USE_PRIOR",
     "False",
 ]

@@ -457,6 +457,17 @@ def _vrd_step_runner(ran):
     return run
 
 
+def _vrd_reproduce_kwargs(tmp_path, out, ran):
+    """reproduce()'s arguments for a VRD run under ``out`` whose steps :func:`_vrd_step_runner` fakes."""
+    return dict(
+        output_root=out,
+        repo=str(REPO),
+        datasets_root=str(tmp_path / "data"),
+        cp_usage=_usage_stub,
+        run=_vrd_step_runner(ran),
+    )
+
+
 def _good_checkpoint_bytes(tmp_path):
     _final_checkpoint(tmp_path / "good.pth")
     return (tmp_path / "good.pth").read_bytes()
@@ -472,13 +483,7 @@ def test_reproduce_reruns_a_stage_whose_final_checkpoint_is_corrupt(tmp_path, da
         os.makedirs(os.path.join(out, "VRD", s))
         (tmp_path / "out" / "VRD" / s / "model_final.pth").write_bytes(good if s == "stage1_detector" else bad)
     ran, log = [], io.StringIO()
-    kw = dict(
-        output_root=out,
-        repo=str(REPO),
-        datasets_root=str(tmp_path / "data"),
-        cp_usage=_usage_stub,
-        run=_vrd_step_runner(ran),
-    )
+    kw = _vrd_reproduce_kwargs(tmp_path, out, ran)
     reproduce("vrd", out=log, **kw)
     configs = [a[a.index("--config-file") + 1] for a in ran]
     assert configs[:2] == ["configs/VRD/stage2_triplet.yaml", "configs/VRD/stage3_selection.yaml"]
@@ -502,13 +507,7 @@ def test_corrupt_final_checkpoint_named_by_last_checkpoint_is_trained_again_not_
     (stage2 / "model_final.pth").write_bytes(b"")
     (stage2 / "last_checkpoint").write_text("model_final.pth")  # --resume would load the empty file
     ran = []
-    kw = dict(
-        output_root=out,
-        repo=str(REPO),
-        datasets_root=str(tmp_path / "data"),
-        cp_usage=_usage_stub,
-        run=_vrd_step_runner(ran),
-    )
+    kw = _vrd_reproduce_kwargs(tmp_path, out, ran)
     reproduce("vrd", out=io.StringIO(), **kw)
     assert ran[0][ran[0].index("--config-file") + 1] == "configs/VRD/stage2_triplet.yaml"
     assert "--resume" not in ran[0] and "--eval-only" not in ran[0]
@@ -534,13 +533,7 @@ def test_reproduce_reruns_an_evaluation_whose_json_is_corrupt(tmp_path, text):
     os.makedirs(os.path.join(out, "VRD", "stage1_detector"))
     _final_checkpoint(os.path.join(out, "VRD", "stage1_detector", "model_final.pth"))
     ran = []
-    kw = dict(
-        output_root=out,
-        repo=str(REPO),
-        datasets_root=str(tmp_path / "data"),
-        cp_usage=_usage_stub,
-        run=_vrd_step_runner(ran),
-    )
+    kw = _vrd_reproduce_kwargs(tmp_path, out, ran)
     reproduce("vrd", out=io.StringIO(), **kw)  # every other step, once
     evaluation = os.path.join(out, "VRD", "eval_phrase_cls_proposals", "inference", "vrd_test", "vrd_evaluation.json")
     with open(evaluation, "w") as f:

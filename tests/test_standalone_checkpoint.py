@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO_DIR as REPO  # noqa: E402
+from conftest import SMALL_HEAD  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -21,20 +22,7 @@ from vrd_d2.engine import Trainer
 
 # a head shrunk to a few channels: trains on CPU in seconds
 SMALL = [
-    "MODEL.VRD.FC_DIMS",
-    "[8]",
-    "MODEL.VRD.SPATIAL_DIM",
-    "4",
-    "MODEL.VRD.SPATIAL_CONV_DIMS",
-    "[2, 2]",
-    "MODEL.VRD.SPATIAL_MASK_SIZE",
-    "8",
-    "MODEL.VRD.SELECTION_FC_DIM",
-    "4",
-    "MODEL.VGG.WIDTH_DIVISOR",
-    "64",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "8",
+    *SMALL_HEAD,
     "SOLVER.IMS_PER_BATCH",
     "2",
     "SOLVER.MAX_ITER",

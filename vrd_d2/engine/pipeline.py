@@ -107,9 +107,6 @@ def _step(repo, name, config, eval_only, output_root, label="", weights=None, ou
     return Step(name, config, eval_only, output_dir, weights, tuple(opts), label)
 
 
-_TOOL_PATHS = ("MODEL.WEIGHTS", "OUTPUT_DIR")  # set per step by the pipeline, never by the user
-
-
 def check_opts(dataset: str, opts: Sequence[str], repo: str = ".") -> None:
     """Raise one ValueError naming the problem when the trailing ``KEY VALUE`` overrides ``opts``
     cannot go to every step of ``dataset``: an odd count, a path the pipeline sets per step
